@@ -1,0 +1,3 @@
+from metaplug.cli import main
+
+main(prog_name="metaplug")

@@ -1,0 +1,69 @@
+"""The ``metaplug`` command line: a click group whose errors are one line long."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from metaplug import __version__
+from metaplug.errors import MetaplugError, suggest
+
+
+class MetaplugGroup(click.Group):
+    """A click group that suggests command names and turns errors into one line."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise click.UsageError(f"no such command {name!r}.{suggest(name, self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=MetaplugGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="metaplug")
+def cli() -> None:
+    """metaplug: plugin-based meta-learning on PyTorch and TensorFlow.
+
+    Plugins are discovered through the 'metaplug' entry-point group;
+    METAPLUG_PLUGINS and METAPLUG_DISABLE_PLUGINS choose which load.
+    """
+
+
+def _load_commands() -> None:
+    from metaplug.cli import discovery  # noqa: F401  (registers its commands on import)
+    from metaplug.plugins import add_commands
+
+    add_commands(cli)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``Error: message`` on stderr as one line and exit with ``code``."""
+    text = " ".join(str(message).split())
+    click.echo(f"Error: {text}", err=True)
+    sys.exit(code)
+
+
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Entry point of the ``metaplug`` script and ``python -m metaplug``."""
+    try:
+        _load_commands()
+        cli.main(args=args, prog_name=prog_name or "metaplug", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        fail("aborted", 130)
+    except click.UsageError as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except MetaplugError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001  (no tracebacks for users; METAPLUG_DEBUG=1 shows them)
+        if os.environ.get("METAPLUG_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (set METAPLUG_DEBUG=1 for the traceback)")

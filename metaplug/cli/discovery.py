@@ -1,0 +1,161 @@
+"""``metaplug plugins``, ``metaplug list`` and ``metaplug info``: what is installed."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+import click
+
+from metaplug.cli import cli
+from metaplug.plugins import HOOK_FOR_KIND, discovery, registry
+from metaplug.records import KINDS
+from metaplug.registry import normalize_kind
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins, their components and load errors."""
+    found = discovery()
+    if as_json:
+        echo_json([p.as_dict() for p in found.plugins])
+        return
+    rows = []
+    for p in found.plugins:
+        status = "disabled" if p.disabled else ("error" if p.error else "ok")
+        counts = ", ".join(f"{len(v)} {k}" for k, v in p.components.items()) or "-"
+        rows.append([p.name, p.distribution, p.version, status, counts])
+    click.echo(format_table(["plugin", "distribution", "version", "status", "components"], rows))
+    for p in found.errors:
+        click.echo(f"error: plugin {p.name!r} ({p.distribution} {p.version}): {p.error}", err=True)
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.option("--backend", help="Only components available for this backend.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
+    """List components: backends, algorithms, task-samplers or optimizers (default: all)."""
+    kinds = [normalize_kind(kind)] if kind else list(KINDS)
+    reg = registry()
+    listing: dict[str, list[dict[str, Any]]] = {}
+    for k in kinds:
+        entries = []
+        for name in reg.names(k):
+            records = reg.records(k, name)
+            backends = reg.backends_for(k, name)
+            if backend and k in ("algorithms", "optimizers") and backend not in backends:
+                continue
+            first = records[0]
+            entries.append({
+                "name": name,
+                "summary": first.summary,
+                "backends": backends,
+                "problems": sorted({p for r in records for p in r.problems}),
+                "role": first.role,
+                "plugins": sorted({r.plugin for r in records}),
+            })
+        listing[k] = entries
+    if as_json:
+        echo_json(listing if kind is None else listing[kinds[0]])
+        return
+    for k, entries in listing.items():
+        if kind is None:
+            click.echo(f"{k}:")
+        if not entries:
+            click.echo(f"  (none installed; see 'metaplug plugins')" if kind is None else "(none installed)")
+            continue
+        headers = ["name", "summary"]
+        if k in ("algorithms", "optimizers"):
+            headers.insert(1, "backends")
+        if k in ("algorithms", "task-samplers"):
+            headers.insert(-1, "problems")
+        if k == "optimizers":
+            headers.insert(-1, "role")
+        rows = [[_cell(e[h]) for h in headers] for e in entries]
+        table = format_table(headers, rows)
+        click.echo("\n".join(("  " + line) if kind is None else line for line in table.splitlines()))
+        if kind is None:
+            click.echo()
+
+
+@cli.command("info")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--backend", help="Which backend's implementation to describe.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> None:
+    """Describe one component: its record, docstring and parameters."""
+    kind = normalize_kind(kind)
+    reg = registry()
+    if backend is None and kind in ("algorithms", "optimizers"):
+        backends = reg.backends_for(kind, name) if reg.records(kind, name) else []
+        backend = backends[0] if len(backends) >= 1 else None
+    record = reg.get(kind, name, backend)
+    implementation = record.load()
+    data = record.as_dict()
+    data["doc"] = inspect.cleandoc(implementation.__doc__ or "")
+    data["parameters"] = describe_parameters(implementation)
+    if kind in ("algorithms", "optimizers"):
+        data["all_backends"] = reg.backends_for(kind, name)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{record.describe()}\n  {record.summary}")
+    click.echo(f"  target: {data['target']}")
+    for field in ("backends", "problems", "role"):
+        if data.get(field):
+            click.echo(f"  {field}: {_cell(data[field])}")
+    if data["doc"]:
+        click.echo("\n" + data["doc"])
+    if data["parameters"]:
+        click.echo("\nparameters:")
+        for p in data["parameters"]:
+            default = "" if p["default"] is None and p["required"] else f" = {p['default']}"
+            click.echo(f"  {p['name']}: {p['type']}{default}")
+
+
+def describe_parameters(implementation: Any) -> list[dict[str, Any]]:
+    """Keyword parameters of a class's ``__init__`` or a factory function."""
+    target = implementation.__init__ if inspect.isclass(implementation) else implementation
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    skipped = {"self", "backend", "model", "spec", "optimizer", "params"}
+    described = []
+    for p in signature.parameters.values():
+        if p.name in skipped or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        required = p.default is inspect.Parameter.empty
+        default = None if required else p.default
+        described.append({
+            "name": p.name,
+            "type": str(annotation or "any"),
+            "default": default if isinstance(default, (int, float, str, bool, type(None))) else repr(default),
+            "required": required,
+        })
+    return described
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return "-" if value in (None, "") else str(value)
+
+
+__all__ = ["HOOK_FOR_KIND", "describe_parameters", "echo_json", "format_table"]

@@ -1,0 +1,121 @@
+"""N-way K-shot episodes over any labelled dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from metaplug.errors import ConfigError
+from metaplug.interfaces import SPLITS, EpisodeBatch
+
+_SPLIT_KEYS = {name: index for index, name in enumerate(SPLITS)}
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """A generator for ``split`` that is independent of the other splits' for one seed."""
+    if split not in _SPLIT_KEYS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _SPLIT_KEYS[split]])))
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """The generator's state as JSON-ready data."""
+    return dict(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
+    rng.bit_generator.state = dict(state)
+
+
+class ClassDataset(Protocol):
+    """Examples grouped by class: what :class:`NWayKShot` samples from."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def class_size(self, label: int) -> int:
+        """Number of examples of class ``label``."""
+        ...
+
+    def examples(self, label: int, indices: np.ndarray) -> np.ndarray:
+        """Examples ``indices`` of class ``label`` as float32 ``(len(indices), *shape)``."""
+        ...
+
+
+class LabelledArrays:
+    """A :class:`ClassDataset` over in-memory arrays ``x`` (examples) and ``y`` (labels)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(x) != len(y):
+            raise ConfigError(f"x and y differ in length ({len(x)} vs {len(y)})")
+        self._x = np.asarray(x, dtype=np.float32)
+        labels = np.asarray(y)
+        self._members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._members)
+
+    def class_size(self, label: int) -> int:
+        return len(self._members[label])
+
+    def examples(self, label: int, indices: np.ndarray) -> np.ndarray:
+        return self._x[self._members[label][indices]]
+
+
+class NWayKShot:
+    """Draws batches of N-way K-shot episodes from a :class:`ClassDataset`.
+
+    Each episode picks ``ways`` distinct classes and, per class, ``shots`` support
+    and ``queries`` query examples without overlap. Labels are remapped to
+    ``0..ways-1`` in the order the classes were drawn; examples are ordered class
+    by class. The split-wide ids of the chosen classes are in ``batch.classes``.
+    """
+
+    def __init__(
+        self, dataset: ClassDataset, ways: int, shots: int, queries: int, rng: np.random.Generator
+    ) -> None:
+        check_positive(ways=ways, shots=shots, queries=queries)
+        if ways > dataset.num_classes:
+            raise ConfigError(f"ways={ways} exceeds the {dataset.num_classes} classes available")
+        smallest = min(dataset.class_size(c) for c in range(dataset.num_classes))
+        if shots + queries > smallest:
+            raise ConfigError(
+                f"shots + queries = {shots + queries} exceeds the {smallest} examples of the smallest class"
+            )
+        self.dataset, self.ways, self.shots, self.queries, self.rng = dataset, ways, shots, queries, rng
+
+    def sample(self, num_tasks: int) -> EpisodeBatch:
+        check_positive(num_tasks=num_tasks)
+        per_class = self.shots + self.queries
+        classes = np.stack([self.rng.choice(self.dataset.num_classes, self.ways, replace=False)
+                            for _ in range(num_tasks)])
+        images = np.stack([
+            np.stack([
+                self.dataset.examples(int(c), self.rng.choice(self.dataset.class_size(int(c)), per_class, replace=False))
+                for c in task
+            ])
+            for task in classes
+        ])  # (T, ways, shots + queries, *shape)
+        shape = images.shape[3:]
+        labels = np.broadcast_to(np.arange(self.ways, dtype=np.int64)[:, None], (self.ways, per_class))
+        labels = np.broadcast_to(labels, (num_tasks, self.ways, per_class))
+        support, query = slice(0, self.shots), slice(self.shots, per_class)
+        return EpisodeBatch(
+            support_x=np.ascontiguousarray(images[:, :, support].reshape(num_tasks, -1, *shape)),
+            support_y=np.ascontiguousarray(labels[:, :, support].reshape(num_tasks, -1)),
+            query_x=np.ascontiguousarray(images[:, :, query].reshape(num_tasks, -1, *shape)),
+            query_y=np.ascontiguousarray(labels[:, :, query].reshape(num_tasks, -1)),
+            problem="classification",
+            classes=classes.astype(np.int64),
+        )
+
+
+def check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
