@@ -33,9 +33,14 @@ def cli() -> None:
 
 
 def _load_commands() -> None:
-    from metaplug.cli import discovery  # noqa: F401  (registers its commands on import)
+    """Import the command modules of this package (each adds its commands), then plugins'."""
+    import importlib
+    import pkgutil
+
     from metaplug.plugins import add_commands
 
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
     add_commands(cli)
 
 
