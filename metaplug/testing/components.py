@@ -1,0 +1,77 @@
+"""Checks every component passes, whatever its kind: record, light entry point, lazy loading."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+from metaplug.plugins import discovery, registry
+from metaplug.records import Component, validate
+from metaplug.testing.probe import FRAMEWORKS, run_probe
+
+
+class ComponentConformance:
+    """Base of the conformance classes; subclasses set :attr:`kind` and name the component."""
+
+    kind: ClassVar[str] = ""
+    """``"algorithms"``, ``"task-samplers"``, ``"optimizers"`` or ``"backends"`` (set by the base class)."""
+    backend: ClassVar[str | None] = None
+    """Algorithms and optimizers: the backend whose implementation is tested."""
+
+    @classmethod
+    def component_name(cls) -> str:
+        """The name under test (each kind's class attribute: ``algorithm``, ``sampler``, ...)."""
+        raise NotImplementedError
+
+    def record(self) -> Component:
+        """The registered record of the component under test."""
+        backend = self.backend if self.kind in ("algorithms", "optimizers") else None
+        return registry().get(self.kind, self.component_name(), backend)
+
+    def load(self) -> Any:
+        """The implementation (class or factory)."""
+        return self.record().load()
+
+    def _probe(self) -> dict[str, Any]:
+        record = self.record()
+        return run_probe(record.plugin, self.kind, record.name, self.backend if record.backends else None)
+
+    def test_record_is_complete_and_valid(self) -> None:
+        record = self.record()
+        assert validate(record, self.kind) == record
+        assert record.plugin and record.distribution, "the record was not stamped by discovery"
+        plugin = next(p for p in discovery().plugins if p.name == record.plugin)
+        assert plugin.error is None, f"plugin {plugin.name!r} has a discovery error: {plugin.error}"
+        assert record.summary.strip() == record.summary, "summary has surrounding whitespace"
+        assert len(record.summary) <= 120, f"summary is {len(record.summary)} characters; keep it to one short line"
+        if self.kind in ("algorithms", "optimizers"):
+            assert self.backend in record.backends
+
+    def test_entry_point_module_imports_no_framework(self) -> None:
+        report = self._probe()
+        assert report["before"] == [], f"the host imported {report['before']} at start-up"
+        assert report["after_entry_module"] == [], (
+            f"importing the entry-point module {report['entry_module']} imported {report['after_entry_module']}; "
+            f"import {', '.join(FRAMEWORKS)} only inside the implementation modules"
+        )
+        assert report["after_discovery"] == [], (
+            f"running discovery imported {report['after_discovery']}; hooks must only register records"
+        )
+        assert report["plugin_error"] is None, f"discovery reported: {report['plugin_error']}"
+
+    def test_implementation_loads_lazily(self) -> None:
+        report = self._probe()
+        assert not report["target_imported_before_load"], (
+            f"{report['target_module']} was imported by discovery; name it with target='module:Attr' "
+            f"and do not import it from the entry-point module"
+        )
+        assert report["target_imported_after_load"], "record.load() did not import the target module"
+        implementation = self.load()
+        assert callable(implementation), f"target {self.record().target!r} is not callable"
+
+
+def skip_unless(condition: bool, reason: str) -> None:
+    """``pytest.skip(reason)`` unless ``condition``."""
+    if not condition:
+        pytest.skip(reason)
