@@ -1,0 +1,78 @@
+"""Scoring an algorithm on held-out episodes: per-task metrics, mean and 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from metaplug.interfaces import Algorithm, TaskSampler
+
+Z_95 = 1.96
+
+
+def mean_ci(values: np.ndarray) -> dict[str, float | None]:
+    """``{"mean", "ci95", "std", "n"}`` with ``ci95 = 1.96 * std / sqrt(n)`` (sample std, ddof=1).
+
+    ``ci95`` is ``None`` for fewer than two values.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    n = int(values.size)
+    if n == 0:
+        return {"mean": None, "ci95": None, "std": None, "n": 0}
+    std = float(np.std(values, ddof=1)) if n > 1 else None
+    return {
+        "mean": float(np.mean(values)),
+        "ci95": Z_95 * std / math.sqrt(n) if std is not None else None,
+        "std": std,
+        "n": n,
+    }
+
+
+def evaluate_episodes(
+    algorithm: Algorithm, sampler: TaskSampler, episodes: int, chunk: int, steps: int | None = None
+) -> dict[str, np.ndarray]:
+    """Per-task metrics of ``episodes`` episodes, drawn and evaluated ``chunk`` at a time."""
+    parts: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < episodes:
+        size = min(chunk, episodes - done)
+        metrics = algorithm.evaluate(sampler.sample(size), steps=steps)
+        for name, values in metrics.items():
+            parts.setdefault(name, []).append(np.asarray(values, dtype=np.float64).reshape(size))
+        done += size
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def summarize(per_task: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """:func:`mean_ci` of every metric."""
+    return {name: mean_ci(values) for name, values in per_task.items()}
+
+
+def headline(summary: Mapping[str, Mapping[str, Any]], problem: str) -> str:
+    """One line: accuracy (classification) or MSE (regression) after adaptation, and before."""
+    parts = []
+    if problem == "classification" and "accuracy" in summary:
+        parts.append(f"accuracy {_percent(summary['accuracy'])}")
+    label = "MSE" if problem == "regression" else "loss"
+    if "loss" in summary:
+        parts.append(f"{label} after adaptation {_number(summary['loss'])}")
+    if "loss_before" in summary:
+        parts.append(f"before {_number(summary['loss_before'])}")
+    return ", ".join(parts)
+
+
+def _number(stats: Mapping[str, Any]) -> str:
+    if stats.get("mean") is None:
+        return "n/a"
+    ci = f" ± {stats['ci95']:.3g}" if stats.get("ci95") is not None else ""
+    return f"{stats['mean']:.4g}{ci}"
+
+
+def _percent(stats: Mapping[str, Any]) -> str:
+    if stats.get("mean") is None:
+        return "n/a"
+    ci = f" ± {100 * stats['ci95']:.2f}" if stats.get("ci95") is not None else ""
+    return f"{100 * stats['mean']:.2f}%{ci}"

@@ -1,0 +1,274 @@
+"""The training loop: meta-train steps, logging, validation, checkpoints, resume and interrupts."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaplug import __version__
+from metaplug.errors import ConfigError, MetaplugError
+from metaplug.experiment import checkpoint as checkpoints
+from metaplug.experiment.components import Experiment, build, check
+from metaplug.experiment.config import ExperimentConfig, from_dict
+from metaplug.experiment.evaluation import evaluate_episodes, summarize
+from metaplug.experiment.files import write_json_atomic, write_text_atomic
+from metaplug.experiment.metrics import MetricsLog, RunningMeans
+from metaplug.experiment.progress import ProgressBar
+from metaplug.experiment.tomlio import read_toml
+
+CONFIG_FILE = "config.toml"
+RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TrainingInterrupted(MetaplugError):
+    """Ctrl-C: a checkpoint was saved; the CLI exits with status 130."""
+
+    exit_code = 130
+
+
+class TrainingDiverged(MetaplugError):
+    """The training loss became NaN or infinite."""
+
+
+def default_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
+    """``runs/<timestamp>-<algorithm>-<tasks>-<backend>``, made unique with a suffix."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / f"{stamp}-{cfg.algorithm.name}-{cfg.tasks.name}-{cfg.backend}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    """The resolved configuration saved in a run directory."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a metaplug run directory (no {CONFIG_FILE})")
+    return from_dict(read_toml(path))
+
+
+def restore(run_dir: Path) -> tuple[Experiment, checkpoints.Checkpoint]:
+    """Rebuild a run's components and load its latest checkpoint into the algorithm."""
+    cfg = check(load_run_config(run_dir))
+    saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
+    experiment = build(cfg)
+    try:
+        experiment.algorithm.load_state_dict(saved.arrays)
+    except MetaplugError:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise checkpoints.CheckpointError(
+            f"checkpoint in {run_dir} does not fit the configured model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    return experiment, saved
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    results: dict[str, Any]
+
+
+class Trainer:
+    """Runs (or continues) one experiment in ``run_dir``.
+
+    ``on_step(step, metrics)`` is called after every step (progress display, tests).
+    """
+
+    def __init__(self, experiment: Experiment, run_dir: Path, progress: bool | None = None,
+                 on_log: Callable[[str], None] | None = None) -> None:
+        self.experiment = experiment
+        self.cfg = experiment.config
+        self.run_dir = Path(run_dir)
+        self.progress_enabled = progress
+        self.on_log = on_log or (lambda message: None)
+        self.metrics = MetricsLog(self.run_dir)
+        self.val_sampler = experiment.sampler("val") if self.cfg.train.val_every else None
+        self.running = RunningMeans()
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.started = time.monotonic()
+        self.stop_requested = False
+
+    # -- state ----------------------------------------------------------------
+
+    def resume_from(self, saved: checkpoints.Checkpoint) -> None:
+        """Continue from ``saved`` (the algorithm's arrays are already loaded)."""
+        samplers = saved.record.get("samplers", {})
+        self.experiment.train_sampler.load_state_dict(samplers["train"])
+        if self.val_sampler is not None and samplers.get("val") is not None:
+            self.val_sampler.load_state_dict(samplers["val"])
+        progress = saved.record.get("progress", {})
+        self.running = RunningMeans(progress.get("sums"), progress.get("count", 0))
+        self.elapsed_before = float(progress.get("elapsed", 0.0))
+        self.step = saved.step
+        self.metrics.truncate(saved.step)
+
+    def save_checkpoint(self) -> None:
+        self.metrics.sync()
+        record = {
+            "samplers": {
+                "train": self.experiment.train_sampler.state_dict(),
+                "val": self.val_sampler.state_dict() if self.val_sampler is not None else None,
+            },
+            "progress": {**self.running.state(), "elapsed": self.elapsed()},
+            "config": self.cfg.as_dict(),
+            "versions": versions(self.experiment),
+        }
+        arrays = {name: np.asarray(value) for name, value in self.experiment.algorithm.state_dict().items()}
+        checkpoints.save(self.run_dir / CHECKPOINT_DIR, checkpoints.Checkpoint(self.step, arrays, record))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    # -- loop -----------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train up to ``train.iterations``, then test on held-out tasks; write ``results.json``."""
+        settings = self.cfg.train
+        bar = ProgressBar(settings.iterations, start=self.step, enabled=self.progress_enabled)
+        saved_at = self.step if checkpoints.exists(self.run_dir / CHECKPOINT_DIR) else None
+        try:
+            with interrupt_flag(self):
+                while self.step < settings.iterations:
+                    metrics = self.train_step()
+                    shown = {"loss": metrics.get("loss", math.nan)}
+                    if self.step % settings.log_every == 0 or self.step == settings.iterations:
+                        self.log_training()
+                    if settings.val_every and self.step % settings.val_every == 0:
+                        shown["val"] = self.validate()["loss"]
+                    if settings.checkpoint_every and self.step % settings.checkpoint_every == 0:
+                        self.save_checkpoint()
+                        saved_at = self.step
+                    bar.update(self.step, shown)
+                    if self.stop_requested:
+                        if saved_at != self.step:
+                            self.save_checkpoint()
+                        raise TrainingInterrupted(
+                            f"interrupted at step {self.step}; checkpoint saved, continue with "
+                            f"'metaplug train --resume {self.run_dir}'"
+                        )
+                if saved_at != self.step:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self.metrics.close()
+        results = self.final_results()
+        write_json_atomic(self.run_dir / RESULTS_FILE, results)
+        return TrainResult(self.run_dir, self.step, results)
+
+    def train_step(self) -> dict[str, float]:
+        batch = self.experiment.train_sampler.sample(self.cfg.train.meta_batch_size)
+        metrics = {k: float(v) for k, v in self.experiment.algorithm.meta_train_step(batch).items()}
+        self.step += 1
+        if not all(math.isfinite(v) for v in metrics.values()):
+            bad = ", ".join(f"{k} {v}" for k, v in metrics.items() if not math.isfinite(v))
+            raise TrainingDiverged(f"training diverged at step {self.step} ({bad}); "
+                                   f"try a smaller learning rate (--lr, --inner-lr)")
+        self.running.add(metrics)
+        return metrics
+
+    def log_training(self) -> None:
+        self.metrics.append({"step": self.step, "split": "train", **self.running.means(),
+                             "elapsed": round(self.elapsed(), 3)})
+        self.running.reset()
+
+    def validate(self) -> dict[str, float]:
+        assert self.val_sampler is not None
+        per_task = evaluate_episodes(self.experiment.algorithm, self.val_sampler, self.cfg.train.val_tasks,
+                                     self.cfg.train.meta_batch_size, self.cfg.evaluation.steps)
+        means = {name: float(np.mean(values)) for name, values in per_task.items()}
+        self.metrics.append({"step": self.step, "split": "val", **means, "elapsed": round(self.elapsed(), 3)})
+        return means
+
+    def final_results(self) -> dict[str, Any]:
+        """Scores on ``train.test_tasks`` held-out episodes of the test split."""
+        results: dict[str, Any] = {"step": self.step, "elapsed_s": round(self.elapsed(), 3),
+                                   "problem": self.experiment.spec.problem}
+        tasks = self.cfg.train.test_tasks
+        if tasks:
+            per_task = evaluate_episodes(self.experiment.algorithm, self.experiment.sampler("test"), tasks,
+                                         self.cfg.train.meta_batch_size, self.cfg.evaluation.steps)
+            results["test"] = {"split": "test", "episodes": tasks, "steps": self.cfg.evaluation.steps,
+                               "seed": self.cfg.seed, **summarize(per_task)}
+        return results
+
+
+@contextlib.contextmanager
+def interrupt_flag(trainer: Trainer) -> Iterator[None]:
+    """The first Ctrl-C asks the trainer to checkpoint and stop after the current step;
+    a second one interrupts immediately."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def versions(experiment: Experiment) -> dict[str, str]:
+    records = experiment.records
+    return {
+        "metaplug": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "backend": records.backend.distribution,
+        "algorithm": records.algorithm.distribution,
+    }
+
+
+def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | None = None) -> Trainer:
+    """Check ``cfg``, create the run directory and build a trainer for a new run."""
+    cfg = check(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if (run_dir / CHECKPOINT_DIR / checkpoints.POINTER).exists() or (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          f"or choose another --run-dir")
+    experiment = build(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
+    write_text_atomic(run_dir / CONFIG_FILE, experiment.config.to_toml())
+    return Trainer(experiment, run_dir, progress)
+
+
+def resume(run_dir: Path, iterations: int | None = None, progress: bool | None = None) -> Trainer:
+    """A trainer that continues the run in ``run_dir`` from its latest checkpoint."""
+    experiment, saved = restore(run_dir)
+    cfg = experiment.config
+    if iterations is not None:
+        cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
+        experiment.config = cfg
+        write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
+    if saved.step >= cfg.train.iterations:
+        raise ConfigError(f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
+                          f"pass --iterations N (more than {saved.step}) to train further")
+    trainer = Trainer(experiment, Path(run_dir), progress)
+    trainer.resume_from(saved)
+    return trainer
