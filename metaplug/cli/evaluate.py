@@ -1,0 +1,60 @@
+"""``metaplug evaluate RUN_DIR``: the standard few-shot test protocol with 95% confidence intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from metaplug.cli import cli
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@cli.command("evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--episodes", type=click.IntRange(min=1), help="Test episodes (default: the run's evaluation.episodes, 600).")
+@click.option("--steps", type=click.IntRange(min=0), help="Inner steps at test time (default: the algorithm's test_inner_steps).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of the episodes (default: the run's seed).")
+@click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, split: str, seed: int | None,
+                     batch: int | None, as_json: bool) -> None:
+    """Adapt a trained run to held-out episodes and report mean accuracy (or MSE) ± 95% CI.
+
+    Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
+    """
+    from metaplug.cli.discovery import echo_json
+    from metaplug.experiment.evaluation import evaluate_episodes, headline, summarize
+    from metaplug.experiment.files import write_json_atomic
+    from metaplug.experiment.runner import restore
+
+    experiment, saved = restore(Path(run_dir))
+    cfg = experiment.config
+    episodes = episodes or cfg.evaluation.episodes
+    steps = cfg.evaluation.steps if steps is None else steps
+    seed = cfg.seed if seed is None else seed
+    per_task = evaluate_episodes(experiment.algorithm, experiment.sampler(split, seed), episodes,
+                                 batch or cfg.train.meta_batch_size, steps)
+    result = {
+        "run_dir": str(run_dir),
+        "step": saved.step,
+        "algorithm": cfg.algorithm.name,
+        "backend": cfg.backend,
+        "tasks": cfg.tasks.name,
+        "problem": experiment.spec.problem,
+        "split": split,
+        "episodes": episodes,
+        "steps": steps,
+        "seed": seed,
+        **summarize(per_task),
+    }
+    write_json_atomic(Path(run_dir) / EVALUATION_FILE, result)
+    if as_json:
+        echo_json(result)
+        return
+    scores = {k: v for k, v in result.items() if isinstance(v, dict)}
+    adapted = "default inner steps" if steps is None else f"{steps} inner step{'s' if steps != 1 else ''}"
+    click.echo(f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
+               f"{episodes} {split} episodes, {adapted}: {headline(scores, result['problem'])}")
