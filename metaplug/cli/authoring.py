@@ -1,0 +1,233 @@
+"""``metaplug install``, ``uninstall`` and ``new-plugin``: add, remove and write plugins.
+
+``install`` and ``uninstall`` run pip with the interpreter metaplug runs in
+(``sys.executable -m pip``), so plugins land in metaplug's own environment; then a
+fresh interpreter runs discovery and the result is shown as metaplug sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+
+from metaplug import ENTRY_POINT_GROUP, PROJECT_NAME
+from metaplug.cli import cli, fail
+from metaplug.cli.discovery import format_table
+from metaplug.errors import ConfigError, MetaplugError, suggest
+
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def canonical(name: str) -> str:
+    """A distribution name normalised as in PEP 503 (``Metaplug_Foo`` -> ``metaplug-foo``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed() -> dict[str, str]:
+    """``{canonical distribution name: version}`` of this environment, read afresh."""
+    import importlib
+
+    importlib.invalidate_caches()
+    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+
+
+def pip(*args: str) -> int:
+    """Run pip in metaplug's environment; its output goes straight to the terminal."""
+    command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
+    return subprocess.run(command, check=False).returncode
+
+
+def distribution_of(spec: str) -> str | None:
+    """The distribution name that ``spec`` (a requirement, a project folder or a wheel) installs."""
+    path = Path(spec)
+    if path.is_dir():
+        pyproject = path / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from exc
+            return canonical(name) if isinstance(name, str) else None
+        return None
+    if path.suffix == ".whl":
+        return canonical(path.name.split("-")[0])
+    if path.exists():
+        return None
+    match = _REQUIREMENT_NAME.match(spec)
+    return canonical(match.group(1)) if match else None
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec or Path(spec).exists()
+
+
+def discovered_in_fresh_process(distributions: list[str]) -> list[dict[str, Any]]:
+    """Discovery's view of the plugins from ``distributions``, run in a new interpreter
+    (so that newly installed ``.pth`` files and entry points are seen)."""
+    code = "import json, sys; from metaplug.cli.authoring import describe_plugins; " \
+           "print(json.dumps(describe_plugins(sys.argv[1:])))"
+    result = subprocess.run([sys.executable, "-c", code, *distributions], capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        raise MetaplugError(f"discovery failed in a fresh interpreter: {lines[-1]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def describe_plugins(distributions: list[str]) -> list[dict[str, Any]]:
+    """The plugins of ``distributions`` (canonical names) as discovery sees them in this process."""
+    from metaplug.plugins import discover
+
+    found = discover()
+    wanted = {canonical(d) for d in distributions}
+    described = []
+    for plugin in found.plugins:
+        if canonical(plugin.distribution) not in wanted:
+            continue
+        data = plugin.as_dict()
+        data["records"] = [
+            record.as_dict()
+            for kind in plugin.components
+            for record in found.registry.records(kind)
+            if record.plugin == plugin.name
+        ]
+        described.append(data)
+    return described
+
+
+def show_plugins(plugins: list[dict[str, Any]]) -> None:
+    """Print each plugin's components as a table."""
+    for plugin in plugins:
+        click.echo(f"plugin {plugin['name']!r} ({plugin['distribution']} {plugin['version']}), "
+                   f"module {plugin['module']}:")
+        rows = [[r["kind"][:-1], r["name"], ", ".join(r["backends"]) or "-",
+                 ", ".join(r["problems"]) or r["role"] or "-", r["summary"]] for r in plugin["records"]]
+        if rows:
+            table = format_table(["kind", "name", "backends", "problems/role", "summary"], rows)
+            click.echo("\n".join("  " + line for line in table.splitlines()))
+        else:
+            click.echo("  (no components)")
+
+
+def roll_back(before: dict[str, str]) -> str:
+    """Uninstall what appeared since ``before``; return what could not be restored (or "")."""
+    after = installed()
+    added = sorted(set(after) - set(before))
+    if added:
+        pip("uninstall", "--yes", "--quiet", *added)
+    changed = [f"{n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after)) if before[n] != after[n]]
+    left = [n for n in added if n in installed()]
+    problems = ([f"could not remove {', '.join(left)}"] if left else []) + (
+        [f"pip changed versions ({'; '.join(changed)}); reinstall the old ones by hand"] if changed else [])
+    return "; ".join(problems)
+
+
+@cli.command("install")
+@click.argument("spec", metavar="NAME|PATH")
+@click.option("-e", "--editable", is_flag=True, help="Install a project folder in editable (development) mode.")
+@click.argument("pip_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PIP_OPTIONS]")
+def install_command(spec: str, editable: bool, pip_args: tuple[str, ...]) -> None:
+    """Install a plugin with pip into metaplug's environment and show its components.
+
+    NAME|PATH is a requirement (metaplug-foo, metaplug-foo==1.2) or a project folder or
+    wheel. Options after '--' go to pip. If pip fails, or the installed package is not
+    a working metaplug plugin, what was installed is removed again.
+    """
+    is_path = looks_like_path(spec)
+    if is_path and not Path(spec).exists():
+        raise ConfigError(f"no such file or folder: {spec}")
+    if editable and not (is_path and Path(spec).is_dir()):
+        raise ConfigError(f"-e installs a project folder in development mode; {spec!r} is not a folder")
+    expected = distribution_of(spec)
+    if expected == canonical(PROJECT_NAME):
+        raise ConfigError("metaplug itself is not a plugin; upgrade it with pip")
+    before = installed()
+    target = str(Path(spec).resolve()) if is_path else spec
+    code = pip("install", *(["--editable"] if editable else []), target, *pip_args)
+    if code != 0:
+        leftover = roll_back(before)
+        fail(f"pip could not install {spec} (exit status {code}; its messages are above); "
+             + (leftover or "the environment is unchanged"))
+    after = installed()
+    changed = {n for n in after if before.get(n) != after[n]}
+    candidates = sorted({expected} & set(after) if expected else changed) or sorted(changed)
+    plugins = discovered_in_fresh_process(candidates) if candidates else []
+    broken = [p for p in plugins if p["error"]]
+    if not plugins or broken:
+        why = (f"plugin {broken[0]['name']!r} does not load: {broken[0]['error']}" if broken else
+               f"{', '.join(candidates) or spec} is not a metaplug plugin "
+               f"(no entry point in group {ENTRY_POINT_GROUP!r})")
+        leftover = roll_back(before)
+        fail(f"{why}; removed what was installed" + (f", but {leftover}" if leftover else ""))
+    for plugin in plugins:
+        click.echo(f"installed {plugin['distribution']} {plugin['version']}")
+    show_plugins(plugins)
+
+
+@cli.command("uninstall")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, hidden=True, help="Accepted for pip compatibility; never asks.")
+def uninstall_command(name: str, yes: bool) -> None:
+    """Uninstall a plugin (by distribution or plugin name) with pip.
+
+    Refuses metaplug itself and distributions that are not metaplug plugins.
+    """
+    from metaplug.plugins import discovery
+
+    wanted = canonical(name)
+    if wanted == canonical(PROJECT_NAME):
+        raise ConfigError("refusing to uninstall metaplug itself; use 'pip uninstall metaplug'")
+    plugins = discovery().plugins
+    by_plugin = {p.name: canonical(p.distribution) for p in plugins if p.distribution != PROJECT_NAME}
+    distribution = by_plugin.get(name, wanted)
+    versions = installed()
+    if distribution not in versions:
+        known = sorted(set(by_plugin) | set(by_plugin.values()))
+        raise ConfigError(f"no installed plugin or distribution named {name!r}.{suggest(name, known)}"
+                          + (f" Installed plugins: {', '.join(sorted(by_plugin))}." if by_plugin else ""))
+    if not any(ep.group == ENTRY_POINT_GROUP for ep in metadata.distribution(distribution).entry_points):
+        raise ConfigError(f"{distribution} is not a metaplug plugin (no entry point in group "
+                          f"{ENTRY_POINT_GROUP!r}); refusing to uninstall it, use pip")
+    removed = [p for p in plugins if canonical(p.distribution) == distribution]
+    code = pip("uninstall", "--yes", distribution)
+    if code != 0:
+        fail(f"pip could not uninstall {distribution} (exit status {code}; its messages are above)")
+    still = discovered_in_fresh_process([distribution])
+    if still:
+        fail(f"{distribution} was uninstalled but discovery still finds plugin {still[0]['name']!r} "
+             f"(another copy on the path?)")
+    for plugin in removed:
+        counts = ", ".join(f"{k}: {', '.join(v)}" for k, v in plugin.components.items()) or "no components"
+        click.echo(f"uninstalled {distribution} {versions[distribution]}: plugin {plugin.name!r} ({counts})")
+    if not removed:
+        click.echo(f"uninstalled {distribution} {versions[distribution]}")
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["algorithm", "task-sampler", "optimizer", "backend"]),
+              default="algorithm", show_default=True, help="What the plugin adds.")
+@click.option("--backend", type=click.Choice(["torch", "tensorflow"]), default="torch", show_default=True,
+              help="Framework of an algorithm, optimizer or backend.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it [./metaplug-NAME].")
+def new_plugin_command(name: str, kind: str, backend: str, directory: str | None) -> None:
+    """Write a ready-to-install plugin package: pyproject, hooks, a working
+    implementation, conformance tests, README and LICENSE."""
+    from metaplug.templates import PluginNames, render
+
+    names = PluginNames.from_name(name, kind, backend)
+    destination = Path(directory or names.distribution)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise ConfigError(f"{destination} already exists and is not empty; choose another --dir")
+    written = render(names, destination)
+    click.echo(f"wrote {names.kind} plugin {names.distribution!r} to {destination}/:")
+    for path in written:
+        click.echo(f"  {path.relative_to(destination)}")
+    click.echo(f"next: metaplug install -e {destination} && pytest {destination}")

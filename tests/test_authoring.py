@@ -1,0 +1,159 @@
+"""``metaplug new-plugin``, ``install`` and ``uninstall`` in a throwaway environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from authoring_env import make_env, run
+from metaplug.templates import PluginNames, host_range, render
+
+NO_ISOLATION = ("--", "--no-build-isolation", "--no-index")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return make_env(tmp_path_factory.mktemp("env") / "venv")
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+def installed_plugins(python: Path) -> str:
+    result = run(python, "plugins")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_host_range_is_the_current_minor_series():
+    assert host_range("0.1.0") == ">=0.1,<0.2"
+    assert host_range("1.4.2") == ">=1.4,<1.5"
+
+
+def test_new_plugin_writes_a_complete_package(tmp_path):
+    result = run(Path(sys.executable), "new-plugin", "polyreg", "--kind", "task-sampler", "--dir", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    files = {str(p.relative_to(tmp_path / "p")) for p in (tmp_path / "p").rglob("*") if p.is_file()}
+    assert {"pyproject.toml", "README.md", "LICENSE", "src/metaplug_polyreg/plugin.py",
+            "tests/test_conformance.py"} <= files
+    pyproject = (tmp_path / "p" / "pyproject.toml").read_text()
+    assert '"metaplug>=0.1,<0.2"' in pyproject and 'polyreg = "metaplug_polyreg.plugin"' in pyproject
+    assert "MIT License" in (tmp_path / "p" / "LICENSE").read_text()
+    for path in (tmp_path / "p").rglob("*"):
+        if path.is_file():
+            assert "{{" not in path.read_text(), f"unrendered placeholder in {path}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["Bad_Name"], "lower-case letters"),
+    (["ok", "--dir", "{existing}"], "already exists and is not empty"),
+])
+def test_new_plugin_rejects_bad_input_in_one_line(tmp_path, args, message):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "file").write_text("x")
+    result = run(Path(sys.executable), "new-plugin", *[a.format(existing=existing) for a in args])
+    assert message in one_error_line(result)
+
+
+def test_generated_task_sampler_installs_and_its_tests_pass_unchanged(tmp_path):
+    project = tmp_path / "metaplug-polyreg"
+    render(PluginNames.from_name("polyreg", "task-sampler"), project)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(project)], check=True)
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                           cwd=project, env=env, capture_output=True, text=True)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "10 passed" in tests.stdout
+
+
+def test_install_shows_components_and_uninstall_removes_the_plugin(env, tmp_path):
+    project = tmp_path / "metaplug-polyreg"
+    render(PluginNames.from_name("polyreg", "task-sampler"), project)
+    result = run(env, "install", "-e", str(project), *NO_ISOLATION)
+    assert result.returncode == 0, result.stderr
+    assert "installed metaplug-polyreg 0.1.0" in result.stdout
+    assert "task-sampler  polyreg" in result.stdout and "Polynomial regression" in result.stdout
+    assert "metaplug-polyreg" in installed_plugins(env)
+
+    listing = run(env, "list", "task-samplers")
+    assert "polyreg" in listing.stdout
+
+    result = run(env, "uninstall", "polyreg")  # the plugin name works as well as the distribution's
+    assert result.returncode == 0, result.stderr
+    assert "uninstalled metaplug-polyreg 0.1.0: plugin 'polyreg' (task-samplers: polyreg)" in result.stdout
+    assert "metaplug-polyreg" not in installed_plugins(env)
+
+
+def write_project(folder: Path, name: str, module: str, entry_point: bool, source: str = "") -> Path:
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text(textwrap.dedent(source))
+    entry = f'\n[project.entry-points.metaplug]\n{module} = "{module}"\n' if entry_point else ""
+    (folder / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["hatchling"]
+        build-backend = "hatchling.build"
+        [project]
+        name = "{name}"
+        version = "1.0"
+        """) + entry)
+    return folder
+
+
+def distribution_present(python: Path, name: str) -> bool:
+    code = f"import importlib.metadata as m\ntry: m.distribution({name!r}); print('yes')\nexcept m.PackageNotFoundError: print('no')"
+    return run(python, "-c", code).stdout.strip() == "yes"
+
+
+def test_install_of_a_non_plugin_is_undone(env, tmp_path):
+    project = write_project(tmp_path / "plain", "plain-package", "plain_package", entry_point=False)
+    line = one_error_line(run(env, "install", str(project), *NO_ISOLATION))
+    assert "plain-package is not a metaplug plugin" in line and "removed what was installed" in line
+    assert not distribution_present(env, "plain-package")
+
+
+def test_install_of_a_broken_plugin_is_undone(env, tmp_path):
+    source = """
+        from metaplug import Component, hookimpl
+
+        @hookimpl
+        def register_algorithms(register):
+            register(Component(name="Bad Name", summary="x", target="a:b", backends=("torch",),
+                               problems=("regression",)))
+    """
+    project = write_project(tmp_path / "broken", "metaplug-broken", "metaplug_broken", True, source)
+    line = one_error_line(run(env, "install", str(project), *NO_ISOLATION))
+    assert "plugin 'metaplug_broken' does not load" in line and "must be lower case" in line
+    assert not distribution_present(env, "metaplug-broken")
+
+
+def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
+    project = write_project(tmp_path / "needy", "metaplug-needy", "metaplug_needy", True)
+    text = (project / "pyproject.toml").read_text().replace('version = "1.0"',
+                                                            'version = "1.0"\ndependencies = ["no-such-dist-xyz"]')
+    (project / "pyproject.toml").write_text(text)
+    result = run(env, "install", str(project), *NO_ISOLATION)
+    line = one_error_line(result)
+    assert "pip could not install" in line and "the environment is unchanged" in line
+    assert not distribution_present(env, "metaplug-needy")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["uninstall", "metaplug"], "refusing to uninstall metaplug itself"),
+    (["uninstall", "numpy"], "numpy is not a metaplug plugin"),
+    (["uninstall", "no-such-plugin"], "no installed plugin or distribution named 'no-such-plugin'"),
+    (["install", "./no/such/folder"], "no such file or folder"),
+    (["install", "-e", "metaplug-foo"], "-e installs a project folder"),
+])
+def test_bad_requests_fail_in_one_line_without_touching_pip(env, args, message):
+    assert message in one_error_line(run(env, *args))
