@@ -1,0 +1,1 @@
+"""The seven torch algorithms; each module imports torch."""

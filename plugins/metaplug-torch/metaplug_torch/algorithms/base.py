@@ -1,0 +1,186 @@
+"""What every torch algorithm shares: construction, tensors, the outer step, state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaplug.errors import ConfigError
+from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug_torch import batching, optimizers
+from metaplug_torch.backend import TorchBackend, TorchEpisodes
+from metaplug_torch.functional import FunctionalModel, accuracy, task_loss
+
+MODEL_PREFIX = "model."
+
+
+class TorchAdapted:
+    """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: TorchBackend,
+                 dtype: torch.dtype) -> None:
+        self._forward, self._backend, self._dtype = forward, backend, dtype
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._forward(self._backend.tensor(np.asarray(x), self._dtype)).cpu().numpy()
+
+
+class TorchAlgorithm:
+    """Base class: subclasses implement :meth:`_meta_step`, :meth:`_evaluate_task` and
+    :meth:`adapt`, and may add meta-learned tensors with :meth:`_extra_parameters`."""
+
+    name = ""
+    problems: tuple[str, ...] = ("regression", "classification")
+    vmap_chunk: int | None = None
+    """Tasks per ``vmap`` call (``None``: the whole batch)."""
+
+    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
+                 spec: TaskSpec | None = None, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 batching_mode: str = "auto") -> None:
+        if spec is None:
+            raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
+        if spec.problem not in self.problems:
+            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
+                              f"not {spec.problem} tasks")
+        self.spec = spec
+        self.backend = backend if backend is not None else TorchBackend()
+        if model is None:
+            model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = FunctionalModel(model)
+        self.mode = batching.resolve(batching_mode, self.model)
+        self.params = self.model.parameters()
+        if not self.params:
+            raise ConfigError("the model has no parameters to meta-learn")
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.extra: dict[str, torch.nn.Parameter] = {
+            k: torch.nn.Parameter(v.detach().clone()) for k, v in self._extra_parameters().items()
+        }
+        factory = optimizer if optimizer is not None else optimizers.adam
+        self.optimizer = factory([*self.params.values(), *self.extra.values()])
+
+    # -- subclass hooks ---------------------------------------------------------------
+    def _extra_parameters(self) -> dict[str, torch.Tensor]:
+        """Meta-learned tensors besides the model's, keyed by their state name."""
+        return {}
+
+    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+        """Fill the ``.grad`` of the meta-parameters; return per-task (loss, accuracy)."""
+        raise NotImplementedError
+
+    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, loss_before, accuracy) of one task."""
+        raise NotImplementedError
+
+    def _evaluation_shared(self) -> Any:
+        return self._detached()
+
+    # -- the Algorithm interface -------------------------------------------------------
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
+        data = self._tensors(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, acc = self._meta_step(data, batch)[:2]
+        self.optimizer.step()
+        return self._metrics(loss, acc)
+
+    def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
+        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
+        data = self._tensors(batch)
+        steps = self._test_steps(steps)
+        with batching.no_grad_unless(self.mode == "reference"):
+            loss, before, acc = self._map(
+                lambda shared, *t: self._evaluate_task(shared, *t, steps=steps),
+                self._evaluation_shared(), (data.support_x, data.support_y, data.query_x, data.query_y))
+        result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
+        if self.spec.problem == "classification":
+            result["accuracy"] = _numpy(acc)
+        return result
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``model.*`` (layout of docs/models.md), extra meta-parameters and ``optimizer.*``."""
+        state = {MODEL_PREFIX + k: _numpy(v) for k, v in self.model.module.state_dict().items()}
+        state.update({k: _numpy(v) for k, v in self.extra.items()})
+        state.update(optimizers.optimizer_state(self.optimizer))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; shapes and names must match this algorithm's."""
+        targets = {MODEL_PREFIX + k: v for k, v in self.model.module.state_dict().items()}
+        targets.update(self.extra)
+        missing = [k for k in targets if k not in state]
+        if missing:
+            raise ConfigError(f"state has no entry {missing[0]!r} ({len(missing)} missing)")
+        unknown = [k for k in state if k not in targets and not k.startswith(optimizers.PREFIX)]
+        if unknown:
+            raise ConfigError(f"state entry {unknown[0]!r} does not belong to {self.name}")
+        with torch.no_grad():
+            for key, target in targets.items():
+                value = np.asarray(state[key])
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ConfigError(f"state entry {key!r} has shape {value.shape}, "
+                                      f"expected {tuple(target.shape)}")
+                target.copy_(torch.from_numpy(np.array(value)))
+        optimizers.load_optimizer_state(
+            self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)})
+
+    # -- helpers -----------------------------------------------------------------------
+    def _tensors(self, batch: EpisodeBatch) -> TorchEpisodes:
+        if batch.problem != self.spec.problem:
+            raise ConfigError(f"{self.name} was set up for {self.spec.problem} but got a {batch.problem} batch")
+        return self.backend.to_tensors(batch, self.dtype)
+
+    def _map(self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor],
+             backward_scale: float | None = None) -> tuple[torch.Tensor, ...]:
+        return batching.map_tasks(fn, shared, tasks, self.mode, backward_scale=backward_scale,
+                                  chunk=self.vmap_chunk)
+
+    def _detached(self) -> dict[str, torch.Tensor]:
+        """The model's parameters without gradient tracking (requiring gradients in
+        ``reference`` mode, whose inner loop uses ``torch.autograd.grad``)."""
+        if self.mode == "reference":
+            return {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        return {k: v.detach() for k, v in self.params.items()}
+
+    def _test_steps(self, steps: int | None) -> int:
+        if steps is None:
+            return getattr(self, "test_inner_steps", 0)
+        return check_count("steps", steps, minimum=0)
+
+    def _metrics(self, loss: torch.Tensor, acc: torch.Tensor) -> dict[str, float]:
+        metrics = {"loss": float(loss.mean())}
+        if self.spec.problem == "classification":
+            metrics["accuracy"] = float(acc.mean())
+        return metrics
+
+    def _outputs(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = task_loss(self.spec.problem, output, target)
+        if self.spec.problem == "classification":
+            return loss, accuracy(output, target)
+        return loss, torch.zeros((), dtype=loss.dtype, device=loss.device)
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy())

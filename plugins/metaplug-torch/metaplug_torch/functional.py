@@ -1,0 +1,82 @@
+"""Any ``torch.nn.Module`` as a pure function of its parameters, plus the task losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metaplug.errors import ConfigError
+
+Params = Mapping[str, torch.Tensor]
+
+
+class FunctionalModel:
+    """Calls ``module`` with parameters given as a name -> tensor mapping.
+
+    Works for any module. Models with ``features`` and ``head`` submodules
+    (every standard model) can also be embedded and have their head applied
+    separately. Batch-norm layers must not track running statistics: their
+    in-place updates cannot be replayed per task.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        for name, sub in module.named_modules():
+            if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+                raise ConfigError(
+                    f"batch-norm layer {name or type(sub).__name__!r} tracks running statistics; "
+                    f"build it with track_running_stats=False (meta-learning uses each task's own statistics)"
+                )
+        self.module = module
+        self.buffers = dict(module.named_buffers())
+        self.names = [n for n, _ in module.named_parameters()]
+        self.has_parts = isinstance(getattr(module, "features", None), nn.Module) and isinstance(
+            getattr(module, "head", None), nn.Module)
+        self.has_native_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
+        self.has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, (dict(params), self.buffers), (x,))
+
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``features(x)``; the whole output for a module without ``features``/``head``."""
+        if not self.has_parts:
+            return self(params, x)
+        return _call_part(self.module.features, "features.", params, x)
+
+    def head(self, params: Params, z: torch.Tensor) -> torch.Tensor:
+        """``head(z)`` with the ``head.*`` entries of ``params``."""
+        return _call_part(self.module.head, "head.", params, z)
+
+    def require_parts(self, algorithm: str) -> None:
+        if not self.has_parts:
+            raise ConfigError(f"{algorithm} needs a model with 'features' and 'head' submodules "
+                              f"(every standard model has them); got {type(self.module).__name__}")
+
+
+def _call_part(part: nn.Module, prefix: str, params: Params, x: torch.Tensor) -> torch.Tensor:
+    sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return functional_call(part, sub, (x,))
+
+
+def task_loss(problem: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy (classification) or mean squared error (regression), averaged."""
+    if problem == "classification":
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output, target)
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose highest score is the target class."""
+    return (output.argmax(-1) == target).to(output.dtype).mean()
+
+
+def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, classes)`` indicator matrix; works under ``vmap`` (unlike ``F.one_hot``)."""
+    return (labels.unsqueeze(-1) == torch.arange(classes, device=labels.device)).to(dtype)

@@ -1,0 +1,94 @@
+"""Inner-loop update rules (the ``role="inner"`` optimizers) and the inner loop itself.
+
+An inner rule is a class constructed with no arguments that implements
+:class:`InnerRule`. Register it under the ``optimizers`` kind with
+``role="inner"`` and ``backends=("torch",)``; ``maml``, ``anil`` and ``metasgd``
+take its name as ``inner_rule``. Rules must be pure functions of their inputs
+(no in-place updates, no randomness) so that they work under ``torch.func.vmap``
+and can be differentiated through::
+
+    class InnerSignSGD:
+        def init(self, params, lr):
+            return {}                              # nothing learned
+        def step(self, params, grads, learnables, lr):
+            return {n: p - lr * grads[n].sign() for n, p in params.items()}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
+
+import torch
+
+Params = Mapping[str, torch.Tensor]
+
+
+@runtime_checkable
+class InnerRule(Protocol):
+    """How the inner loop turns gradients into adapted parameters."""
+
+    def init(self, params: Params, lr: float) -> dict[str, torch.Tensor]:
+        """Learnable tensors of the rule for the adapted ``params`` (meta-learned in the
+        outer loop and saved as ``inner.<name>``); ``{}`` when nothing is learned."""
+        ...
+
+    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, torch.Tensor]:
+        """The parameters after one inner step."""
+        ...
+
+
+class InnerSGD:
+    """Plain gradient descent ``p - lr * grad``."""
+
+    def init(self, params: Params, lr: float) -> dict[str, torch.Tensor]:
+        return {}
+
+    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, torch.Tensor]:
+        return {n: p - lr * grads[n] for n, p in params.items()}
+
+
+class InnerMetaSGD:
+    """Meta-SGD: ``p - alpha * grad`` with a learned rate ``alpha`` per parameter entry,
+    initialised to ``lr`` (Li et al. 2017)."""
+
+    def init(self, params: Params, lr: float) -> dict[str, torch.Tensor]:
+        return {n: torch.full_like(p.detach(), lr) for n, p in params.items()}
+
+    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, torch.Tensor]:
+        return {n: p - learnables[n] * grads[n] for n, p in params.items()}
+
+
+def inner_loop(
+    loss: Callable[[Params], torch.Tensor],
+    params: Params,
+    rule: InnerRule,
+    learnables: Params,
+    lr: float,
+    steps: int,
+    *,
+    second_order: bool,
+    functional: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Adapt ``params`` with ``steps`` steps of ``rule`` on ``loss``.
+
+    ``functional`` computes gradients with ``torch.func.grad`` (works under
+    ``vmap``); otherwise with ``torch.autograd.grad`` on tensors that require
+    gradients (the per-task reference). With ``second_order`` the result stays
+    differentiable through the gradients; otherwise they are constants
+    (first-order approximation; the rule's learnables still get gradients).
+    """
+    fast = dict(params)
+    for _ in range(steps):
+        if functional:
+            point = fast if second_order else {n: p.detach() for n, p in fast.items()}
+            grads = torch.func.grad(loss)(point)
+        else:
+            with torch.enable_grad():
+                values = list(fast.values())
+                found = torch.autograd.grad(loss(fast), values, create_graph=second_order)
+            grads = dict(zip(fast, found))
+        if not second_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        fast = rule.step(fast, grads, learnables, lr)
+    return fast
