@@ -1,0 +1,268 @@
+"""What every TensorFlow algorithm shares: construction checks, compiled entry points,
+the inner loop, numpy state and adapted models.
+
+Subclasses define ``_train_impl``, ``_evaluate_impl``, ``_adapt_impl`` (and
+``_predict_impl`` when an adapted model is more than the model's weights). Each is
+compiled once per input shape with ``tf.function``; nothing is traced per step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metaplug.errors import ConfigError
+from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug_tensorflow._tf import tf
+from metaplug_tensorflow.backend import TensorFlowBackend
+from metaplug_tensorflow.layout import channels_last, to_native, to_shared
+from metaplug_tensorflow.losses import task_accuracy, task_losses
+from metaplug_tensorflow.models import FunctionalModel
+from metaplug_tensorflow.optimizers import OuterOptimizer, adam
+
+BATCHING = ("auto", "vectorized", "loop")
+AUTO_BATCHING = {"mlp": "vectorized", "conv4": "loop"}
+"""Measured fastest per model on CPU (see the plugin's README)."""
+
+Weights = list[tf.Tensor]
+StepRule = Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor], Sequence[tf.Variable]], list[tf.Tensor]]
+
+
+def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
+    """One copy of each weight per task (a leading task axis); gradients sum back."""
+    return [tf.broadcast_to(p, [num_tasks, *p.shape]) for p in params]
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class TFAlgorithm:
+    """Base of the TensorFlow algorithms (see :class:`metaplug.interfaces.Algorithm`)."""
+
+    problems: tuple[str, ...] = ("regression", "classification")
+    name = "algorithm"
+
+    def __init__(self, backend: TensorFlowBackend | None, model: FunctionalModel | None,
+                 spec: TaskSpec, optimizer: Callable[..., OuterOptimizer] | None,
+                 batching: str) -> None:
+        if spec.problem not in self.problems:
+            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
+                              f"not {spec.problem} tasks")
+        self.backend = backend if backend is not None else TensorFlowBackend()
+        if not isinstance(self.backend, TensorFlowBackend):
+            raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, "
+                              f"got {type(backend).__name__}")
+        if model is None:
+            from metaplug.interfaces import ModelSpec
+            model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
+        if not isinstance(model, FunctionalModel):
+            raise ConfigError("the tensorflow algorithms take a model from TensorFlowBackend.build_model, "
+                              f"got {type(model).__name__}")
+        if batching not in BATCHING:
+            raise ConfigError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+        self.model, self.spec, self.problem = model, spec, spec.problem
+        self.batching = AUTO_BATCHING.get(model.spec.name, "loop") if batching == "auto" else batching
+        self._optimizer_factory = optimizer or functools.partial(adam, lr=1e-3)
+        self._train_fn = tf.function(self._train_impl)
+        self._evaluate_fn = tf.function(self._evaluate_impl)
+        self._adapt_fn = tf.function(self._adapt_impl)
+        self._predict_fn = tf.function(self._predict_impl)
+
+    @property
+    def vectorized(self) -> bool:
+        return self.batching == "vectorized"
+
+    def _setup(self, trainables: Mapping[str, tf.Variable], others: Mapping[str, tf.Variable] = {}) -> None:
+        """Name the meta-parameters (trained by the outer optimizer) and other saved variables."""
+        self.trainables = dict(trainables)
+        self._saved = {**{f"model.{n}": v for n, v in zip(self.model.names, self.model.variables)},
+                       **others, **self.trainables}
+        with self.backend.scope():
+            self.optimizer = self._optimizer_factory(list(self.trainables.values()))
+
+    # -- the inner loop ------------------------------------------------------------
+
+    def forward_per_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """The full model on weights with a task axis."""
+        return self.model(weights, x, per_task=True, vectorized=self.vectorized)
+
+    def descend(self, forward: Callable[[Weights, tf.Tensor], tf.Tensor], weights: Weights,
+                x: tf.Tensor, y: tf.Tensor, steps: int, rule: StepRule,
+                learnables: Sequence[tf.Variable] = (), second_order: bool = False) -> Weights:
+        """``steps`` inner updates of per-task ``weights`` on ``(x, y)``.
+
+        The tape watches the weights explicitly (they are tensors, not variables;
+        unwatched, their gradient would silently be ``None``). The summed loss gives
+        each task the gradient of its own loss. Without ``second_order`` the inner
+        gradients are constants for the outer gradient (first-order approximation).
+        """
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                loss = tf.reduce_sum(task_losses(self.problem, forward(weights, x), y))
+            grads = tape.gradient(loss, weights)
+            if any(g is None for g in grads):
+                raise RuntimeError("inner-loop gradient is None: a weight does not reach the loss")
+            grads = [tf.convert_to_tensor(g) for g in grads]  # vectorized_map may give IndexedSlices
+            if not second_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            weights = rule(weights, grads, learnables)
+        return weights
+
+    def metrics(self, outputs: tf.Tensor, targets: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Per-task ``loss`` (and ``accuracy``) of outputs ``(T, N, out)``."""
+        result = {"loss": task_losses(self.problem, outputs, targets)}
+        if self.problem == "classification":
+            result["accuracy"] = task_accuracy(outputs, targets)
+        return result
+
+    def apply_gradients(self, loss: tf.Tensor, tape: tf.GradientTape) -> None:
+        variables = list(self.trainables.values())
+        grads = tape.gradient(loss, variables)
+        missing = [n for n, g in zip(self.trainables, grads) if g is None]
+        if missing:
+            raise RuntimeError(f"meta-gradient is None for {missing}")
+        self.optimizer.apply(grads)
+
+    # -- the public API ------------------------------------------------------------
+
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        self._check_batch(batch)
+        with self.backend.scope():
+            e = self.backend.to_tensors(batch)
+            extra = self._train_extras(batch)
+            metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
+        self._check_batch(batch)
+        steps = self._test_steps(steps)
+        with self.backend.scope():
+            e = self.backend.to_tensors(batch)
+            result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps)
+        return {k: v.numpy() for k, v in result.items()}
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TFAdaptedModel:
+        support_x, support_y = np.asarray(support_x), np.asarray(support_y)
+        self._check_examples(support_x[None])
+        steps = self._test_steps(steps)
+        rank = len(self.spec.input_shape)
+        with self.backend.scope():
+            x = self.backend.inputs(support_x[None], rank)
+            y = self.backend.targets(support_y[None], self.problem)
+            weights = self._adapt_fn(x, y, steps)
+        return TFAdaptedModel(self, [tf.identity(w) for w in weights])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {name: to_shared(v.numpy()) for name, v in self._saved.items()}
+        optimizer = self.optimizer.state_dict()
+        state["optimizer.steps"] = optimizer.pop("steps")
+        for slot, arrays in optimizer.items():
+            for name, array in zip(self.trainables, arrays, strict=True):
+                state[f"optimizer.{slot}.{name}"] = to_shared(array)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            detail = "; ".join(part for part in (
+                f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
+                f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+                if unexpected else "") if part)
+            raise ConfigError(f"state does not fit this {self.name}: {detail}")
+        for name, reference in expected.items():
+            if np.shape(state[name]) != reference.shape:
+                raise ConfigError(f"state entry {name!r} has shape {np.shape(state[name])}, "
+                                  f"expected {reference.shape}")
+        for name, variable in self._saved.items():
+            variable.assign(to_native(np.asarray(state[name])).astype(variable.dtype.as_numpy_dtype))
+        optimizer: dict[str, Any] = {"steps": state["optimizer.steps"]}
+        for slot in self.optimizer.slots:
+            optimizer[slot] = [to_native(np.asarray(state[f"optimizer.{slot}.{n}"])) for n in self.trainables]
+        self.optimizer.load_state_dict(optimizer)
+
+    # -- hooks for subclasses ---------------------------------------------------------
+
+    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                    *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def _train_extras(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+        return ()
+
+    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+        """Adapted weights for one task (task axis of length 1 on the inputs)."""
+        raise NotImplementedError
+
+    def _predict_impl(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """Outputs ``(1, N, out)`` of an adapted model on inputs with a task axis of 1."""
+        return self.model(weights, x)
+
+    def _test_steps(self, steps: int | None) -> int:
+        return 0
+
+    # -- input checks ------------------------------------------------------------------
+
+    def _check_batch(self, batch: EpisodeBatch) -> None:
+        if batch.problem != self.problem:
+            raise ConfigError(f"{self.name} was built for {self.problem} tasks, got a {batch.problem} batch")
+        self._check_examples(batch.support_x)
+        self._check_examples(batch.query_x)
+
+    def _check_examples(self, x: np.ndarray) -> None:
+        if tuple(x.shape[2:]) != tuple(self.spec.input_shape):
+            raise ConfigError(f"examples have shape {tuple(x.shape[2:])}, the task spec says "
+                              f"{tuple(self.spec.input_shape)}")
+
+
+class TFAdaptedModel:
+    """A model adapted to one task: its weights and the algorithm's compiled forward."""
+
+    def __init__(self, algorithm: TFAlgorithm, weights: Weights) -> None:
+        self.algorithm, self.weights = algorithm, weights
+        self.input_shape = tuple(algorithm.spec.input_shape)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Outputs ``(N, out)`` for examples ``(N, *input_shape)`` (channels first)."""
+        x = np.asarray(x)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(f"examples have shape {tuple(x.shape[1:])}, expected {self.input_shape}")
+        backend = self.algorithm.backend
+        with backend.scope():
+            outputs = self.algorithm._predict_fn(self.weights, backend.inputs(x[None], len(self.input_shape)))
+        return outputs.numpy()[0]
+
+    def export(self, path: str | Path) -> Path:
+        """Save as a TensorFlow SavedModel serving predictions without metaplug (see
+        :func:`metaplug_tensorflow.export.save_adapted`)."""
+        from metaplug_tensorflow.export import save_adapted
+
+        return save_adapted(self, path)
+
+    def native_inputs(self, x: tf.Tensor) -> tf.Tensor:
+        """Channel-first examples ``(N, *input_shape)`` as the model's inputs ``(1, N, ...)``."""
+        if len(self.input_shape) == 3:
+            x = tf.transpose(x, [0, 2, 3, 1])
+        return tf.cast(x, self.algorithm.backend.dtype)[None]
+
+
+__all__ = ["TFAlgorithm", "TFAdaptedModel", "channels_last", "tile", "check_int", "check_positive"]

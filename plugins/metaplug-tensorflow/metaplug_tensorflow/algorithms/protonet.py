@@ -1,0 +1,83 @@
+"""Prototypical Networks (Snell et al. 2017): classify by distance to class prototypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from metaplug.errors import ConfigError
+from metaplug.interfaces import TaskSpec
+from metaplug_tensorflow._tf import tf
+from metaplug_tensorflow.algorithms.base import TFAlgorithm, Weights
+from metaplug_tensorflow.backend import TensorFlowBackend
+from metaplug_tensorflow.models import FunctionalModel
+from metaplug_tensorflow.optimizers import OuterOptimizer
+
+DISTANCES = ("euclidean", "cosine")
+
+
+def prototypes(embeddings: tf.Tensor, labels: tf.Tensor, ways: int) -> tf.Tensor:
+    """``(T, ways, F)`` mean embedding of each class's support examples ``(T, S, F)``."""
+    one_hot = tf.one_hot(labels, ways, dtype=embeddings.dtype)
+    sums = tf.einsum("tsw,tsf->twf", one_hot, embeddings)
+    counts = tf.reduce_sum(one_hot, axis=1)[:, :, None]
+    return sums / tf.maximum(counts, 1)
+
+
+def scores(queries: tf.Tensor, protos: tf.Tensor, distance: str) -> tf.Tensor:
+    """``(T, Q, ways)`` logits: minus the squared Euclidean distance, or the cosine similarity."""
+    if distance == "cosine":
+        queries = tf.math.l2_normalize(queries, axis=-1, epsilon=1e-16)
+        protos = tf.math.l2_normalize(protos, axis=-1, epsilon=1e-16)
+        return tf.einsum("tqf,twf->tqw", queries, protos)
+    return -tf.reduce_sum(tf.square(queries[:, :, None, :] - protos[:, None, :, :]), axis=-1)
+
+
+class ProtoNet(TFAlgorithm):
+    """Prototypical Networks: prototypes are mean ``features.*`` embeddings of each class's
+    support examples; no inner loop, the head is built but unused.
+
+    :param distance: ``"euclidean"`` (squared) or ``"cosine"``.
+    :param batching: accepted for a uniform interface; ProtoNets shares weights across tasks.
+    """
+
+    name = "protonet"
+    problems = ("classification",)
+
+    def __init__(self, backend: TensorFlowBackend | None = None, model: FunctionalModel | None = None,
+                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
+                 distance: str = "euclidean", batching: str = "auto") -> None:
+        if spec is None:
+            raise ConfigError("protonet needs the task spec")
+        if distance not in DISTANCES:
+            raise ConfigError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        super().__init__(backend, model, spec, optimizer, batching)
+        self.distance, self.ways = distance, spec.output_size
+        k = self.model.head_index
+        self._setup({f"model.{n}": v for n, v in zip(self.model.names[:k], self.model.variables[:k])})
+
+    @property
+    def feature_weights(self) -> list[tf.Variable]:
+        return self.model.variables[:self.model.head_index]
+
+    def _logits(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
+        protos = prototypes(self.model.features(self.feature_weights, sx), sy, self.ways)
+        return scores(self.model.features(self.feature_weights, qx), protos, self.distance)
+
+    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            metrics = self.metrics(self._logits(sx, sy, qx), qy)
+            loss = tf.reduce_mean(metrics["loss"])
+        self.apply_gradients(loss, tape)
+        return {k: tf.reduce_mean(v) for k, v in metrics.items()}
+
+    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
+        return self.metrics(self._logits(sx, sy, qx), qy)
+
+    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+        protos = prototypes(self.model.features(self.feature_weights, sx), sy, self.ways)
+        return [tf.identity(v) for v in self.feature_weights] + [protos]
+
+    def _predict_impl(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        *features, protos = weights
+        return scores(self.model.features(features, x), protos, self.distance)

@@ -1,0 +1,45 @@
+"""Export an adapted model as a TensorFlow SavedModel that needs only TensorFlow to serve.
+
+The SavedModel holds the adapted weights as variables and one signature,
+``serving_default``, taking ``x`` float32 ``(N, *input_shape)`` (channels first,
+as metaplug's episodes) and returning ``{"outputs": (N, out)}``. Load it with::
+
+    import tensorflow as tf
+    served = tf.saved_model.load(path)
+    outputs = served.serve(x)                                    # or
+    outputs = served.signatures["serving_default"](x=x)["outputs"]
+
+Batch norm (conv4) normalises with the statistics of the ``x`` it is given, as
+every metaplug model does, so predict on a batch of examples, not one at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from metaplug.errors import ConfigError
+from metaplug_tensorflow._tf import tf
+
+if TYPE_CHECKING:
+    from metaplug_tensorflow.algorithms.base import TFAdaptedModel
+
+
+def save_adapted(adapted: TFAdaptedModel, path: str | Path) -> Path:
+    """Write ``adapted`` to the folder ``path`` (created; must not hold a file) and return it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot export to {path}: it is a file")
+    algorithm = adapted.algorithm
+    module = tf.Module()
+    module.weights = [tf.Variable(w, trainable=False) for w in adapted.weights]
+    spec = tf.TensorSpec([None, *adapted.input_shape], tf.float32, name="x")
+
+    @tf.function(input_signature=[spec])
+    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = algorithm._predict_impl(module.weights, adapted.native_inputs(x))
+        return {"outputs": tf.cast(outputs[0], tf.float32)}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+    return path
