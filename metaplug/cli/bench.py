@@ -1,0 +1,65 @@
+"""``metaplug bench``: time meta-training steps of every installed (algorithm, backend) pair."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from metaplug.cli import cli
+
+COLUMNS = ["backend", "algorithm", "workload", "median_ms", "tasks_per_s", "peak_rss_mb", "gflop_per_s",
+           "speedup", "data"]
+
+
+@cli.command("bench")
+@click.option("--backend", help="Only this backend (default: every installed one).")
+@click.option("--algorithm", help="Only this algorithm (default: every installed one).")
+@click.option("--workload", help="Only this workload, e.g. omniglot-maml or sinusoid-reptile.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed meta-steps.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
+@click.option("--reference", is_flag=True, help="Also time the plain per-task loop (batching='reference').")
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR).")
+@click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
+def bench_command(backend: str | None, algorithm: str | None, workload: str | None, steps: int, warmup: int,
+                  reference: bool, data_dir: str | None, timeout: float | None, as_json: bool) -> None:
+    """Median time per meta-training step, tasks per second and peak memory, each pair
+    measured in its own process. Omniglot workloads use real data when it is found
+    (METAPLUG_DATA_DIR) and random data of the same shapes otherwise."""
+    from metaplug.bench import bench_pair, plan
+    from metaplug.cli.discovery import format_table
+
+    if data_dir:
+        os.environ["METAPLUG_DATA_DIR"] = data_dir
+    pairs = plan(backend, algorithm, workload)
+    rows = []
+    for pair in pairs:
+        if not as_json:
+            click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
+        row = bench_pair(pair, steps, warmup, reference, timeout)
+        rows.append(row)
+        if as_json:
+            click.echo(json.dumps(row))
+    if as_json:
+        return
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    click.echo(format_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
+    for r in rows:
+        for note in ("error", "reference"):
+            if note in r:
+                click.echo(f"{r['workload']} on {r['backend']}: {note}: {r[note]}")
+
+
+@cli.command("bench-child", hidden=True)
+@click.argument("request")
+def bench_child_command(request: str) -> None:
+    """Measure one pair (run by 'metaplug bench' in a fresh process); prints one JSON line."""
+    from metaplug.bench import child_main
+
+    click.echo(json.dumps(child_main(request)))
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
