@@ -2,8 +2,8 @@
 
 ``python -m metaplug.testing.probe REQUEST`` reads a JSON request (plugin, kind,
 name, backend, sys.path) and prints a JSON report: the frameworks imported by the
-plugin's entry-point module, by discovery, and whether the component's
-implementation module was imported before ``Component.load()``. The conformance
+plugin's entry-point module and by discovery, and whether discovery imported the
+component's implementation module (it must wait for ``Component.load()``). The conformance
 suite runs it in a subprocess, so the test process's own imports cannot hide a
 heavy import.
 """
@@ -40,7 +40,7 @@ def _entry_module(plugin: str) -> str:
 
 
 def probe(request: dict[str, Any]) -> dict[str, Any]:
-    """What importing the plugin, discovering it and loading one component imports."""
+    """What importing the plugin's entry-point module and running discovery imports."""
     import importlib
 
     report: dict[str, Any] = {"before": frameworks_loaded()}
@@ -59,9 +59,6 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
     target_module = target.partition(":")[0] if target else None
     report["target_module"] = target_module
     report["target_imported_before_load"] = bool(target_module and target_module in sys.modules)
-    record.load()
-    report["target_imported_after_load"] = bool(target_module is None or target_module in sys.modules)
-    report["after_load"] = frameworks_loaded()
     return report
 
 

@@ -60,10 +60,11 @@ class PrototypeSampler:
 
 
 def easy_sampler(problem: str, seed: int = 0, **options: Any) -> Any:
-    """An easy sampler for ``problem``: sinusoids for regression, :class:`PrototypeSampler`
-    for classification."""
+    """An easy sampler for ``problem``: sinusoids with 25 support and 25 query points
+    (dense enough that fitting the support set fits the query set, even from a random
+    initialisation) for regression, :class:`PrototypeSampler` for classification."""
     if problem == "regression":
         from metaplug.tasks.sinusoid import SinusoidSampler
 
-        return SinusoidSampler("train", seed, **options)
+        return SinusoidSampler("train", seed, **{"shots": 25, "queries": 25, **options})
     return PrototypeSampler("train", seed, **options)
