@@ -18,7 +18,7 @@ The configuration is a TOML document::
     lr = 0.001
 
     [train]
-    iterations = 8000
+    iterations = 10000
 
 See ``docs/user-guide.md`` for every key. In ``tasks``, ``model``, ``algorithm`` and
 ``optimizer`` every key except ``name`` (and the optimizer's ``lr``) is passed to the
@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "algorithm": {"name": "maml"},
     "optimizer": {"name": "adam", "lr": 0.001},
     "train": {
-        "iterations": 4000,
+        "iterations": 10000,
         "meta_batch_size": 25,
         "log_every": 20,
         "val_every": 500,
