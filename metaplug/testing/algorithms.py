@@ -14,6 +14,7 @@ from metaplug.interfaces import EpisodeBatch
 from metaplug.records import PROBLEMS
 from metaplug.testing.components import ComponentConformance
 from metaplug.testing.harness import build_algorithm
+from metaplug.testing.layouts import mlp_layout, model_weights
 from metaplug.testing.tasks import easy_sampler
 
 
@@ -86,6 +87,8 @@ class AlgorithmConformance(ComponentConformance):
         algorithm, sampler = self.build(problem)
         batch = sampler.sample(8)
         result = algorithm.evaluate(batch, steps=self.adapt_steps)
+        missing = {"loss", "loss_before"} - set(result)
+        assert not missing, f"evaluate() returned no {sorted(missing)} (NaN marks an undefined loss_before)"
         loss = float(np.mean(result["loss"]))
         before = result["loss_before"]
         if np.all(np.isfinite(before)):
@@ -190,21 +193,11 @@ class AlgorithmConformance(ComponentConformance):
                 self.build(problem)
 
     def test_state_uses_the_standard_layout(self) -> None:
-        problem = self.record().problems[0]
-        algorithm, sampler = self.build(problem)
-        weights = {k[len("model."):]: v for k, v in algorithm.state_dict().items() if k.startswith("model.")}
-        expected = mlp_layout(sampler.spec.input_shape[0], sampler.spec.output_size)
-        assert {k: tuple(v.shape) for k, v in weights.items()} == expected, "model.* does not follow docs/models.md"
-        assert all(v.dtype == np.float32 for v in weights.values()), "weights must be float32"
-
-
-def mlp_layout(inputs: int, outputs: int, hidden: tuple[int, ...] = (40, 40)) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the standard ``mlp`` weights (``docs/models.md``)."""
-    layout: dict[str, tuple[int, ...]] = {}
-    for i, (fan_in, fan_out) in enumerate(zip((inputs, *hidden), hidden)):
-        layout[f"features.{i}.weight"], layout[f"features.{i}.bias"] = (fan_out, fan_in), (fan_out,)
-    layout["head.weight"], layout["head.bias"] = (outputs, hidden[-1]), (outputs,)
-    return layout
+        run = self.scenario(self.record().problems[0])
+        state = run.state_copy
+        expected = mlp_layout(run.sampler.spec.input_shape[0], run.sampler.spec.output_size)
+        assert model_weights(state) == expected, "model.* does not follow docs/models.md"
+        assert all(v.dtype == np.float32 for k, v in state.items() if k.startswith("model.")), "weights must be float32"
 
 
 def trivial_loss(batch: EpisodeBatch) -> float:
