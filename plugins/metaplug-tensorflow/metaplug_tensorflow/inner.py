@@ -46,7 +46,7 @@ class InnerMetaSGD:
     initialised to ``lr`` (Li et al. 2017)."""
 
     def init(self, params: Sequence[tf.Variable], lr: float) -> list[tf.Variable]:
-        return [tf.Variable(tf.fill(p.shape, tf.cast(lr, p.dtype)), name=f"rate_{i}")
+        return [tf.Variable(tf.fill(p.shape, tf.constant(lr, p.dtype)), name=f"rate_{i}")
                 for i, p in enumerate(params)]
 
     def step(self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor],

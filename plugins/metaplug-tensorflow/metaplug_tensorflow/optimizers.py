@@ -125,8 +125,8 @@ class Adam(OuterOptimizer):
         m.assign(self.beta1 * m + (1 - self.beta1) * grad)
         v.assign(self.beta2 * v + (1 - self.beta2) * tf.square(grad))
         t = tf.cast(step, var.dtype)
-        correction1 = 1 - tf.pow(tf.cast(self.beta1, var.dtype), t)
-        correction2 = 1 - tf.pow(tf.cast(self.beta2, var.dtype), t)
+        correction1 = 1 - tf.pow(tf.constant(self.beta1, var.dtype), t)
+        correction2 = 1 - tf.pow(tf.constant(self.beta2, var.dtype), t)
         denom = tf.sqrt(v) / tf.sqrt(correction2) + self.eps
         var.assign_sub(lr / correction1 * m / denom)
 

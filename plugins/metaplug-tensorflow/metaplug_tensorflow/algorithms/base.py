@@ -1,9 +1,12 @@
 """What every TensorFlow algorithm shares: construction checks, compiled entry points,
 the inner loop, numpy state and adapted models.
 
-Subclasses define ``_train_impl``, ``_evaluate_impl``, ``_adapt_impl`` (and
-``_predict_impl`` when an adapted model is more than the model's weights). Each is
-compiled once per input shape with ``tf.function``; nothing is traced per step.
+Subclasses define ``_task_gradients`` (outer gradients summed over a batch of
+tasks), ``_task_evaluation``, ``_adapt_impl`` (and ``_predict_impl`` when an adapted
+model is more than the model's weights). The base class runs them over the tasks of
+a batch either vectorized (all tasks at once) or in a ``tf.while_loop`` (one task at
+a time), and compiles each entry point once per input shape with ``tf.function``;
+nothing is traced per step.
 """
 
 from __future__ import annotations
@@ -129,13 +132,56 @@ class TFAlgorithm:
             result["accuracy"] = task_accuracy(outputs, targets)
         return result
 
-    def apply_gradients(self, loss: tf.Tensor, tape: tf.GradientTape) -> None:
-        variables = list(self.trainables.values())
-        grads = tape.gradient(loss, variables)
+    def gradients(self, loss: tf.Tensor, tape: tf.GradientTape) -> list[tf.Tensor]:
+        """Gradients of ``loss`` for every meta-parameter; a missing one is an error, not a zero."""
+        grads = tape.gradient(loss, list(self.trainables.values()))
         missing = [n for n, g in zip(self.trainables, grads) if g is None]
         if missing:
             raise RuntimeError(f"meta-gradient is None for {missing}")
-        self.optimizer.apply(grads)
+        return [tf.convert_to_tensor(g) for g in grads]
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        return ("loss", "accuracy") if self.problem == "classification" else ("loss",)
+
+    def over_tasks(self, fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
+                   tensors: Sequence[tf.Tensor], sums: Sequence[tf.Tensor],
+                   keys: Sequence[str]) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """Run ``fn(*tensors) -> (sums over tasks, per-task metrics)`` on the whole batch
+        (vectorized) or one task at a time in a ``tf.while_loop`` (loop: traced once,
+        memory for one task), adding up the sums and stacking the ``keys`` metrics.
+        ``sums`` gives the zero values of the sums."""
+        if self.vectorized:
+            return fn(*tensors)
+        num_tasks = tensors[0].shape[0]
+        arrays = {k: tf.TensorArray(self.backend.dtype, size=num_tasks) for k in keys}
+
+        def body(i: tf.Tensor, totals: list[tf.Tensor], arrays: dict[str, tf.TensorArray]) -> tuple:
+            part, metrics = fn(*[t[i][None] for t in tensors])  # static task axis of 1
+            totals = [a + b for a, b in zip(totals, part, strict=True)]
+            return i + 1, totals, {k: arrays[k].write(i, metrics[k][0]) for k in keys}
+
+        _, totals, arrays = tf.while_loop(lambda i, *_: i < num_tasks, body,
+                                          (tf.constant(0), list(sums), arrays), parallel_iterations=1)
+        return totals, {k: a.stack() for k, a in arrays.items()}
+
+    def _train_impl(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One outer step on the mean over tasks of :meth:`_task_gradients`."""
+        num_tasks = tensors[0].shape[0]
+        zeros = [tf.zeros_like(v) for v in self.trainables.values()]
+        sums, metrics = self.over_tasks(self._task_gradients, tensors, zeros, self.metric_keys)
+        self.optimizer.apply([s / num_tasks for s in sums])
+        return {k: tf.reduce_mean(v) for k, v in metrics.items()}
+
+    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
+        def evaluate(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+            return [], self._task_evaluation(*tensors, steps)
+
+        keys = self.metric_keys + (("loss_before",) if self.has_loss_before else ())
+        return self.over_tasks(evaluate, (sx, sy, qx, qy), [], keys)[1]
+
+    has_loss_before = True
 
     # -- the public API ------------------------------------------------------------
 
@@ -198,15 +244,18 @@ class TFAlgorithm:
 
     # -- hooks for subclasses ---------------------------------------------------------
 
-    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                    *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                        *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """The outer gradient of each meta-parameter summed over the given tasks, and
+        per-task metrics (:meth:`metrics` of the query outputs)."""
         raise NotImplementedError
 
     def _train_extras(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
         return ()
 
-    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                         steps: int) -> dict[str, tf.Tensor]:
+        """Per-task metrics after adapting with ``steps`` inner steps, and ``loss_before``."""
         raise NotImplementedError
 
     def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:

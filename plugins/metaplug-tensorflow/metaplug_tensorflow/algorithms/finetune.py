@@ -91,8 +91,8 @@ class FineTune(TFAlgorithm):
         with self.backend.scope():
             return (tf.constant(batch.classes, dtype=tf.int64),)
 
-    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                    *classes: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                        *classes: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         x, y = tf.concat([sx, qx], axis=1), tf.concat([sy, qy], axis=1)
         with tf.GradientTape() as tape:
             if self.classify:
@@ -101,9 +101,8 @@ class FineTune(TFAlgorithm):
             else:
                 outputs = self.model(self.model.variables, x)
             metrics = self.metrics(outputs, y)
-            loss = tf.reduce_mean(metrics["loss"])
-        self.apply_gradients(loss, tape)
-        return {k: tf.reduce_mean(v) for k, v in metrics.items()}
+            loss = tf.reduce_sum(metrics["loss"])
+        return self.gradients(loss, tape), metrics
 
     # -- fine-tuning -------------------------------------------------------------------
 
@@ -130,8 +129,8 @@ class FineTune(TFAlgorithm):
     def _tune(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         return self.descend(self._forward, self._start(sx), self._inputs(sx), sy, steps, self.rule.step)
 
-    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                         steps: int) -> dict[str, tf.Tensor]:
         start = self._start(sx)
         before = self._forward(start, self._inputs(qx))
         after = self._forward(self._tune(sx, sy, steps), self._inputs(qx))

@@ -77,8 +77,8 @@ class GradientMetaLearner(TFAlgorithm):
         fast = self.descend(self._forward, fast, xs, sy, steps, self.rule.step, self.learnables, second_order)
         return fast, tuple(self._forward(fast, x) for x in xq)
 
-    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                         steps: int) -> dict[str, tf.Tensor]:
         before = self.model(self.model.variables, qx)
         _, (after,) = self.adapt_tasks(sx, sy, steps, False, qx)
         return {**self.metrics(after, qy), "loss_before": task_losses(self.problem, before, qy)}
@@ -114,13 +114,13 @@ class MAML(GradientMetaLearner):
         super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
                          inner_rule, batching)
 
-    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             _, (outputs,) = self.adapt_tasks(sx, sy, self.inner_steps, not self.first_order, qx)
             metrics = self.metrics(outputs, qy)
-            loss = tf.reduce_mean(metrics["loss"])
-        self.apply_gradients(loss, tape)
-        return {k: tf.reduce_mean(v) for k, v in metrics.items()}
+            loss = tf.reduce_sum(metrics["loss"])
+        return self.gradients(loss, tape), metrics
 
 
 class FOMAML(MAML):

@@ -63,15 +63,17 @@ class ProtoNet(TFAlgorithm):
         protos = prototypes(self.model.features(self.feature_weights, sx), sy, self.ways)
         return scores(self.model.features(self.feature_weights, qx), protos, self.distance)
 
-    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor) -> dict[str, tf.Tensor]:
+    has_loss_before = False
+
+    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             metrics = self.metrics(self._logits(sx, sy, qx), qy)
-            loss = tf.reduce_mean(metrics["loss"])
-        self.apply_gradients(loss, tape)
-        return {k: tf.reduce_mean(v) for k, v in metrics.items()}
+            loss = tf.reduce_sum(metrics["loss"])
+        return self.gradients(loss, tape), metrics
 
-    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                         steps: int) -> dict[str, tf.Tensor]:
         return self.metrics(self._logits(sx, sy, qx), qy)
 
     def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:

@@ -35,8 +35,8 @@ class Reptile(GradientMetaLearner):
         super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
                          "inner-sgd", batching)
 
-    def _train_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         fast, (outputs,) = self.adapt_tasks(sx, sy, self.inner_steps, False, qx)
-        grads = [p - tf.reduce_mean(phi, axis=0) for p, phi in zip(self.model.variables, fast, strict=True)]
-        self.optimizer.apply(grads)
-        return {k: tf.reduce_mean(v) for k, v in self.metrics(outputs, qy).items()}
+        sums = [tf.reduce_sum(p[None] - phi, axis=0) for p, phi in zip(self.model.variables, fast, strict=True)]
+        return sums, self.metrics(outputs, qy)
