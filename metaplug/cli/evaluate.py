@@ -26,7 +26,7 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
     Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
     """
     from metaplug.cli.discovery import echo_json
-    from metaplug.experiment.evaluation import evaluate_episodes, headline, summarize
+    from metaplug.experiment.evaluation import describe_steps, evaluate_episodes, headline, summarize
     from metaplug.experiment.files import write_json_atomic
     from metaplug.experiment.runner import restore
 
@@ -55,6 +55,6 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
         echo_json(result)
         return
     scores = {k: v for k, v in result.items() if isinstance(v, dict)}
-    adapted = "default inner steps" if steps is None else f"{steps} inner step{'s' if steps != 1 else ''}"
+    adapted = describe_steps(steps, cfg.algorithm.options)
     click.echo(f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
                f"{episodes} {split} episodes, {adapted}: {headline(scores, result['problem'])}")

@@ -120,7 +120,7 @@ def resolve_config(config_file: str | None, options: dict[str, Any], assignments
 
 
 def report(result: Any, trainer: Any, quiet: bool) -> None:
-    from metaplug.experiment.evaluation import headline
+    from metaplug.experiment.evaluation import describe_steps, headline
 
     results = result.results
     if not quiet:
@@ -129,16 +129,8 @@ def report(result: Any, trainer: Any, quiet: bool) -> None:
     test = results.get("test")
     if test:
         scores = {k: v for k, v in test.items() if isinstance(v, dict)}
-        click.echo(f"held-out test tasks ({test['episodes']} episodes, {_steps(trainer)}): "
-                   f"{headline(scores, results['problem'])}")
-
-
-def _steps(trainer: Any) -> str:
-    steps = trainer.cfg.evaluation.steps
-    if steps is None:
-        options = trainer.cfg.algorithm.options
-        steps = options.get("test_inner_steps") or options.get("inner_steps")
-    return "adapted" if steps is None else f"{steps} inner step{'s' if steps != 1 else ''}"
+        steps = describe_steps(trainer.cfg.evaluation.steps, trainer.cfg.algorithm.options)
+        click.echo(f"held-out test tasks ({test['episodes']} episodes, {steps}): {headline(scores, results['problem'])}")
 
 
 def _describe(cfg: Any) -> str:

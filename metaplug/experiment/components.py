@@ -51,8 +51,11 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
     in, so that the saved configuration states every hyper-parameter.
     """
     reg = reg or default_registry()
-    if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().is_dir():
-        raise ConfigError(f"data directory {cfg.data_dir} does not exist")
+    if cfg.data_dir is not None:
+        data_dir = Path(cfg.data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise ConfigError(f"data directory {cfg.data_dir} does not exist")
+        cfg = replace(cfg, data_dir=str(data_dir.resolve()))
     backend = cfg.backend or choose_backend(reg)
     records = lookup(replace(cfg, backend=backend), reg)
     problem = records.tasks.problems[0]

@@ -64,6 +64,16 @@ def headline(summary: Mapping[str, Mapping[str, Any]], problem: str) -> str:
     return ", ".join(parts)
 
 
+def describe_steps(steps: int | None, algorithm_options: Mapping[str, Any]) -> str:
+    """``"10 inner steps"``: ``steps``, else the algorithm's test-time (or training) inner steps."""
+    if steps is None:
+        steps = algorithm_options.get("test_inner_steps")
+        steps = algorithm_options.get("inner_steps") if steps is None else steps
+    if steps is None:
+        return "adapted"
+    return f"{steps} inner step{'s' if steps != 1 else ''}"
+
+
 def _number(stats: Mapping[str, Any]) -> str:
     if stats.get("mean") is None:
         return "n/a"
