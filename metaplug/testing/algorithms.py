@@ -35,6 +35,8 @@ class Scenario:
     restored_prediction: np.ndarray | None = None
     next_metrics: dict[str, float] = field(default_factory=dict)
     restored_next_metrics: dict[str, float] = field(default_factory=dict)
+    next_state: dict[str, np.ndarray] = field(default_factory=dict)
+    restored_next_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _SCENARIOS: dict[tuple[type, str], Scenario] = {}
@@ -136,6 +138,8 @@ class AlgorithmConformance(ComponentConformance):
         run.restored_prediction = restored.adapt(x, y).predict(query)
         run.next_metrics = first.meta_train_step(batches[2])
         run.restored_next_metrics = restored.meta_train_step(batches[2])
+        run.next_state = {k: np.array(v, copy=True) for k, v in first.state_dict().items()}
+        run.restored_next_state = {k: np.array(v, copy=True) for k, v in restored.state_dict().items()}
         return run
 
     @pytest.mark.parametrize("problem", PROBLEMS)
@@ -160,9 +164,12 @@ class AlgorithmConformance(ComponentConformance):
                 f"state_dict()[{key!r}] changed when training went on: return copies, not views of live tensors"))
         np.testing.assert_array_equal(run.restored_prediction, run.prediction,
                                       err_msg="predictions differ after load_state_dict(state_dict())")
-        assert run.restored_next_metrics == run.next_metrics, (
-            "training does not continue identically after load_state_dict() (is the optimizer state saved?)"
-        )
+        assert run.restored_next_metrics == run.next_metrics, "training does not continue identically after load_state_dict()"
+        assert run.restored_next_state.keys() == run.next_state.keys()
+        for key, value in run.next_state.items():
+            np.testing.assert_array_equal(run.restored_next_state[key], value, err_msg=(
+                f"after one more step, {key!r} differs between the original and the restored algorithm "
+                f"(is all optimizer state saved?)"))
 
     @pytest.mark.parametrize("problem", PROBLEMS)
     def test_vectorized_batch_shapes(self, problem: str) -> None:
