@@ -13,16 +13,21 @@ from metaplug_torch.inner import InnerRule, InnerSGD, inner_loop
 Params = dict[str, torch.Tensor]
 
 
-def load_inner_rule(name: str) -> InnerRule:
-    """The inner rule registered as ``name`` for torch, instantiated."""
+def load_inner_rule(name: str | InnerRule) -> InnerRule:
+    """The inner rule registered as ``name`` for torch, instantiated (an instance passes through)."""
     from metaplug.plugins import registry
 
+    if not isinstance(name, str):
+        if not isinstance(name, InnerRule):
+            raise ConfigError(f"inner_rule must be a rule name or an object with init() and step(), "
+                              f"got {type(name).__name__}")
+        return name
     try:
         record = registry().get("optimizers", name, backend="torch")
     except MetaplugError as exc:
         raise ConfigError(f"inner_rule {name!r}: {exc}") from None
     if record.role != "inner":
-        inner = [c.name for c in registry().records("optimizers") if c.role == "inner" and "torch" in c.backends]
+        inner = sorted(c.name for c in registry().records("optimizers") if c.role == "inner" and "torch" in c.backends)
         raise ConfigError(f"inner_rule {name!r} is an outer optimizer; inner rules: {', '.join(inner)}")
     rule = record.load()()
     if not isinstance(rule, InnerRule):

@@ -1,0 +1,135 @@
+"""Registration through the entry point, lazy imports, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from metaplug.errors import ConfigError
+from metaplug.interfaces import ModelSpec, TaskSpec
+from metaplug.plugins import registry
+from metaplug_torch.backend import TorchBackend
+from metaplug_torch.inner import InnerRule
+from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, regression_batch
+
+
+def test_every_component_is_registered_for_torch():
+    reg = registry()
+    for name in ALGORITHMS:
+        record = reg.get("algorithms", name, backend="torch")
+        assert record.plugin == "torch"
+        assert record.problems == (("classification",) if name == "protonet" else ("regression", "classification"))
+        assert record.load().name == name
+    roles = {n: reg.get("optimizers", n, backend="torch").role for n in
+             ("sgd", "adam", "rmsprop", "inner-sgd", "inner-metasgd")}
+    assert roles == {"sgd": "outer", "adam": "outer", "rmsprop": "outer", "inner-sgd": "inner",
+                     "inner-metasgd": "inner"}
+    assert isinstance(reg.load("optimizers", "inner-metasgd", backend="torch")(), InnerRule)
+    backend = reg.load("backends", "torch")()
+    assert backend.name == "torch" and set(backend.models) == {"mlp", "conv4"}
+
+
+def test_discovery_imports_no_torch():
+    code = ("import sys, metaplug.plugins as p; p.registry().names('algorithms'); "
+            "import metaplug_torch.plugin; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_standard_models_have_the_documented_layout():
+    backend = TorchBackend("cpu")
+    mlp = backend.build_model(ModelSpec("mlp", (1,), 1))
+    assert {k: tuple(v.shape) for k, v in mlp.state_dict().items()} == {
+        "features.0.weight": (40, 1), "features.0.bias": (40,), "features.1.weight": (40, 40),
+        "features.1.bias": (40,), "head.weight": (1, 40), "head.bias": (1,)}
+    conv = backend.build_model(ModelSpec("conv4", (1, 28, 28), 5))
+    shapes = {k: tuple(v.shape) for k, v in conv.state_dict().items()}
+    assert shapes["features.0.conv.weight"] == (64, 1, 3, 3)
+    assert shapes["features.3.norm.bias"] == (64,)
+    assert shapes["head.weight"] == (5, 64)
+    assert len(shapes) == 18
+    assert conv(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    strided = backend.build_model(ModelSpec("conv4", (3, 84, 84), 5, {"filters": 32, "pooling": "stride"}))
+    assert strided.head.weight.shape == (5, 32 * 6 * 6)
+    assert strided(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
+
+
+def test_batch_norm_uses_batch_statistics():
+    conv = TorchBackend("cpu").build_model(ModelSpec("conv4", (1, 16, 16), 3, {"filters": 4}))
+    block = conv.features[0]
+    x = torch.randn(6, 1, 16, 16) * 3 + 2
+    normed = block.norm(block.conv(x))
+    assert torch.allclose(normed.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(normed.var((0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+
+
+def test_protonet_on_regression_is_a_config_error():
+    with pytest.raises(ConfigError, match="protonet supports classification only, not regression"):
+        build("protonet", SINUSOID)
+
+
+def test_unknown_inner_rule_suggests_the_right_name():
+    with pytest.raises(ConfigError, match="inner_rule 'inner-sdg'.*Did you mean 'inner-sgd'"):
+        build("maml", SINUSOID, inner_rule="inner-sdg")
+    with pytest.raises(ConfigError, match="'adam' is an outer optimizer; inner rules: inner-metasgd, inner-sgd"):
+        build("maml", SINUSOID, inner_rule="adam")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"batching": "fast"}, "batching must be one of auto, vmap, loop, reference"),
+    ({"inner_lr": -1.0}, "inner_lr must be a positive number"),
+    ({"inner_steps": 0}, "inner_steps must be an integer >= 1"),
+])
+def test_bad_hyperparameters_are_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build("maml", SINUSOID, **options)
+
+
+def test_bad_models_are_config_errors():
+    backend = TorchBackend("cpu")
+    with pytest.raises(ConfigError, match="unknown model 'conv5'.*Did you mean 'conv4'"):
+        backend.build_model(ModelSpec("conv5", (1, 28, 28), 5))
+    with pytest.raises(ConfigError, match="unknown option 'width' for model 'conv4'"):
+        backend.build_model(ModelSpec("conv4", (1, 28, 28), 5, {"width": 3}))
+    tracking = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    with pytest.raises(ConfigError, match="tracks running statistics; build it with track_running_stats=False"):
+        build("maml", SINUSOID, model=tracking)
+    with pytest.raises(ConfigError, match="anil needs a model with 'features' and 'head'"):
+        build("anil", SINUSOID, model=torch.nn.Sequential(torch.nn.Linear(1, 1)))
+
+
+def test_user_module_with_native_batch_norm_trains_per_task():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8, track_running_stats=False),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    algorithm = build("maml", SINUSOID, model=model)
+    assert algorithm.mode == "loop"  # native batch norm's second-order gradients are wrong under vmap
+    batch = regression_batch()
+    before = algorithm.evaluate(batch)["loss"].mean()
+    for _ in range(30):
+        algorithm.meta_train_step(batch)
+    assert algorithm.evaluate(batch)["loss"].mean() < before
+
+
+def test_third_party_inner_rule_instance():
+    class SignSGD:
+        def init(self, params, lr):
+            return {}
+
+        def step(self, params, grads, learnables, lr):
+            return {n: p - lr * grads[n].sign() for n, p in params.items()}
+
+    algorithm = build("maml", SINUSOID, inner_rule=SignSGD(), inner_lr=0.5)
+    batch = regression_batch()
+    result = algorithm.evaluate(batch, steps=1)
+    assert np.all(result["loss"] != result["loss_before"])
+    assert np.isfinite(algorithm.meta_train_step(batch)["loss"])
+
+
+def test_regression_batch_for_classification_algorithm_is_an_error():
+    algorithm = build("maml", IMAGES)
+    with pytest.raises(ConfigError, match="set up for classification but got a regression batch"):
+        algorithm.meta_train_step(regression_batch())
