@@ -14,7 +14,7 @@ import pytest
 
 from metaplug_tensorflow.layout import to_shared
 
-EPS = 1e-5
+EPS = 1e-6
 
 
 def meta_loss(algorithm, state, batch, steps):
@@ -62,7 +62,8 @@ def test_second_order_minus_first_order_is_the_hessian_term(request, make, grad,
     first = make("fomaml", spec, inner_lr=lr, batching="vectorized")
     g2, g1 = grad(second, task), grad(first, task)
     names = [f"model.{n}" for n in second.model.names]
-    assert all(np.abs(g2[k] - g1[k]).max() > 1e-8 for k in names)  # the term is there
+    # the term is there (conv biases feed batch norm, which cancels them: no gradient at all)
+    assert all(np.abs(g2[k] - g1[k]).max() > 1e-8 for k in names if not k.endswith("conv.bias"))
 
     state = second.state_dict()
 
@@ -72,8 +73,9 @@ def test_second_order_minus_first_order_is_the_hessian_term(request, make, grad,
         phi = second.adapt(task.support_x[0], task.support_y[0], steps=1).weights
         return {k: (shifted[k] - to_shared(p.numpy())) / lr for k, p in zip(names, phi)}
 
-    h = 1e-4
+    h = 1e-5
     plus, minus = support_gradient(h), support_gradient(-h)
     for k in names:
         hessian_term = -lr * (plus[k] - minus[k]) / (2 * h)
-        np.testing.assert_allclose(g2[k] - g1[k], hessian_term, rtol=1e-5, atol=1e-9, err_msg=k)
+        scale = np.abs(hessian_term).max()
+        np.testing.assert_allclose(g2[k] - g1[k], hessian_term, rtol=1e-5, atol=1e-6 * scale + 1e-9, err_msg=k)
