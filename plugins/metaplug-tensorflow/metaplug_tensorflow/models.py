@@ -43,6 +43,12 @@ def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, per_task: bool) -> tf.Tensor
     return tf.einsum("tni,io->tno", x, w) + b
 
 
+def leading_dims(x: tf.Tensor) -> tuple[int | tf.Tensor, int | tf.Tensor]:
+    """Task and example counts of ``x``, static where known (a served model's batch is not)."""
+    dynamic = tf.shape(x)
+    return tuple(x.shape[i] if x.shape[i] is not None else dynamic[i] for i in range(2))
+
+
 def batch_norm(h: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     """Normalise ``(T, N, H, W, C)`` over each task's examples and pixels (biased variance).
 
@@ -117,7 +123,8 @@ class MLP(FunctionalModel):
     """``Linear -> ReLU`` per hidden size, then the linear head (Finn et al.'s 1-40-40-1)."""
 
     def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
-        h = tf.reshape(x, [x.shape[0], x.shape[1], -1])
+        tasks, n = leading_dims(x)
+        h = tf.reshape(x, [tasks, n, -1])
         for i in range(0, len(params), 2):
             h = tf.nn.relu(dense(h, params[i], params[i + 1], per_task))
         return h
@@ -134,7 +141,7 @@ class Conv4(FunctionalModel):
     def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
         if per_task:  # a task axis of length 1 on every weight
             params = [p[0] for p in params]
-        tasks, n = x.shape[0], x.shape[1]
+        tasks, n = leading_dims(x)
         h = tf.reshape(x, [tasks * n, *x.shape[2:]])
         for i in range(0, len(params), 4):
             kernel, bias, scale, shift = params[i:i + 4]
