@@ -179,9 +179,13 @@ class TFAlgorithm:
             return [], self._task_evaluation(*tensors, steps)
 
         keys = self.metric_keys + (("loss_before",) if self.has_loss_before else ())
-        return self.over_tasks(evaluate, (sx, sy, qx, qy), [], keys)[1]
+        result = self.over_tasks(evaluate, (sx, sy, qx, qy), [], keys)[1]
+        if not self.has_loss_before:  # NaN marks an undefined loss before adaptation
+            result["loss_before"] = tf.fill(tf.shape(result["loss"]), tf.constant(float("nan"), result["loss"].dtype))
+        return result
 
     has_loss_before = True
+    """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
 
     # -- the public API ------------------------------------------------------------
 
