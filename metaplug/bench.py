@@ -189,7 +189,7 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
         "backend": backend_name,
         "algorithm": w.algorithm,
         "workload": w.name,
-        "batching": batching or options.get("batching"),
+        "batching": options.get("batching", _default(parameters, "batching")),
         "median_ms": round(1000 * median, 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -198,6 +198,11 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
         "data": source,
         "device": str(getattr(backend, "device", "cpu")),
     }
+
+
+def _default(parameters: dict[str, Any] | None, name: str) -> Any:
+    parameter = (parameters or {}).get(name)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
 
 
 def peak_rss_mb() -> float:

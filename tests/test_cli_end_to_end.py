@@ -90,6 +90,7 @@ def test_bench_measures_torch_in_a_child_process_with_reference_speedup():
                     "--json", "--reference")
     (row,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert row["backend"] == "torch" and row["workload"] == "sinusoid-maml" and row["steps"] == 2
+    assert row["batching"] == "auto" and row["data"] == "sinusoid (generated)"
     assert row["median_ms"] > 0 and row["peak_rss_mb"] > 50 and row["reference_median_ms"] > 0
     assert row["speedup"] == pytest.approx(row["reference_median_ms"] / row["median_ms"], rel=0.01)
 

@@ -22,6 +22,9 @@ def test_mean_ci_is_1_96_sample_std_over_sqrt_n():
     assert stats["mean"] == pytest.approx(mean) and stats["std"] == pytest.approx(std)
     assert stats["ci95"] == pytest.approx(1.96 * std / 2) and stats["n"] == 4
     assert mean_ci(np.array([1.0]))["ci95"] is None and mean_ci(np.array([]))["n"] == 0
+    assert mean_ci(np.array([np.nan, np.nan])) == {"mean": None, "ci95": None, "std": None, "n": 2}
+    undefined_before = summarize({"accuracy": np.array([0.5, 1.0]), "loss_before": np.full(2, np.nan)})
+    assert "before" not in headline(undefined_before, "classification")
 
 
 class CountingAlgorithm:

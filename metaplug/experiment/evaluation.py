@@ -16,12 +16,13 @@ Z_95 = 1.96
 def mean_ci(values: np.ndarray) -> dict[str, float | None]:
     """``{"mean", "ci95", "std", "n"}`` with ``ci95 = 1.96 * std / sqrt(n)`` (sample std, ddof=1).
 
-    ``ci95`` is ``None`` for fewer than two values.
+    ``ci95`` is ``None`` for fewer than two values; everything is ``None`` when no value is
+    defined (all NaN).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     n = int(values.size)
-    if n == 0:
-        return {"mean": None, "ci95": None, "std": None, "n": 0}
+    if n == 0 or np.isnan(values).all():  # e.g. loss_before of ProtoNets, which is undefined
+        return {"mean": None, "ci95": None, "std": None, "n": n}
     std = float(np.std(values, ddof=1)) if n > 1 else None
     return {
         "mean": float(np.mean(values)),
@@ -59,7 +60,7 @@ def headline(summary: Mapping[str, Mapping[str, Any]], problem: str) -> str:
     label = "MSE" if problem == "regression" else "loss"
     if "loss" in summary:
         parts.append(f"{label} after adaptation {_number(summary['loss'])}")
-    if "loss_before" in summary:
+    if summary.get("loss_before", {}).get("mean") is not None:
         parts.append(f"before {_number(summary['loss_before'])}")
     return ", ".join(parts)
 
