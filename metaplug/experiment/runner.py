@@ -19,7 +19,7 @@ from metaplug import __version__
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment.components import Experiment, build, check
-from metaplug.experiment.config import ExperimentConfig, from_dict
+from metaplug.experiment.config import SETTINGS, ExperimentConfig, from_dict
 from metaplug.experiment.evaluation import evaluate_episodes, summarize
 from metaplug.experiment.files import write_json_atomic, write_text_atomic
 from metaplug.experiment.metrics import MetricsLog, RunningMeans
@@ -105,6 +105,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.started = time.monotonic()
         self.stop_requested = False
+        self.smoothed_loss: float | None = None
 
     # -- state ----------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class Trainer:
             with interrupt_flag(self):
                 while self.step < settings.iterations:
                     metrics = self.train_step()
-                    shown = {"loss": metrics.get("loss", math.nan)}
+                    shown = {"loss": self.smooth(metrics.get("loss", math.nan))}
                     if self.step % settings.log_every == 0 or self.step == settings.iterations:
                         self.log_training()
                     if settings.val_every and self.step % settings.val_every == 0:
@@ -183,6 +184,11 @@ class Trainer:
                                    f"try a smaller learning rate (--lr, --inner-lr)")
         self.running.add(metrics)
         return metrics
+
+    def smooth(self, loss: float) -> float:
+        """Exponential moving average of the training loss, for the progress bar only."""
+        self.smoothed_loss = loss if self.smoothed_loss is None else 0.95 * self.smoothed_loss + 0.05 * loss
+        return self.smoothed_loss
 
     def log_training(self) -> None:
         self.metrics.append({"step": self.step, "split": "train", **self.running.means(),
@@ -246,9 +252,11 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     """Check ``cfg``, create the run directory and build a trainer for a new run."""
     cfg = check(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if (run_dir / CHECKPOINT_DIR / checkpoints.POINTER).exists() or (run_dir / CONFIG_FILE).exists():
+    if checkpoints.exists(run_dir / CHECKPOINT_DIR):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --run-dir")
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} holds a run that saved no checkpoint; delete it or choose another --run-dir")
     experiment = build(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +271,7 @@ def resume(run_dir: Path, iterations: int | None = None, progress: bool | None =
     experiment, saved = restore(run_dir)
     cfg = experiment.config
     if iterations is not None:
+        iterations = SETTINGS["train.iterations"].check("train.iterations", iterations)
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
         experiment.config = cfg
         write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
