@@ -25,7 +25,9 @@ COLUMNS = ["backend", "algorithm", "workload", "median_ms", "tasks_per_s", "peak
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
 def bench_command(backend: str | None, algorithm: str | None, workload: str | None, steps: int, warmup: int,
                   reference: bool, data_dir: str | None, timeout: float | None, as_json: bool) -> None:
-    """Median time per meta-training step, tasks per second and peak memory, each pair
+    """Benchmark meta-training steps of every installed (algorithm, backend) pair.
+
+    Reports the median time per meta-step, tasks per second and peak memory, each pair
     measured in its own process. Omniglot workloads use real data when it is found
     (METAPLUG_DATA_DIR) and random data of the same shapes otherwise."""
     from metaplug.bench import bench_pair, plan
