@@ -95,10 +95,10 @@ def test_bench_measures_torch_in_a_child_process_with_reference_speedup():
     assert row["speedup"] == pytest.approx(row["reference_median_ms"] / row["median_ms"], rel=0.01)
 
 
-def test_tensorflow_runs_the_same_job():
+def test_tensorflow_runs_the_same_job(tmp_path):
     pytest.importorskip("metaplug_tensorflow")
     done = metaplug("train", "--backend", "tensorflow", "--iterations", "3", "--val-every", "0", "--test-tasks", "5",
-                    "--run-dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"metaplug-tf-{os.getpid()}"), check=False)
+                    "--run-dir", str(tmp_path / "tf"), check=False)
     assert done.returncode == 0, done.stderr
     assert "held-out test tasks (5 episodes" in done.stdout
 
