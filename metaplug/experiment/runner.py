@@ -7,7 +7,7 @@ import math
 import platform
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -86,18 +86,14 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs (or continues) one experiment in ``run_dir``.
+    """Runs (or continues) one experiment in ``run_dir``; ``progress`` forces the progress bar
+    on or off (default: on when stderr is a terminal)."""
 
-    ``on_step(step, metrics)`` is called after every step (progress display, tests).
-    """
-
-    def __init__(self, experiment: Experiment, run_dir: Path, progress: bool | None = None,
-                 on_log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, experiment: Experiment, run_dir: Path, progress: bool | None = None) -> None:
         self.experiment = experiment
         self.cfg = experiment.config
         self.run_dir = Path(run_dir)
         self.progress_enabled = progress
-        self.on_log = on_log or (lambda message: None)
         self.metrics = MetricsLog(self.run_dir)
         self.val_sampler = experiment.sampler("val") if self.cfg.train.val_every else None
         self.running = RunningMeans()
