@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from metaplug.errors import ConfigError
+from metaplug.errors import ConfigError, suggest
 from metaplug.experiment.tomlio import dumps, parse_value, read_toml
 
 COMPONENT_SECTIONS = ("tasks", "model", "algorithm", "optimizer")
@@ -282,8 +282,6 @@ def _article(kind: type) -> str:
 
 
 def _suggest_key(key: str, known: Any) -> str:
-    from metaplug.errors import suggest
-
     names = sorted(known)
     hint = suggest(key, names)
     return hint or f" Known: {', '.join(names)}."
