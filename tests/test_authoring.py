@@ -176,3 +176,29 @@ def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
 ])
 def test_bad_requests_fail_in_one_line_without_touching_pip(env, args, message):
     assert message in one_error_line(run(env, *args))
+
+
+def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path):
+    """The guide's path (docs/plugin-authors.md): generate, edit, install -e, see it, train it, test it."""
+    pytest.importorskip("metaplug_torch", reason="the algorithm template builds on metaplug-torch")
+    project = tmp_path / "metaplug-myalgo"
+    assert run(env, "new-plugin", "myalgo", "--dir", str(project)).returncode == 0
+    plugin = project / "src" / "metaplug_myalgo" / "plugin.py"
+    plugin.write_text(plugin.read_text().replace("(template)", "(edited)"))
+
+    installed = run(env, "install", "-e", str(project), *NO_ISOLATION)
+    assert installed.returncode == 0, installed.stderr
+    try:
+        listing = run(env, "list", "algorithms")
+        assert re.search(r"^myalgo\s+torch\s+.*\(edited\)", listing.stdout, re.MULTILINE), listing.stdout
+
+        trained = run(env, "train", "--algorithm", "myalgo", "--backend", "torch", "--tasks", "sinusoid",
+                      "--iterations", "3", "--meta-batch-size", "2", "--test-tasks", "2", "--val-every", "0",
+                      "--run-dir", str(tmp_path / "run"), "-q")
+        assert trained.returncode == 0, trained.stderr
+        assert (tmp_path / "run" / "results.json").is_file()
+
+        tests = run(env, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not meta_training", cwd=project)
+        assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    finally:
+        assert run(env, "uninstall", "metaplug-myalgo").returncode == 0
