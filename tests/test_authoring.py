@@ -137,7 +137,7 @@ def distribution_present(python: Path, name: str) -> bool:
 def test_install_of_a_non_plugin_is_undone(env, tmp_path):
     project = write_project(tmp_path / "plain", "plain-package", "plain_package", entry_point=False)
     line = one_error_line(run(env, "install", str(project), *NO_ISOLATION))
-    assert "plain-package is not a metaplug plugin" in line and "removed what was installed" in line
+    assert "plain-package is not a metaplug plugin" in line and "removed plain-package again" in line
     assert not distribution_present(env, "plain-package")
 
 
@@ -163,7 +163,7 @@ def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
     (project / "pyproject.toml").write_text(text)
     result = run(env, "install", str(project), *NO_ISOLATION)
     line = one_error_line(result)
-    assert "pip could not install" in line and "the environment is unchanged" in line
+    assert "pip could not install" in line and "the environment is as it was" in line
     assert not distribution_present(env, "metaplug-needy")
 
 

@@ -117,16 +117,22 @@ def show_plugins(plugins: list[dict[str, Any]]) -> None:
 
 
 def roll_back(before: dict[str, str]) -> str:
-    """Uninstall what appeared since ``before``; return what could not be restored (or "")."""
+    """Uninstall the distributions that appeared since ``before``; say what was done."""
     after = installed()
     added = sorted(set(after) - set(before))
     if added:
         pip("uninstall", "--yes", "--quiet", *added)
-    changed = [f"{n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after)) if before[n] != after[n]]
     left = [n for n in added if n in installed()]
-    problems = ([f"could not remove {', '.join(left)}"] if left else []) + (
-        [f"pip changed versions ({'; '.join(changed)}); reinstall the old ones by hand"] if changed else [])
-    return "; ".join(problems)
+    changed = [f"{n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after)) if before[n] != after[n]]
+    removed = [n for n in added if n not in left]
+    done = f"removed {', '.join(removed)} again" if removed else "nothing new was installed"
+    if left:
+        done += f"; could not remove {', '.join(left)}"
+    if changed:
+        done += f"; pip changed versions ({'; '.join(changed)}), reinstall the old ones by hand"
+    elif not left:
+        done += ", the environment is as it was"
+    return done
 
 
 @cli.command("install")
@@ -152,9 +158,7 @@ def install_command(spec: str, editable: bool, pip_args: tuple[str, ...]) -> Non
     target = str(Path(spec).resolve()) if is_path else spec
     code = pip("install", *(["--editable"] if editable else []), target, *pip_args)
     if code != 0:
-        leftover = roll_back(before)
-        fail(f"pip could not install {spec} (exit status {code}; its messages are above); "
-             + (leftover or "the environment is unchanged"))
+        fail(f"pip could not install {spec} (exit status {code}; its messages are above); {roll_back(before)}")
     after = installed()
     changed = {n for n in after if before.get(n) != after[n]}
     candidates = sorted({expected} & set(after) if expected else changed) or sorted(changed)
@@ -164,8 +168,7 @@ def install_command(spec: str, editable: bool, pip_args: tuple[str, ...]) -> Non
         why = (f"plugin {broken[0]['name']!r} does not load: {broken[0]['error']}" if broken else
                f"{', '.join(candidates) or spec} is not a metaplug plugin "
                f"(no entry point in group {ENTRY_POINT_GROUP!r})")
-        leftover = roll_back(before)
-        fail(f"{why}; removed what was installed" + (f", but {leftover}" if leftover else ""))
+        fail(f"{why}; {roll_back(before)}")
     for plugin in plugins:
         click.echo(f"installed {plugin['distribution']} {plugin['version']}")
     show_plugins(plugins)
