@@ -202,3 +202,17 @@ def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path):
         assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     finally:
         assert run(env, "uninstall", "metaplug-myalgo").returncode == 0
+
+
+def test_host_wheel_ships_every_template_file(tmp_path):
+    import zipfile
+
+    from metaplug import templates
+
+    root = Path(templates.__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-w", str(tmp_path), str(root)], check=True)
+    (wheel,) = tmp_path.glob("metaplug-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    sources = {p.relative_to(root).as_posix() for p in templates.HERE.rglob("*.tmpl")}
+    assert sources and sources <= shipped, sorted(sources - shipped)
