@@ -25,14 +25,14 @@ class FineTune(TFAlgorithm):
     Pre-training (``meta_train_step``): classification trains ``features.*`` and a
     head over all ``spec.num_classes`` training classes (``pretrain.head.*``) with
     cross-entropy on each task's support and query examples together; regression
-    fits the whole model to all tasks' points with MSE. Adaptation: a new head for
-    the episode's ways, initialised to zero, is trained on the support set
-    (classification), or the whole model is fine-tuned (regression, or
-    ``finetune="all"``), by ``test_inner_steps`` gradient steps at ``inner_lr``.
+    fits the whole model to all tasks' points with MSE. Adaptation trains, by
+    ``test_inner_steps`` gradient steps at ``inner_lr`` on the support set, a new
+    zero-initialised head for the episode's ways (classification) or the model's own
+    head (regression), together with ``features.*`` when ``finetune="all"``.
 
     :param inner_lr: fine-tuning learning rate.
     :param test_inner_steps: fine-tuning steps in ``adapt``/``evaluate``.
-    :param finetune: ``"head"`` (classification: only the new head) or ``"all"``.
+    :param finetune: ``"all"`` (features and head) or ``"head"`` (features frozen).
     :param batching: ``"auto"``, ``"vectorized"`` or ``"loop"`` over the tasks of a batch.
     """
 
@@ -40,7 +40,7 @@ class FineTune(TFAlgorithm):
 
     def __init__(self, backend: TensorFlowBackend | None = None, model: FunctionalModel | None = None,
                  spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
-                 inner_lr: float = 0.01, test_inner_steps: int = 10, finetune: str = "head",
+                 inner_lr: float = 0.01, test_inner_steps: int = 10, finetune: str = "all",
                  batching: str = "auto") -> None:
         if spec is None:
             raise ConfigError("finetune needs the task spec")
@@ -109,10 +109,11 @@ class FineTune(TFAlgorithm):
     def _start(self, sx: tf.Tensor) -> Weights:
         """Per-task starting weights of the part that is fine-tuned."""
         num_tasks = sx.shape[0]
-        if not self.classify:
-            return tile(self.model.variables, num_tasks)
         k = self.model.head_index
-        head = [tf.zeros([num_tasks, *v.shape], v.dtype) for v in self.model.variables[k:]]
+        if self.classify:
+            head = [tf.zeros([num_tasks, *v.shape], v.dtype) for v in self.model.variables[k:]]
+        else:
+            head = tile(self.model.variables[k:], num_tasks)
         return (tile(self.feature_weights, num_tasks) if self.finetune == "all" else []) + head
 
     def _forward(self, fast: Weights, x: tf.Tensor) -> tf.Tensor:
@@ -122,7 +123,7 @@ class FineTune(TFAlgorithm):
         return self.model.head(fast, x, per_task=True)
 
     def _inputs(self, x: tf.Tensor) -> tf.Tensor:
-        if self.classify and self.finetune == "head":
+        if self.finetune == "head":
             return self.model.features(self.feature_weights, x)
         return x
 

@@ -36,6 +36,11 @@ class ProtoNet(TFAlgorithm):
     """Prototypical Networks: prototypes are mean ``features.*`` embeddings of each class's
     support examples; no inner loop, the head is built but unused.
 
+    A task's support and query examples are embedded in one batch, so batch norm sees
+    the whole episode (as in Snell et al.'s code and the torch plugin); an adapted
+    model keeps the support set and embeds the examples to predict together with it.
+    ``evaluate`` gives NaN for ``loss_before``.
+
     :param distance: ``"euclidean"`` (squared) or ``"cosine"``.
     :param batching: accepted for a uniform interface; ProtoNets shares weights across tasks.
     """
@@ -59,27 +64,30 @@ class ProtoNet(TFAlgorithm):
     def feature_weights(self) -> list[tf.Variable]:
         return self.model.variables[:self.model.head_index]
 
-    def _logits(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
-        protos = prototypes(self.model.features(self.feature_weights, sx), sy, self.ways)
-        return scores(self.model.features(self.feature_weights, qx), protos, self.distance)
+    def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor,
+                qx: tf.Tensor) -> tf.Tensor:
+        shots = sx.shape[1]
+        embedded = self.model.features(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
+        protos = prototypes(embedded[:, :shots], sy, self.ways)
+        return scores(embedded[:, shots:], protos, self.distance)
 
     has_loss_before = False
 
     def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
                         qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
-            metrics = self.metrics(self._logits(sx, sy, qx), qy)
+            metrics = self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
             loss = tf.reduce_sum(metrics["loss"])
         return self.gradients(loss, tape), metrics
 
     def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
                          steps: int) -> dict[str, tf.Tensor]:
-        return self.metrics(self._logits(sx, sy, qx), qy)
+        return self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
 
     def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        protos = prototypes(self.model.features(self.feature_weights, sx), sy, self.ways)
-        return [tf.identity(v) for v in self.feature_weights] + [protos]
+        """The feature weights followed by the support set (examples, labels)."""
+        return [tf.identity(v) for v in self.feature_weights] + [sx, sy]
 
     def _predict_impl(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        *features, protos = weights
-        return scores(self.model.features(features, x), protos, self.distance)
+        *features, sx, sy = weights
+        return self._logits(features, sx, sy, x)

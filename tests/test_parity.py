@@ -1,0 +1,150 @@
+"""Cross-backend parity: the PyTorch and TensorFlow plugins compute the same numbers.
+
+Both backends get identical initial weights (the torch algorithm's ``state_dict``,
+loaded into the TensorFlow one: the shared layout of docs/models.md) and identical
+episodes from the host's samplers. For every algorithm, on the MLP (sinusoid) and on
+conv4 with batch norm (Omniglot), the test compares the metrics of one meta-step,
+the meta-gradient (read off an SGD step at rate 1: ``before - after``), and the
+query losses, accuracies and predictions after adaptation: relative 1e-4 in float32,
+1e-9 in float64. Skipped unless both plugins are installed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaplug_torch")
+pytest.importorskip("metaplug_tensorflow")
+
+from metaplug.errors import DatasetError  # noqa: E402
+from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec  # noqa: E402
+from metaplug.plugins import registry  # noqa: E402
+from metaplug.tasks import SinusoidSampler  # noqa: E402
+
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+
+HYPER: dict[str, dict[str, Any]] = {
+    "maml": {"inner_lr": 0.05, "inner_steps": 2},
+    "fomaml": {"inner_lr": 0.05, "inner_steps": 2},
+    "reptile": {"inner_lr": 0.05, "inner_steps": 3},
+    "anil": {"inner_lr": 0.05, "inner_steps": 2},
+    "metasgd": {"inner_lr": 0.05, "inner_steps": 2},
+    "protonet": {},
+    "finetune": {"inner_lr": 0.05, "test_inner_steps": 3},
+}
+IMAGE_LR = 0.4
+"""Inner rate on Omniglot (Finn et al.), large enough for adaptation to matter."""
+
+
+@pytest.fixture(scope="module")
+def episodes() -> dict[str, tuple[TaskSpec, ModelSpec, list[EpisodeBatch]]]:
+    """Two batches per problem from the host's samplers (Omniglot skipped if absent)."""
+    sinusoid = SinusoidSampler("train", seed=3, shots=5, queries=7)
+    found = {"mlp": (sinusoid.spec, ModelSpec("mlp", (1,), 1, {"hidden": (16, 16)}),
+                     [sinusoid.sample(3) for _ in range(2)])}
+    try:
+        from metaplug.tasks.omniglot import OmniglotSampler
+
+        omniglot = OmniglotSampler("train", seed=3, ways=5, shots=1, queries=2)
+        found["conv4"] = (omniglot.spec, ModelSpec("conv4", (1, 28, 28), 5, {"filters": 8}),
+                          [omniglot.sample(2) for _ in range(2)])
+    except DatasetError:
+        pass
+    return found
+
+
+def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str) -> tuple[Any, Any]:
+    """The torch and tensorflow implementations of ``name`` with the same weights (SGD, rate 1)."""
+    import torch
+
+    from metaplug_tensorflow.backend import TensorFlowBackend
+
+    reg = registry()
+    hyper = dict(HYPER[name])
+    if model_spec.name == "conv4" and "inner_lr" in hyper:
+        hyper["inner_lr"] = IMAGE_LR
+    torch_backend = reg.load("backends", "torch")(device="cpu")
+    torch_backend.seed(0)
+    torch_model = torch_backend.build_model(model_spec)
+    if dtype == "float64":
+        torch_model = torch_model.double()
+    torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=1.0)
+    torch_alg = reg.load("algorithms", name, backend="torch")(
+        backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper)
+
+    tf_backend = TensorFlowBackend(device="cpu", dtype=dtype)
+    tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0)
+    tf_alg = reg.load("algorithms", name, backend="tensorflow")(
+        backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper)
+
+    shared = {k: v for k, v in torch_alg.state_dict().items() if not k.startswith("optimizer.")}
+    state = tf_alg.state_dict()
+    assert set(shared) == {k for k in state if not k.startswith("optimizer.")}
+    tf_alg.load_state_dict({**state, **shared})
+    assert torch.get_default_dtype() == torch.float32
+    return torch_alg, tf_alg
+
+
+def close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str, scale: float = 0.0) -> None:
+    """Equal to ``tolerance`` relative to each entry, or to the largest entry of the array (or
+    ``scale``, the meta-gradient's largest entry: conv biases before batch norm have an exact
+    gradient of zero, so only rounding is left there)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if expected.size and not np.all(np.isnan(expected)):
+        scale = max(scale, float(np.nanmax(np.abs(expected))))
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * scale + 1e-12, err_msg=what)
+
+
+def snapshot(algorithm: Any) -> dict[str, np.ndarray]:
+    """A copy of the state (torch's ``state_dict`` arrays share memory with the live weights)."""
+    return {k: np.array(v, copy=True) for k, v in algorithm.state_dict().items()}
+
+
+def step(algorithm: Any, batch: EpisodeBatch) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    before = snapshot(algorithm)
+    metrics = algorithm.meta_train_step(batch)
+    after = snapshot(algorithm)
+    return metrics, {k: before[k] - after[k] for k in before if not k.startswith("optimizer.")}
+
+
+CASES = [(name, model) for model in ("mlp", "conv4") for name in HYPER
+         if not (name == "protonet" and model == "mlp")]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name, model", CASES)
+def test_backends_agree(episodes, name, model, dtype):
+    if model not in episodes:
+        pytest.skip("Omniglot data not available")
+    spec, model_spec, batches = episodes[model]
+    torch_alg, tf_alg = build_pair(name, spec, model_spec, dtype)
+    tolerance = TOLERANCE[dtype]
+
+    torch_metrics, torch_grad = step(torch_alg, batches[0])
+    tf_metrics, tf_grad = step(tf_alg, batches[0])
+    assert torch_metrics.keys() == tf_metrics.keys()
+    for key in torch_metrics:
+        close(tf_metrics[key], torch_metrics[key], tolerance, f"meta_train_step {key}")
+    assert torch_grad.keys() == tf_grad.keys()
+    largest = max(float(np.abs(g).max()) for g in torch_grad.values())
+    assert largest > 0
+    for key in torch_grad:
+        if key.endswith("conv.bias"):
+            # batch norm cancels a conv bias: its exact meta-gradient is zero, both sides hold rounding
+            assert max(np.abs(torch_grad[key]).max(), np.abs(tf_grad[key]).max()) <= 10 * tolerance * largest
+            continue
+        close(tf_grad[key], torch_grad[key], tolerance, f"meta-gradient {key}", scale=largest)
+
+    torch_eval, tf_eval = torch_alg.evaluate(batches[1]), tf_alg.evaluate(batches[1])
+    assert torch_eval.keys() == tf_eval.keys()
+    for key in torch_eval:
+        close(tf_eval[key], torch_eval[key], tolerance, f"evaluate {key}")
+
+    batch = batches[1]
+    torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    close(tf_out, torch_out, tolerance, "adapted predictions")
