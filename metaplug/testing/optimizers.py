@@ -53,6 +53,34 @@ MINIMIZERS = {"torch": minimize_with_torch, "tensorflow": minimize_with_tensorfl
 """How to drive an outer optimizer of each backend over the quadratic."""
 
 
+def inner_step_with_torch(rule: Any, lr: float) -> tuple[Any, Any]:
+    """One step of an inner rule through ``metaplug_torch.inner.InnerRule``: ``(before, after)``."""
+    import torch
+    from metaplug_torch.inner import InnerRule
+
+    assert isinstance(rule, InnerRule), "torch inner rules implement metaplug_torch.inner.InnerRule"
+    params = {"a.weight": torch.tensor(QUADRATIC_START), "b.bias": torch.tensor([1.0])}
+    grads = {n: torch.ones_like(p) for n, p in params.items()}
+    after = rule.step(params, grads, rule.init(params, lr), lr)
+    assert set(after) == set(params), "step() must return every adapted parameter by name"
+    return [p.numpy() for p in params.values()], [after[n].detach().numpy() for n in params]
+
+
+def inner_step_with_tensorflow(rule: Any, lr: float) -> tuple[Any, Any]:
+    """One step of an inner rule through metaplug-tensorflow's ``init``/``step`` interface."""
+    import tensorflow as tf
+
+    params = [tf.constant(QUADRATIC_START), tf.constant([1.0])]
+    learnables = rule.init([tf.Variable(p) for p in params], lr)
+    after = rule.step(params, [tf.ones_like(p) for p in params], learnables)
+    assert len(after) == len(params), "step() must return one tensor per adapted weight"
+    return [p.numpy() for p in params], [tf.convert_to_tensor(a).numpy() for a in after]
+
+
+INNER_STEPPERS = {"torch": inner_step_with_torch, "tensorflow": inner_step_with_tensorflow}
+"""How to take one step of an inner rule of each backend (its documented interface)."""
+
+
 class OptimizerConformance(ComponentConformance):
     """Subclass with ``optimizer = "name"`` and ``backend = "torch"``.
 
@@ -95,6 +123,21 @@ class OptimizerConformance(ComponentConformance):
 
     def test_training_is_deterministic_under_seed(self) -> None:
         self.algorithm_checks().test_deterministic_under_seed("regression")
+
+    def inner_step(self, rule: Any) -> tuple[Any, Any]:
+        """Weights before and after one step of ``rule`` with all-positive gradients; override
+        for a backend other than torch and tensorflow."""
+        if self.backend not in INNER_STEPPERS:
+            pytest.skip(f"no inner-rule driver for backend {self.backend!r}; override inner_step()")
+        return INNER_STEPPERS[self.backend](rule, 0.1)
+
+    def test_inner_rule_follows_the_backend_interface(self) -> None:
+        if self.record().role != "inner":
+            pytest.skip("outer optimizers are checked on a quadratic")
+        before, after = self.inner_step(self.load()())
+        for old, new in zip(before, after, strict=True):
+            assert new.shape == old.shape, "an inner step changed a weight's shape"
+            assert (new < old).all(), "a step along positive gradients must decrease every weight"
 
     def test_inner_rule_adapts(self) -> None:
         if self.record().role != "inner":
