@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.backend import TensorFlowBackend
-from metaplug_tensorflow.layout import channels_last, to_native, to_shared
+from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import task_accuracy, task_losses
 from metaplug_tensorflow.models import FunctionalModel
 from metaplug_tensorflow.optimizers import OuterOptimizer, adam
@@ -69,7 +69,6 @@ class TFAlgorithm:
             raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, "
                               f"got {type(backend).__name__}")
         if model is None:
-            from metaplug.interfaces import ModelSpec
             model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
         if not isinstance(model, FunctionalModel):
             raise ConfigError("the tensorflow algorithms take a model from TensorFlowBackend.build_model, "
@@ -88,11 +87,12 @@ class TFAlgorithm:
     def vectorized(self) -> bool:
         return self.batching == "vectorized"
 
-    def _setup(self, trainables: Mapping[str, tf.Variable], others: Mapping[str, tf.Variable] = {}) -> None:
-        """Name the meta-parameters (trained by the outer optimizer) and other saved variables."""
+    def _setup(self, trainables: Mapping[str, tf.Variable]) -> None:
+        """Name the meta-parameters (trained by the outer optimizer); every model weight is
+        saved too, trained or not."""
         self.trainables = dict(trainables)
         self._saved = {**{f"model.{n}": v for n, v in zip(self.model.names, self.model.variables)},
-                       **others, **self.trainables}
+                       **self.trainables}
         with self.backend.scope():
             self.optimizer = self._optimizer_factory(list(self.trainables.values()))
 
@@ -318,4 +318,4 @@ class TFAdaptedModel:
         return tf.cast(x, self.algorithm.backend.dtype)[None]
 
 
-__all__ = ["TFAlgorithm", "TFAdaptedModel", "channels_last", "tile", "check_int", "check_positive"]
+__all__ = ["TFAlgorithm", "TFAdaptedModel", "tile", "check_int", "check_positive"]

@@ -69,7 +69,11 @@ class ProtoNet(TFAlgorithm):
         shots = sx.shape[1]
         embedded = self.model.features(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
         protos = prototypes(embedded[:, :shots], sy, self.ways)
-        return scores(embedded[:, shots:], protos, self.distance)
+        logits = scores(embedded[:, shots:], protos, self.distance)
+        # Episodes with fewer ways than the spec (e.g. 60-way training, 5-way testing):
+        # classes absent from the support set have no prototype and never win.
+        present = tf.reduce_any(tf.equal(sy[:, :, None], tf.range(self.ways, dtype=sy.dtype)), axis=1)
+        return tf.where(present[:, None, :], logits, tf.constant(-float("inf"), logits.dtype))
 
     has_loss_before = False
 
