@@ -7,11 +7,13 @@ Modes (the ``batching`` hyper-parameter of every torch algorithm):
     batch norm switches to elementary ops, whose second-order gradients are exact
     under ``vmap`` (the native op's are not, as of torch 2.13).
 ``"loop"``
-    The same functional code once per task; each task's backward pass runs right
-    away, so only one task's graph is alive (memory-bound models, e.g. conv4).
+    One task at a time with ``torch.autograd.grad``; each task's backward pass runs
+    right away, so only one task's graph is alive, and convolutions use the
+    ``channels_last`` memory order on CPU (memory-bound models such as conv4).
 ``"reference"``
-    The plain per-task loop of learn2learn and higher: cloned parameters and
-    ``torch.autograd.grad(create_graph=True)``. For checking and benchmarks.
+    The plain per-task loop of learn2learn and higher: cloned parameters,
+    ``torch.autograd.grad(create_graph=True)``, the default memory order. For
+    checking and as the benchmarks' baseline.
 ``"auto"``
     ``"vmap"`` for models without convolutions or native batch norm (the MLP),
     ``"loop"`` otherwise; the choice measured fastest on CPU.
@@ -26,7 +28,7 @@ import torch
 
 from metaplug.errors import ConfigError
 from metaplug_torch.functional import FunctionalModel
-from metaplug_torch.models import vmap_safe
+from metaplug_torch.models import execution_style
 
 MODES: tuple[str, ...] = ("auto", "vmap", "loop", "reference")
 
@@ -63,13 +65,13 @@ def map_tasks(
         size = chunk or num_tasks
         mapped = torch.func.vmap(fn, in_dims=(None,) + (0,) * len(tasks), randomness="error")
         pieces = []
-        with vmap_safe():
+        with execution_style("vmap"):
             for start in range(0, num_tasks, size):
                 out = mapped(shared, *(t[start:start + size] for t in tasks))
                 pieces.append(_finish(out, backward_scale, lambda loss: loss.sum()))
         return tuple(torch.cat(parts) for parts in zip(*pieces))
     pieces = []
-    with vmap_safe(False):
+    with execution_style(mode):
         for index in range(num_tasks):
             out = fn(shared, *(t[index] for t in tasks))
             pieces.append(_finish(out, backward_scale, lambda loss: loss))

@@ -86,7 +86,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
             if value is None:
                 continue
             value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-            arrays[f"{PREFIX}state.{index}.{key}"] = np.ascontiguousarray(value)
+            arrays[f"{PREFIX}state.{index}.{key}"] = np.array(value, order="C", copy=True)
     for g, group in enumerate(optimizer.param_groups):
         arrays[f"{PREFIX}lr.{g}"] = np.asarray(group["lr"], dtype=np.float64)
     schedule = getattr(optimizer, "metaplug_schedule", None)

@@ -95,7 +95,7 @@ class TorchAlgorithm:
         """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
         data = self._tensors(batch)
         steps = self._test_steps(steps)
-        with batching.no_grad_unless(self.mode == "reference"):
+        with batching.no_grad_unless(self.mode != "vmap"):
             loss, before, acc = self._map(
                 lambda shared, *t: self._evaluate_task(shared, *t, steps=steps),
                 self._evaluation_shared(), (data.support_x, data.support_y, data.query_x, data.query_y))
@@ -146,9 +146,9 @@ class TorchAlgorithm:
                                   chunk=self.vmap_chunk)
 
     def _detached(self) -> dict[str, torch.Tensor]:
-        """The model's parameters without gradient tracking (requiring gradients in
-        ``reference`` mode, whose inner loop uses ``torch.autograd.grad``)."""
-        if self.mode == "reference":
+        """The model's parameters cut from the meta-gradient (requiring gradients of their
+        own outside ``vmap``, where the inner loop uses ``torch.autograd.grad``)."""
+        if self.mode != "vmap":
             return {k: v.detach().requires_grad_() for k, v in self.params.items()}
         return {k: v.detach() for k, v in self.params.items()}
 
@@ -183,4 +183,5 @@ def check_rate(name: str, value: Any) -> float:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().numpy())
+    """A contiguous copy (never a view of a live CPU tensor)."""
+    return np.array(t.detach().cpu().numpy(), order="C", copy=True)

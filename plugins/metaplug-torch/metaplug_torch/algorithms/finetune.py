@@ -91,7 +91,7 @@ class Finetune(TorchAlgorithm):
             start.update({"head.weight": zeros((ways, self.width)), "head.bias": zeros((ways,))})
         else:
             start.update({n: p for n, p in params.items() if n.startswith("head.")})
-        if self.mode == "reference":
+        if self.mode != "vmap":  # torch.autograd.grad needs leaves that require gradients
             start = {n: p.detach().clone().requires_grad_() for n, p in start.items()}
         return start
 
@@ -113,7 +113,7 @@ class Finetune(TorchAlgorithm):
             return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
 
         fast = inner_loop(support_loss, start, self.rule, {}, self.inner_lr, steps, second_order=False,
-                          functional=self.mode != "reference")
+                          functional=self.mode == "vmap")
         return start, fast
 
     def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,

@@ -90,7 +90,7 @@ class GradientAdaptation(TorchAlgorithm):
             return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
 
         return inner_loop(support_loss, start, self.rule, learnables, self.inner_lr, steps,
-                          second_order=second_order, functional=self.mode != "reference")
+                          second_order=second_order, functional=self.mode == "vmap")
 
     def _evaluation_shared(self) -> Any:
         return self._detached(), {k: v.detach() for k, v in self._learnables().items()}

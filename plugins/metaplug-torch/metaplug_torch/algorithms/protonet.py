@@ -46,10 +46,15 @@ class ProtoNet(TorchAlgorithm):
         embedded = self.model.embed(params, torch.cat([sx, x]))
         support, query = embedded[:shots], embedded[shots:]
         member = one_hot(sy, self.ways, support.dtype)
-        prototypes = (member.T @ support) / member.sum(0).unsqueeze(-1)
+        counts = member.sum(0)
+        prototypes = (member.T @ support) / counts.clamp(min=1).unsqueeze(-1)
         if self.distance == "cosine":
-            return F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
-        return -(query.unsqueeze(1) - prototypes.unsqueeze(0)).square().sum(-1)
+            logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
+        else:
+            logits = -(query.unsqueeze(1) - prototypes.unsqueeze(0)).square().sum(-1)
+        # Episodes with fewer ways than the spec (e.g. 60-way training, 5-way testing):
+        # classes absent from the support set have no prototype and never win.
+        return torch.where(counts > 0, logits, torch.full_like(logits, -math.inf))
 
     def _train_task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
