@@ -52,6 +52,8 @@ def test_file_then_set_then_options(tmp_path):
     ("tasks", "shots", 0, "tasks.shots must be at least 1"),
     ("evaluation", "episodes", 0, "evaluation.episodes must be at least 1"),
     ("evaluation", "stepz", 1, "unknown key evaluation.stepz. Did you mean 'steps'?"),
+    ("evaluation", "ways", 0, "evaluation.ways must be at least 1"),
+    ("evaluation", "queries", 1.5, "evaluation.queries must be an integer"),
     ("tasks", "name", 3, "tasks.name must be a string"),
 ])
 def test_out_of_range_values_are_rejected(section, key, value, message):

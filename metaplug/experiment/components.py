@@ -70,6 +70,7 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
         raise ConfigError(f"optimizer {cfg.optimizer.name!r} is an inner-loop rule, not an outer optimizer; "
                           f"choose one of: {', '.join(outer)}")
     tasks = _with_defaults(cfg.tasks, records.tasks, "task-samplers")
+    _check_episode_shape(cfg, tasks)
     algorithm = _with_defaults(cfg.algorithm, records.algorithm, "algorithms")
     optimizer = _with_defaults(cfg.optimizer, records.optimizer, "optimizers")
     rule = algorithm.options.get("inner_rule")
@@ -78,6 +79,16 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
         if inner.role != "inner":
             raise ConfigError(f"algorithm.inner_rule {rule!r} is an outer optimizer; choose an inner-loop rule")
     return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer)
+
+
+def _check_episode_shape(cfg: ExperimentConfig, tasks: Choice) -> None:
+    """``[evaluation]`` ways/shots/queries must be options of the tasks; ways at most the training ways."""
+    for key, value in cfg.evaluation.episode_shape().items():
+        if key not in tasks.options:
+            raise ConfigError(f"evaluation.{key}: task sampler {tasks.name!r} has no option {key!r}")
+        if key == "ways" and value > tasks.options[key]:
+            raise ConfigError(f"evaluation.ways ({value}) must be at most tasks.ways ({tasks.options[key]}): "
+                              "the model is built for the training ways")
 
 
 def lookup(cfg: ExperimentConfig, reg: Registry) -> Records:
@@ -169,9 +180,11 @@ class Experiment:
     records: Records
 
     def sampler(self, split: str, seed: int | None = None) -> TaskSampler:
-        """A fresh sampler of the configured tasks for ``split``."""
+        """A fresh sampler of the configured tasks for ``split`` (``val`` or ``test``), with the
+        episode shape of ``[evaluation]`` where it sets one."""
         cls = self.records.tasks.load()
-        return cls(split=split, seed=self.config.seed if seed is None else seed, **self.config.tasks.options)
+        options = {**self.config.tasks.options, **self.config.evaluation.episode_shape()}
+        return cls(split=split, seed=self.config.seed if seed is None else seed, **options)
 
 
 def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 1000,
         "test_tasks": 100,
     },
-    "evaluation": {"episodes": 600, "steps": None},
+    "evaluation": {"episodes": 600, "steps": None, "ways": None, "shots": None, "queries": None},
 }
 """The default job: sinusoid regression with MAML, about a minute on a laptop CPU."""
 
@@ -108,9 +108,14 @@ SETTINGS: dict[str, Rule] = {
     "train.test_tasks": Rule(int, 0),
     "evaluation.episodes": Rule(int, 1),
     "evaluation.steps": Rule(int, 0, optional=True),
+    "evaluation.ways": Rule(int, 1, optional=True),
+    "evaluation.shots": Rule(int, 1, optional=True),
+    "evaluation.queries": Rule(int, 1, optional=True),
 }
 """Every fixed setting (``section.key``); ``val_every`` and ``checkpoint_every`` 0 mean never
-(a checkpoint is still written at the end), ``test_tasks`` 0 skips the final test."""
+(a checkpoint is still written at the end), ``test_tasks`` 0 skips the final test.
+``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
+test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
 
 OPTION_RULES: dict[str, Rule] = {
     "inner_lr": Rule(float, 0, exclusive=True),
@@ -146,6 +151,14 @@ class TrainSettings:
 class EvaluationSettings:
     episodes: int
     steps: int | None
+    ways: int | None = None
+    shots: int | None = None
+    queries: int | None = None
+
+    def episode_shape(self) -> dict[str, int]:
+        """The episode options that override ``[tasks]`` for validation and test samplers."""
+        return {k: v for k, v in (("ways", self.ways), ("shots", self.shots), ("queries", self.queries))
+                if v is not None}
 
 
 @dataclass(frozen=True)

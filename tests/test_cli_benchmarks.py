@@ -1,0 +1,65 @@
+"""Every configuration in ``benchmarks/`` resolves with ``metaplug train --config F --dry-run``
+on every installed backend, and each CPU-budget tier keeps its full protocol but for training length."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import metaplug.cli.train  # noqa: F401  (adds the train command)
+from metaplug.cli import cli
+from metaplug.plugins import registry
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+CONFIGS = sorted(BENCHMARKS.glob("*.toml"))
+BACKENDS = ("torch", "tensorflow")
+TRAINING_LENGTH = {"iterations", "val_every", "val_tasks", "checkpoint_every", "log_every"}
+"""The ``[train]`` keys a CPU-budget tier may shorten; everything else is the published protocol."""
+
+
+def resolve(path: Path, backend: str) -> dict:
+    if backend not in registry().names("backends"):
+        pytest.skip(f"backend {backend} is not installed")
+    done = CliRunner().invoke(cli, ["train", "--config", str(path), "--backend", backend, "--dry-run",
+                                    "--format", "json"])
+    assert done.exit_code == 0, done.output
+    return json.loads(done.stdout)
+
+
+def test_the_folder_has_every_published_setting():
+    names = {p.stem for p in CONFIGS}
+    settings = ("5w1s", "5w5s", "20w1s", "20w5s")
+    for algorithm in ("maml", "fomaml", "protonet", "reptile"):
+        assert {f"{algorithm}-omniglot-{s}" for s in settings} <= names
+    assert {"anil-omniglot-20w1s", "anil-omniglot-20w5s"} <= names
+    assert {"protonet-omniglot-5w1s-cpu", "maml-omniglot-5w1s-cpu"} <= names
+    assert {f"{a}-sinusoid-k{k}" for a in ("maml", "finetune") for k in (5, 10)} <= names
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_each_config_resolves_on_each_backend(path, backend):
+    resolved = resolve(path, backend)
+    algorithm, dataset, *_ = path.stem.split("-")
+    assert resolved["backend"] == backend
+    assert resolved["algorithm"]["name"] == algorithm and resolved["tasks"]["name"] == dataset
+    shape = {k: resolved["evaluation"].get(k) or resolved["tasks"][k] for k in ("ways", "shots") if k in resolved["tasks"]}
+    if dataset == "omniglot":
+        setting = path.stem.split("-")[2]
+        assert setting == f"{shape['ways']}w{shape['shots']}s", "test episodes must match the file's setting"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-cpu")], ids=lambda p: p.stem)
+def test_a_cpu_tier_is_its_full_protocol_with_shorter_training(path):
+    short = resolve(path, "torch")
+    full = resolve(path.with_name(path.name.replace("-cpu", "")), "torch")
+    assert short["train"]["iterations"] < full["train"]["iterations"]
+    for section in set(full) | set(short):
+        if section == "train":
+            kept = set(full["train"]) - TRAINING_LENGTH
+            assert {k: short["train"][k] for k in kept} == {k: full["train"][k] for k in kept}
+        else:
+            assert short[section] == full[section], section
