@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -133,3 +134,12 @@ def test_regression_batch_for_classification_algorithm_is_an_error():
     algorithm = build("maml", IMAGES)
     with pytest.raises(ConfigError, match="set up for classification but got a regression batch"):
         algorithm.meta_train_step(regression_batch())
+
+
+def test_readme_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "range(2000)" in code
+    namespace: dict = {}
+    exec(code.replace("range(2000)", "range(3)"), namespace)
+    assert namespace["prediction"].shape == (10, 1)

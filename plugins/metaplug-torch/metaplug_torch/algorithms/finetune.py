@@ -71,6 +71,9 @@ class Finetune(TorchAlgorithm):
         if self.classification:
             if batch.classes is None:
                 raise ConfigError("finetune pre-training needs batch.classes (split-wide class ids)")
+            if int(np.max(batch.classes)) >= int(self.spec.num_classes) or int(np.min(batch.classes)) < 0:
+                raise ConfigError(f"class id {int(np.max(batch.classes))} is outside the "
+                                  f"{self.spec.num_classes} training classes")
             classes = self.backend.tensor(batch.classes)
             support_y = torch.gather(classes, 1, data.support_y)
             query_y = torch.gather(classes, 1, data.query_y)
