@@ -12,6 +12,7 @@ query losses, accuracies and predictions after adaptation: relative 1e-4 in floa
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ import pytest
 
 pytest.importorskip("metaplug_torch")
 pytest.importorskip("metaplug_tensorflow")
+for _framework in ("torch", "tensorflow"):  # found without importing them at collection
+    if importlib.util.find_spec(_framework) is None:
+        pytest.skip(f"{_framework} is not installed", allow_module_level=True)
 
 from metaplug.errors import DatasetError  # noqa: E402
 from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec  # noqa: E402
