@@ -195,7 +195,8 @@ class Algorithm(Protocol):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to continue training, as named numpy arrays:
-        model weights under ``model.<name>``, the rest under other prefixes."""
+        model weights under ``model.<name>``, the rest under other prefixes.
+        The arrays are copies: training on afterwards must not change them."""
         ...
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
