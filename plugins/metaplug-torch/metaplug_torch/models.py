@@ -94,8 +94,14 @@ class ConvBlock(nn.Module):
         self.norm = BatchNorm(filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(self.conv(x)))
-        return F.max_pool2d(x, 2) if self.pool else x
+        x = _memory_format(self.conv(x))
+        x = self.norm(x)
+        if not self.pool:
+            return F.relu(x)
+        if _STYLE.get() == "reference":  # the textbook order, as plain PyTorch code has it
+            return F.max_pool2d(F.relu(x), 2)
+        # max-pooling before ReLU gives the same values (both are monotone) on 4x fewer elements
+        return F.relu(F.max_pool2d(x, 2))
 
 
 class ConvStack(nn.Sequential):
@@ -107,9 +113,19 @@ class ConvStack(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and _STYLE.get() == "loop":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return super().forward(x).flatten(1)
+        return super().forward(_memory_format(x)).flatten(1)
+
+
+def _memory_format(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``channels_last`` order on CPU in the ``"loop"`` style, else unchanged.
+
+    Applied to every convolution's output as well: with one input channel, input and
+    kernel strides are ambiguous and the convolution would fall back to the default
+    order, making the first block's batch norm and pooling several times slower.
+    """
+    if x.device.type == "cpu" and x.dim() == 4 and _STYLE.get() == "loop":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 class FeaturesAndHead(nn.Module):
