@@ -104,7 +104,7 @@ def close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str,
 
 
 def snapshot(algorithm: Any) -> dict[str, np.ndarray]:
-    """A copy of the state (torch's ``state_dict`` arrays share memory with the live weights)."""
+    """A copy of the state that later steps cannot change, whatever the backend returns."""
     return {k: np.array(v, copy=True) for k, v in algorithm.state_dict().items()}
 
 
