@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import pytest
 
 from metaplug.errors import DatasetError
@@ -46,7 +45,7 @@ def omniglot():
 
     try:
         sampler = functools.partial(OmniglotSampler, seed=0, ways=5, shots=1, queries=5)
-        return sampler("train"), sampler("test").sample(50)
+        return sampler("train"), sampler("test").sample(100)
     except DatasetError as exc:  # the data lives outside the repository
         pytest.skip(f"Omniglot not available: {exc}")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import ModelSpec, TaskSpec
+from metaplug.interfaces import ModelSpec
 from metaplug.plugins import registry
 from metaplug_torch.backend import TorchBackend
 from metaplug_torch.inner import InnerRule

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
 from metaplug_torch.functional import Params, task_loss
@@ -34,7 +34,7 @@ class Finetune(TorchAlgorithm):
     name = "finetune"
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, inner_lr: float = 0.01,
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01,
                  test_inner_steps: int = 10, finetune: str = "all", batching: str = "auto") -> None:
         if finetune not in MODES:
             raise ConfigError(f"finetune must be one of {', '.join(MODES)}, got {finetune!r}")

@@ -8,7 +8,7 @@ import torch
 
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
-from metaplug_torch.inner import InnerRule, InnerSGD, inner_loop
+from metaplug_torch.inner import InnerRule, inner_loop
 
 Params = dict[str, torch.Tensor]
 

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
 from metaplug_torch.algorithms.gradient import GradientAdaptation, Params, load_inner_rule
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
+from metaplug_torch.inner import InnerRule
 
 
 class MAML(GradientAdaptation):
     """Model-Agnostic Meta-Learning (Finn et al. 2017).
 
     The meta-gradient flows through ``inner_steps`` steps of ``inner_rule`` on each
-    task's support set (second order unless ``first_order``). ``batching`` picks how
-    tasks are batched: ``auto``, ``vmap``, ``loop`` or ``reference``.
+    task's support set (second order unless ``first_order``). ``inner_rule`` names an
+    inner-role optimizer (or is an object with ``init``/``step``, see
+    :mod:`metaplug_torch.inner`). ``batching`` picks how tasks are batched: ``auto``,
+    ``vmap``, ``loop`` or ``reference`` (see :mod:`metaplug_torch.batching`).
     """
 
     name = "maml"
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, inner_lr: float = 0.01, inner_steps: int = 1,
-                 test_inner_steps: int | None = None, first_order: bool = False, inner_rule: str = "inner-sgd",
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
+                 test_inner_steps: int | None = None, first_order: bool = False, inner_rule: str | InnerRule = "inner-sgd",
                  batching: str = "auto") -> None:
         self.first_order = bool(first_order)
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
@@ -47,8 +50,8 @@ class FOMAML(MAML):
     name = "fomaml"
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, inner_lr: float = 0.01, inner_steps: int = 1,
-                 test_inner_steps: int | None = None, inner_rule: str = "inner-sgd",
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
+                 test_inner_steps: int | None = None, inner_rule: str | InnerRule = "inner-sgd",
                  batching: str = "auto") -> None:
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
                          test_inner_steps=test_inner_steps, first_order=True, inner_rule=inner_rule,
@@ -72,9 +75,9 @@ class MetaSGD(MAML):
     name = "metasgd"
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, inner_lr: float = 0.01, inner_steps: int = 1,
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
                  test_inner_steps: int | None = None, first_order: bool = False,
-                 inner_rule: str = "inner-metasgd", batching: str = "auto") -> None:
+                 inner_rule: str | InnerRule = "inner-metasgd", batching: str = "auto") -> None:
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
                          test_inner_steps=test_inner_steps, first_order=first_order, inner_rule=inner_rule,
                          batching=batching)

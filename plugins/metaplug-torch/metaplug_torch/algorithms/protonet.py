@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
 from metaplug_torch.functional import Params, one_hot
@@ -33,7 +33,7 @@ class ProtoNet(TorchAlgorithm):
     problems = ("classification",)
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, distance: str = "euclidean",
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, distance: str = "euclidean",
                  batching: str = "auto") -> None:
         if distance not in DISTANCES:
             raise ConfigError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
 from metaplug_torch.algorithms.gradient import GradientAdaptation, Params
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
 from metaplug_torch.inner import InnerSGD
@@ -19,7 +19,7 @@ class Reptile(GradientAdaptation):
     name = "reptile"
 
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer=None, *, inner_lr: float = 0.01, inner_steps: int = 5,
+                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 5,
                  test_inner_steps: int | None = None, batching: str = "auto") -> None:
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
                          test_inner_steps=test_inner_steps, rule=InnerSGD(), batching=batching)
