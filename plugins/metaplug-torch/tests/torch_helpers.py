@@ -58,8 +58,9 @@ def build(name: str, spec: TaskSpec, *, seed: int = 0, dtype: torch.dtype = torc
 
 
 def meta_gradient(algorithm, batch: EpisodeBatch) -> dict[str, np.ndarray]:
-    """The gradient that one meta-training step hands to the outer optimizer."""
+    """The gradient that one meta-training step hands to the outer optimizer (parameters
+    the step does not use, such as ``finetune``'s unused model head, are left out)."""
     algorithm.optimizer.zero_grad(set_to_none=True)
     algorithm._meta_step(algorithm._tensors(batch), batch)
     named = {**algorithm.params, **algorithm.extra}
-    return {k: p.grad.detach().numpy().copy() for k, p in named.items()}
+    return {k: p.grad.detach().numpy().copy() for k, p in named.items() if p.grad is not None}
