@@ -8,6 +8,7 @@ import torch
 
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
+from metaplug_torch.functional import task_loss
 from metaplug_torch.inner import InnerRule, inner_loop
 
 Params = dict[str, torch.Tensor]
@@ -80,8 +81,6 @@ class GradientAdaptation(TorchAlgorithm):
     # -- the inner loop ---------------------------------------------------------------
     def _adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
                     steps: int, second_order: bool) -> Params:
-        from metaplug_torch.functional import task_loss
-
         start = {n: params[n] for n in self._adapted_names()}
         if self.mode == "reference" and second_order:
             start = {n: p.clone() for n, p in start.items()}
