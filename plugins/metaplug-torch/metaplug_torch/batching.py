@@ -8,8 +8,8 @@ Modes (the ``batching`` hyper-parameter of every torch algorithm):
     under ``vmap`` (the native op's are not, as of torch 2.13).
 ``"loop"``
     One task at a time with ``torch.autograd.grad``; each task's backward pass runs
-    right away, so only one task's graph is alive, and convolutions use the
-    ``channels_last`` memory order on CPU (memory-bound models such as conv4).
+    right away, so only one task's graph is alive (memory-bound models such as conv4;
+    see also :data:`metaplug_torch.models.CHANNELS_LAST_ON_CPU`).
 ``"reference"``
     The plain per-task loop of learn2learn and higher: cloned parameters,
     ``torch.autograd.grad(create_graph=True)``, the default memory order. For

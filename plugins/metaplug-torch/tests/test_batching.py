@@ -50,3 +50,16 @@ def test_chunked_vmap_equals_one_vmap():
         algorithm.meta_train_step(batch)
     for key, value in whole.state_dict().items():
         np.testing.assert_allclose(chunked.state_dict()[key], value, rtol=1e-10, atol=1e-13)
+
+
+def test_channels_last_switch_gives_the_same_step(monkeypatch):
+    from metaplug_torch import models
+
+    batch = image_batch()
+    plain = build("maml", IMAGES, batching="loop", optimizer="sgd", lr=0.01)
+    plain.meta_train_step(batch)
+    monkeypatch.setattr(models, "CHANNELS_LAST_ON_CPU", True)
+    fast = build("maml", IMAGES, batching="loop", optimizer="sgd", lr=0.01)
+    fast.meta_train_step(batch)
+    for key, value in plain.state_dict().items():
+        np.testing.assert_allclose(fast.state_dict()[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
