@@ -85,11 +85,11 @@ def test_mlp_meta_gradient_matches_finite_differences():
     gradient = meta_gradient(algorithm, batch)
     rng = np.random.default_rng(1)
     direction = {k: rng.normal(size=v.shape) for k, v in gradient.items()}
-    data = algorithm._tensors(batch)
+    data = algorithm.episode_tensors(batch)
 
     def meta_loss(shift: float) -> float:
         params = {k: p.detach() + shift * torch.from_numpy(direction[k]) for k, p in algorithm.params.items()}
-        losses = algorithm._map(algorithm._train_task, (params, {}),
+        losses = algorithm.map_tasks(algorithm._train_task, (params, {}),
                                 (data.support_x, data.support_y, data.query_x, data.query_y))[0]
         return float(losses.mean())
 

@@ -61,6 +61,6 @@ def meta_gradient(algorithm, batch: EpisodeBatch) -> dict[str, np.ndarray]:
     """The gradient that one meta-training step hands to the outer optimizer (parameters
     the step does not use, such as ``finetune``'s unused model head, are left out)."""
     algorithm.optimizer.zero_grad(set_to_none=True)
-    algorithm._meta_step(algorithm._tensors(batch), batch)
+    algorithm.meta_gradients(algorithm.episode_tensors(batch), batch)
     named = {**algorithm.params, **algorithm.extra}
     return {k: p.grad.detach().numpy().copy() for k, p in named.items() if p.grad is not None}

@@ -68,14 +68,14 @@ class MatchingNetworks(TorchAlgorithm):
     def _task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
               qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # cross-entropy of log-probabilities is their negative log-likelihood (they sum to 1)
-        return self._outputs(self.log_probabilities(params, sx, sy, qx), qy)
+        return self.loss_and_accuracy(self.log_probabilities(params, sx, sy, qx), qy)
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self._map(self._task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
+        return self.map_tasks(self._task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
-    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, accuracy = self._task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), accuracy
 
@@ -85,7 +85,7 @@ class MatchingNetworks(TorchAlgorithm):
         if support_y.ndim != 1 or not np.issubdtype(support_y.dtype, np.integer):
             raise ConfigError(f"support_y must be integer labels of shape (N,), got {support_y.dtype} "
                               f"{support_y.shape}")
-        params = self._detached()
+        params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y)
         return TorchAdapted(lambda x: self.log_probabilities(params, sx, sy, x), self.backend, self.dtype)

@@ -30,8 +30,20 @@ class TorchAdapted:
 
 
 class TorchAlgorithm:
-    """Base class: subclasses implement :meth:`_meta_step`, :meth:`_evaluate_task` and
-    :meth:`adapt`, and may add meta-learned tensors with :meth:`_extra_parameters`."""
+    """Base class of torch algorithms (the extension API: see "Writing a torch algorithm"
+    in metaplug-torch's README).
+
+    Subclasses implement :meth:`meta_gradients`, :meth:`evaluate_task` and :meth:`adapt`,
+    and may override :meth:`extra_parameters` and :meth:`evaluation_parameters`. They
+    call the helpers :meth:`map_tasks`, :meth:`loss_and_accuracy`,
+    :meth:`detached_parameters`, :meth:`evaluation_steps` and :meth:`episode_tensors`.
+
+    Set by ``__init__``: ``self.spec`` (the task spec), ``self.backend``, ``self.model``
+    (a :class:`~metaplug_torch.functional.FunctionalModel`), ``self.params`` (name ->
+    ``nn.Parameter``, the model's meta-parameters), ``self.extra`` (the meta-parameters
+    of :meth:`extra_parameters`), ``self.dtype``, ``self.device``, ``self.mode`` (the
+    resolved batching mode) and ``self.optimizer`` (the outer optimizer over both).
+    """
 
     name = ""
     problems: tuple[str, ...] = ("regression", "classification")
@@ -60,45 +72,71 @@ class TorchAlgorithm:
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
         self.extra: dict[str, torch.nn.Parameter] = {
-            k: torch.nn.Parameter(v.detach().clone()) for k, v in self._extra_parameters().items()
+            k: torch.nn.Parameter(v.detach().clone()) for k, v in self.extra_parameters().items()
         }
         factory = optimizer if optimizer is not None else optimizers.adam
         self.optimizer = factory([*self.params.values(), *self.extra.values()])
 
-    # -- subclass hooks ---------------------------------------------------------------
-    def _extra_parameters(self) -> dict[str, torch.Tensor]:
-        """Meta-learned tensors besides the model's, keyed by their state name."""
+    # -- what subclasses implement or override --------------------------------------
+    def extra_parameters(self) -> dict[str, torch.Tensor]:
+        """Initial values of meta-learned tensors besides the model's, keyed by their
+        ``state_dict`` name (default: none).
+
+        Called once by ``__init__`` after ``self.model``, ``self.params``, ``self.dtype``
+        and ``self.device`` are set; the values are copied into ``nn.Parameter`` objects in
+        ``self.extra``, which the outer optimizer updates and the state saves.
+        """
         return {}
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
-        """Fill the ``.grad`` of the meta-parameters; return per-task (loss, accuracy)."""
-        raise NotImplementedError
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+        """Fill ``.grad`` of the meta-parameters (``self.params`` and ``self.extra``) with
+        the gradient of the batch's mean query loss; return per-task ``(loss, accuracy)``.
 
-    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, loss_before, accuracy) of one task."""
-        raise NotImplementedError
+        ``data`` is the batch as tensors (:meth:`episode_tensors`; task axis first),
+        ``batch`` the numpy original (for extras such as ``batch.classes``). The gradients
+        are zero (``None``) on entry and the outer optimizer steps right after. Each
+        returned tensor has shape ``(T,)``; accuracy is zeros for regression. Extra
+        returned tensors are ignored. :meth:`map_tasks` with ``backward_scale=1/T``
+        does all of this for a per-task function returning ``(loss, accuracy)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
 
-    def _evaluation_shared(self) -> Any:
-        return self._detached()
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One task's query ``(loss, loss_before, accuracy)``, scalar tensors, after adapting
+        to its support set ``(sx, sy)`` with ``steps`` inner steps.
+
+        ``shared`` is :meth:`evaluation_parameters`; the tensors have no task axis.
+        ``loss_before`` is the query loss before adaptation (NaN where undefined);
+        accuracy is zero for regression. Runs inside :meth:`map_tasks`, under
+        ``torch.no_grad`` in ``vmap`` mode and with gradients enabled otherwise (so an
+        inner loop can use ``torch.autograd.grad``); results come back detached.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate_task()")
+
+    def evaluation_parameters(self) -> Any:
+        """What :meth:`evaluate` passes to every :meth:`evaluate_task` call as ``shared``
+        (default: :meth:`detached_parameters`). Override to pass more, e.g. a tuple of
+        the parameters and detached ``self.extra`` entries."""
+        return self.detached_parameters()
 
     # -- the Algorithm interface -------------------------------------------------------
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
-        data = self._tensors(batch)
+        data = self.episode_tensors(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, acc = self._meta_step(data, batch)[:2]
+        loss, acc = self.meta_gradients(data, batch)[:2]
         self.optimizer.step()
         return self._metrics(loss, acc)
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
         """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
-        data = self._tensors(batch)
-        steps = self._test_steps(steps)
+        data = self.episode_tensors(batch)
+        steps = self.evaluation_steps(steps)
         with batching.no_grad_unless(self.mode != "vmap"):
-            loss, before, acc = self._map(
-                lambda shared, *t: self._evaluate_task(shared, *t, steps=steps),
-                self._evaluation_shared(), (data.support_x, data.support_y, data.query_x, data.query_y))
+            loss, before, acc = self.map_tasks(
+                lambda shared, *t: self.evaluate_task(shared, *t, steps=steps),
+                self.evaluation_parameters(), (data.support_x, data.support_y, data.query_x, data.query_y))
         result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
         if self.spec.problem == "classification":
             result["accuracy"] = _numpy(acc)
@@ -134,25 +172,39 @@ class TorchAlgorithm:
         optimizers.load_optimizer_state(
             self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)})
 
-    # -- helpers -----------------------------------------------------------------------
-    def _tensors(self, batch: EpisodeBatch) -> TorchEpisodes:
+    # -- helpers for subclasses ---------------------------------------------------------
+    def episode_tensors(self, batch: EpisodeBatch) -> TorchEpisodes:
+        """``batch`` as tensors on this algorithm's device (inputs in ``self.dtype``, labels
+        int64); a :class:`~metaplug.errors.ConfigError` if its problem is not the spec's."""
         if batch.problem != self.spec.problem:
             raise ConfigError(f"{self.name} was set up for {self.spec.problem} but got a {batch.problem} batch")
         return self.backend.to_tensors(batch, self.dtype)
 
-    def _map(self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor],
-             backward_scale: float | None = None) -> tuple[torch.Tensor, ...]:
+    def map_tasks(self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor],
+                  backward_scale: float | None = None) -> tuple[torch.Tensor, ...]:
+        """Run ``fn(shared, *task)`` on every task and stack its outputs along a new task axis.
+
+        ``tasks`` are tensors with a task axis first (e.g. ``(sx, sy, qx, qy)``); ``fn``
+        sees one task's slices and returns a tuple of tensors. How tasks are batched
+        (``vmap``, a loop, ...) is ``self.mode``, with at most ``vmap_chunk`` tasks per
+        ``vmap`` call. With ``backward_scale`` the first output (the per-task loss) is
+        back-propagated, scaled by it, into the leaves ``shared`` depends on (accumulating
+        in ``.grad``), so ``backward_scale=1/T`` leaves the mean loss's gradient there.
+        Returned outputs are detached.
+        """
         return batching.map_tasks(fn, shared, tasks, self.mode, backward_scale=backward_scale,
                                   chunk=self.vmap_chunk)
 
-    def _detached(self) -> dict[str, torch.Tensor]:
+    def detached_parameters(self) -> dict[str, torch.Tensor]:
         """The model's parameters cut from the meta-gradient (requiring gradients of their
         own outside ``vmap``, where the inner loop uses ``torch.autograd.grad``)."""
         if self.mode != "vmap":
             return {k: v.detach().requires_grad_() for k, v in self.params.items()}
         return {k: v.detach() for k, v in self.params.items()}
 
-    def _test_steps(self, steps: int | None) -> int:
+    def evaluation_steps(self, steps: int | None) -> int:
+        """Inner steps for ``evaluate``/``adapt``: ``steps``, checked (an integer >= 0), or
+        ``self.test_inner_steps`` (0 if the algorithm has none) when ``None``."""
         if steps is None:
             return getattr(self, "test_inner_steps", 0)
         return check_count("steps", steps, minimum=0)
@@ -163,7 +215,10 @@ class TorchAlgorithm:
             metrics["accuracy"] = float(acc.mean())
         return metrics
 
-    def _outputs(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_and_accuracy(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scalar ``(loss, accuracy)`` of one task's model ``output`` against ``target``:
+        cross-entropy of logits (or log-probabilities) and accuracy for classification,
+        MSE and a zero accuracy for regression."""
         loss = task_loss(self.spec.problem, output, target)
         if self.spec.problem == "classification":
             return loss, accuracy(output, target)
@@ -171,12 +226,14 @@ class TorchAlgorithm:
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``, else a one-line ConfigError."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def check_rate(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive number, else a one-line ConfigError."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return float(value)

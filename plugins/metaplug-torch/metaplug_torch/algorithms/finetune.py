@@ -48,7 +48,7 @@ class Finetune(TorchAlgorithm):
         super().__init__(backend, model, spec, optimizer, batching)
         self.model.require_parts(self.name)
 
-    def _extra_parameters(self) -> dict[str, torch.Tensor]:
+    def extra_parameters(self) -> dict[str, torch.Tensor]:
         if not self.classification:
             return {}
         self.model.require_parts(self.name)
@@ -64,10 +64,10 @@ class Finetune(TorchAlgorithm):
         params, head = shared
         if self.classification:
             z = self.model.embed(params, x)
-            return self._outputs(F.linear(z, head[PRETRAIN + "weight"], head[PRETRAIN + "bias"]), y)
-        return self._outputs(self.model(params, x), y)
+            return self.loss_and_accuracy(F.linear(z, head[PRETRAIN + "weight"], head[PRETRAIN + "bias"]), y)
+        return self.loss_and_accuracy(self.model(params, x), y)
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         if self.classification:
             if batch.classes is None:
                 raise ConfigError("finetune pre-training needs batch.classes (split-wide class ids)")
@@ -81,8 +81,8 @@ class Finetune(TorchAlgorithm):
             support_y, query_y = data.support_y, data.query_y
         x = torch.cat([data.support_x, data.query_x], 1)
         y = torch.cat([support_y, query_y], 1)
-        return self._map(self._pretrain_task, (self.params, self.extra), (x, y),
-                         backward_scale=1.0 / len(x))
+        return self.map_tasks(self._pretrain_task, (self.params, self.extra), (x, y),
+                              backward_scale=1.0 / len(x))
 
     # -- fine-tuning --------------------------------------------------------------------
     def _start(self, params: Params) -> Params:
@@ -119,18 +119,18 @@ class Finetune(TorchAlgorithm):
                           functional=self.mode == "vmap")
         return start, fast
 
-    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         start, fast = self._finetune(shared, sx, sy, steps)
         h_query = self._inputs(shared, qx)
-        before, _ = self._outputs(self._output(shared, start, h_query), qy)
-        loss, acc = self._outputs(self._output(shared, fast, h_query), qy)
+        before, _ = self.loss_and_accuracy(self._output(shared, start, h_query), qy)
+        loss, acc = self.loss_and_accuracy(self._output(shared, fast, h_query), qy)
         return loss.detach(), before.detach(), acc.detach()
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
         """Fine-tune on one support set for ``steps`` (default ``test_inner_steps``) steps."""
-        steps = self._test_steps(steps)
-        params = self._detached()
+        steps = self.evaluation_steps(steps)
+        params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y, self.dtype)
         _, fast = self._finetune(params, sx, sy, steps)

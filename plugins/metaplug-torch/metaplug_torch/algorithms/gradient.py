@@ -37,11 +37,11 @@ def load_inner_rule(name: str | InnerRule) -> InnerRule:
 
 
 class GradientAdaptation(TorchAlgorithm):
-    """Adapts the parameters named by :meth:`_adapted_names` with ``inner_steps`` steps of
+    """Adapts the parameters named by :meth:`adapted_names` with ``inner_steps`` steps of
     an inner rule on the support loss.
 
-    A task's computation is split into ``_inputs`` (what is computed once from the
-    meta-parameters, e.g. ANIL's embedding) and ``_output`` (the part that depends on
+    A task's computation is split into ``task_inputs`` (what is computed once from the
+    meta-parameters, e.g. ANIL's embedding) and ``task_output`` (the part that depends on
     the adapted parameters), so the inner loop only recomputes what changes.
     """
 
@@ -57,60 +57,73 @@ class GradientAdaptation(TorchAlgorithm):
         super().__init__(backend, model, spec, optimizer, batching)
 
     # -- which parameters adapt, and how the model splits around them -------------------
-    def _adapted_names(self) -> list[str]:
+    def adapted_names(self) -> list[str]:
+        """Names (in ``self.params``) of the parameters the inner loop adapts: all of them,
+        or ``head.*`` when ``head_only``. Override to adapt another subset."""
         if self.head_only:
             self.model.require_parts(self.name)
             return [n for n in self.model.names if n.startswith("head.")]
         return list(self.model.names)
 
-    def _extra_parameters(self) -> dict[str, torch.Tensor]:
-        adapted = {n: self.params[n] for n in self._adapted_names()}
+    def extra_parameters(self) -> dict[str, torch.Tensor]:
+        """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
+        adapted = {n: self.params[n] for n in self.adapted_names()}
         return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.inner_lr).items()}
 
-    def _learnables(self) -> Params:
+    def inner_learnables(self) -> Params:
+        """The inner rule's meta-learned tensors (``self.extra``), keyed by parameter name."""
         return {k[len("inner."):]: v for k, v in self.extra.items()}
 
-    def _inputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    def task_inputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """What ``x`` becomes before the adapted parameters act (computed once per task):
+        ``features`` of ``x`` when ``head_only``, else ``x`` itself."""
         return self.model.embed(params, x) if self.head_only else x
 
-    def _output(self, params: Params, fast: Params, h: torch.Tensor) -> torch.Tensor:
+    def task_output(self, params: Params, fast: Params, h: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``h = task_inputs(params, x)`` with the adapted parameters
+        ``fast`` (names of :meth:`adapted_names`) in place of those in ``params``."""
         if self.head_only:
             return self.model.head(fast, h)
         return self.model({**params, **fast}, h)
 
     # -- the inner loop ---------------------------------------------------------------
-    def _adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
-                    steps: int, second_order: bool) -> Params:
-        start = {n: params[n] for n in self._adapted_names()}
+    def adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
+                   steps: int, second_order: bool) -> Params:
+        """The adapted parameters (names of :meth:`adapted_names`) after ``steps`` inner-rule
+        steps on the support loss; differentiable back to ``params`` and ``learnables``
+        when ``second_order`` (else the inner gradients are constants)."""
+        start = {n: params[n] for n in self.adapted_names()}
         if self.mode == "reference" and second_order:
             start = {n: p.clone() for n, p in start.items()}
 
         def support_loss(fast: Params) -> torch.Tensor:
-            return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
+            return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
 
         return inner_loop(support_loss, start, self.rule, learnables, self.inner_lr, steps,
                           second_order=second_order, functional=self.mode == "vmap")
 
-    def _evaluation_shared(self) -> Any:
-        return self._detached(), {k: v.detach() for k, v in self._learnables().items()}
+    def evaluation_parameters(self) -> Any:
+        """``(detached model parameters, detached inner learnables)``."""
+        return self.detached_parameters(), {k: v.detach() for k, v in self.inner_learnables().items()}
 
-    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         params, learnables = shared
-        h_support, h_query = self._inputs(params, sx), self._inputs(params, qx)
-        start = {n: params[n] for n in self._adapted_names()}
-        before, _ = self._outputs(self._output(params, start, h_query), qy)
-        fast = self._adapt_task(params, learnables, h_support, sy, steps, second_order=False)
-        loss, acc = self._outputs(self._output(params, fast, h_query), qy)
+        h_support, h_query = self.task_inputs(params, sx), self.task_inputs(params, qx)
+        start = {n: params[n] for n in self.adapted_names()}
+        before, _ = self.loss_and_accuracy(self.task_output(params, start, h_query), qy)
+        fast = self.adapt_task(params, learnables, h_support, sy, steps, second_order=False)
+        loss, acc = self.loss_and_accuracy(self.task_output(params, fast, h_query), qy)
         return loss.detach(), before.detach(), acc.detach()
 
     def adapt(self, support_x: Any, support_y: Any, steps: int | None = None) -> TorchAdapted:
         """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner steps."""
-        steps = self._test_steps(steps)
-        params, learnables = self._evaluation_shared()
+        steps = self.evaluation_steps(steps)
+        params, learnables = self.evaluation_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y, self.dtype)
-        fast = self._adapt_task(params, learnables, self._inputs(params, sx), sy, steps, second_order=False)
+        fast = self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)
         fast = {n: p.detach() for n, p in fast.items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return TorchAdapted(lambda x: self._output(frozen, fast, self._inputs(frozen, x)), self.backend, self.dtype)
+        return TorchAdapted(lambda x: self.task_output(frozen, fast, self.task_inputs(frozen, x)),
+                            self.backend, self.dtype)

@@ -33,14 +33,14 @@ class MAML(GradientAdaptation):
     def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         params, learnables = shared
-        h_support, h_query = self._inputs(params, sx), self._inputs(params, qx)
-        fast = self._adapt_task(params, learnables, h_support, sy, self.inner_steps,
+        h_support, h_query = self.task_inputs(params, sx), self.task_inputs(params, qx)
+        fast = self.adapt_task(params, learnables, h_support, sy, self.inner_steps,
                                 second_order=not self.first_order)
-        return self._outputs(self._output(params, fast, h_query), qy)
+        return self.loss_and_accuracy(self.task_output(params, fast, h_query), qy)
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self._map(self._train_task, (self.params, self._learnables()), tasks,
+        return self.map_tasks(self._train_task, (self.params, self.inner_learnables()), tasks,
                          backward_scale=1.0 / len(data.support_x))
 
 

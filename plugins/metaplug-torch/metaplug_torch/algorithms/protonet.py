@@ -58,20 +58,20 @@ class ProtoNet(TorchAlgorithm):
 
     def _train_task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._outputs(self._logits(params, sx, sy, qx), qy)
+        return self.loss_and_accuracy(self._logits(params, sx, sy, qx), qy)
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self._map(self._train_task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
+        return self.map_tasks(self._train_task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
-    def _evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, acc = self._train_task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), acc
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
         """Prototypes of the support set; ``steps`` is ignored (no inner loop)."""
-        params = self._detached()
+        params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y)
         return TorchAdapted(lambda x: self._logits(params, sx, sy, x), self.backend, self.dtype)

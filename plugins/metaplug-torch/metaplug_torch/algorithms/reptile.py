@@ -27,14 +27,14 @@ class Reptile(GradientAdaptation):
     def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor) -> tuple[torch.Tensor, ...]:
         params, learnables = shared
-        fast = self._adapt_task(params, learnables, sx, sy, self.inner_steps, second_order=False)
-        loss, acc = self._outputs(self._output(params, fast, qx), qy)
+        fast = self.adapt_task(params, learnables, sx, sy, self.inner_steps, second_order=False)
+        loss, acc = self.loss_and_accuracy(self.task_output(params, fast, qx), qy)
         return (loss.detach(), acc.detach(), *(fast[n].detach() for n in self.model.names))
 
-    def _meta_step(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        shared = self._evaluation_shared()
-        outputs = self._map(self._train_task, shared, tasks)
+        shared = self.evaluation_parameters()
+        outputs = self.map_tasks(self._train_task, shared, tasks)
         for (name, param), adapted in zip(self.params.items(), outputs[2:]):
             param.grad = param.detach() - adapted.mean(0)
         return outputs[:2]
