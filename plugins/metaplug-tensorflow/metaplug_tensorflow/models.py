@@ -79,10 +79,6 @@ class FunctionalModel:
         """Index of the first head weight in :attr:`names`."""
         return len(self.names) - len(HEAD)
 
-    @property
-    def example_rank(self) -> int:
-        return len(self.spec.input_shape)
-
     def features(self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False,
                  vectorized: bool = True) -> tf.Tensor:
         """Feature vectors ``(T, N, F)`` of inputs ``(T, N, *example)``; ``params`` are the
@@ -114,9 +110,6 @@ class FunctionalModel:
 
     def _features_vectorized(self, params: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         return self._features(params, x, True)
-
-    def numpy_weights(self) -> list[np.ndarray]:
-        return [v.numpy() for v in self.variables]
 
 
 class MLP(FunctionalModel):
