@@ -37,7 +37,7 @@ def save_adapted(adapted: TFAdaptedModel, path: str | Path) -> Path:
 
     @tf.function(input_signature=[spec])
     def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = algorithm._predict_impl(module.weights, adapted.native_inputs(x))
+        outputs = algorithm.predict_task(module.weights, adapted.native_inputs(x))
         return {"outputs": tf.cast(outputs[0], tf.float32)}
 
     module.serve = serve

@@ -1,12 +1,14 @@
 """What every TensorFlow algorithm shares: construction checks, compiled entry points,
 the inner loop, numpy state and adapted models.
 
-Subclasses define ``_task_gradients`` (outer gradients summed over a batch of
-tasks), ``_task_evaluation``, ``_adapt_impl`` (and ``_predict_impl`` when an adapted
-model is more than the model's weights). The base class runs them over the tasks of
-a batch either vectorized (all tasks at once) or in a ``tf.while_loop`` (one task at
-a time), and compiles each entry point once per input shape with ``tf.function``;
-nothing is traced per step.
+The extension API (see "Writing a TensorFlow algorithm" in metaplug-tensorflow's
+README): subclasses call :meth:`TFAlgorithm.set_meta_parameters` in ``__init__`` and
+implement :meth:`~TFAlgorithm.meta_gradients` (outer gradients summed over a group of
+tasks), :meth:`~TFAlgorithm.evaluate_tasks` and :meth:`~TFAlgorithm.adapt_task` (and
+:meth:`~TFAlgorithm.predict_task` when an adapted model is more than the model's
+weights). The base class runs them over the tasks of a batch either vectorized (all
+tasks at once) or in a ``tf.while_loop`` (one task at a time), and compiles each entry
+point once per input shape with ``tf.function``; nothing is traced per step.
 """
 
 from __future__ import annotations
@@ -41,19 +43,38 @@ def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``, else a one-line ConfigError."""
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def check_positive(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive number, else a one-line ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return float(value)
 
 
 class TFAlgorithm:
-    """Base of the TensorFlow algorithms (see :class:`metaplug.interfaces.Algorithm`)."""
+    """Base class of TensorFlow algorithms (:class:`metaplug.interfaces.Algorithm`; the
+    extension API: see "Writing a TensorFlow algorithm" in metaplug-tensorflow's README).
+
+    Subclasses call :meth:`set_meta_parameters` at the end of ``__init__`` and implement
+    :meth:`meta_gradients`, :meth:`evaluate_tasks` and :meth:`adapt_task`; they may
+    override :meth:`predict_task`, :meth:`evaluation_steps`, :meth:`extra_train_inputs`
+    and :attr:`has_loss_before`. They call the helpers :meth:`forward_per_task`,
+    :meth:`descend`, :meth:`metrics`, :meth:`gradients` and :func:`tile`.
+
+    Set by ``__init__``: ``self.spec``, ``self.problem`` (``spec.problem``),
+    ``self.backend`` (a :class:`~metaplug_tensorflow.backend.TensorFlowBackend`),
+    ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`) and
+    ``self.batching`` (``"vectorized"`` or ``"loop"``, resolved from ``"auto"``); by
+    :meth:`set_meta_parameters`: ``self.trainables`` and ``self.optimizer``.
+
+    The hooks run inside ``tf.function`` (traced once per input shape): use TensorFlow
+    operations on their arguments, no Python side effects, and no ``.numpy()``.
+    """
 
     problems: tuple[str, ...] = ("regression", "classification")
     name = "algorithm"
@@ -80,16 +101,21 @@ class TFAlgorithm:
         self._optimizer_factory = optimizer or functools.partial(adam, lr=1e-3)
         self._train_fn = tf.function(self._train_impl)
         self._evaluate_fn = tf.function(self._evaluate_impl)
-        self._adapt_fn = tf.function(self._adapt_impl)
-        self._predict_fn = tf.function(self._predict_impl)
+        self._adapt_fn = tf.function(self.adapt_task)
+        self._predict_fn = tf.function(self.predict_task)
 
     @property
     def vectorized(self) -> bool:
+        """Whether the hooks see all tasks at once (else one task at a time)."""
         return self.batching == "vectorized"
 
-    def _setup(self, trainables: Mapping[str, tf.Variable]) -> None:
-        """Name the meta-parameters (trained by the outer optimizer); every model weight is
-        saved too, trained or not."""
+    def set_meta_parameters(self, trainables: Mapping[str, tf.Variable]) -> None:
+        """Declare the meta-parameters: ``state_dict`` name -> ``tf.Variable``, in the order
+        :meth:`meta_gradients` returns their gradients. Call once, at the end of
+        ``__init__``; it builds the outer optimizer over them. Model weights are named
+        ``model.<name>`` (``self.model.names``/``self.model.variables``); create further
+        variables (e.g. learned inner rates) inside ``self.backend.scope()``. Every model
+        weight is saved, trained or not."""
         self.trainables = dict(trainables)
         self._saved = {**{f"model.{n}": v for n, v in zip(self.model.names, self.model.variables)},
                        **self.trainables}
@@ -142,6 +168,7 @@ class TFAlgorithm:
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
+        """The keys of :meth:`metrics`: ``loss`` (and ``accuracy`` for classification)."""
         return ("loss", "accuracy") if self.problem == "classification" else ("loss",)
 
     def over_tasks(self, fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
@@ -166,17 +193,17 @@ class TFAlgorithm:
         return totals, {k: a.stack() for k, a in arrays.items()}
 
     def _train_impl(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
-        """One outer step on the mean over tasks of :meth:`_task_gradients`."""
+        """One outer step on the mean over tasks of :meth:`meta_gradients`."""
         num_tasks = tensors[0].shape[0]
         zeros = [tf.zeros_like(v) for v in self.trainables.values()]
-        sums, metrics = self.over_tasks(self._task_gradients, tensors, zeros, self.metric_keys)
+        sums, metrics = self.over_tasks(self.meta_gradients, tensors, zeros, self.metric_keys)
         self.optimizer.apply([s / num_tasks for s in sums])
         return {k: tf.reduce_mean(v) for k, v in metrics.items()}
 
     def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
                        steps: int) -> dict[str, tf.Tensor]:
         def evaluate(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-            return [], self._task_evaluation(*tensors, steps)
+            return [], self.evaluate_tasks(*tensors, steps)
 
         keys = self.metric_keys + (("loss_before",) if self.has_loss_before else ())
         result = self.over_tasks(evaluate, (sx, sy, qx, qy), [], keys)[1]
@@ -193,13 +220,13 @@ class TFAlgorithm:
         self._check_batch(batch)
         with self.backend.scope():
             e = self.backend.to_tensors(batch)
-            extra = self._train_extras(batch)
+            extra = self.extra_train_inputs(batch)
             metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
         return {k: float(v) for k, v in metrics.items()}
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
         self._check_batch(batch)
-        steps = self._test_steps(steps)
+        steps = self.evaluation_steps(steps)
         with self.backend.scope():
             e = self.backend.to_tensors(batch)
             result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps)
@@ -208,7 +235,7 @@ class TFAlgorithm:
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TFAdaptedModel:
         support_x, support_y = np.asarray(support_x), np.asarray(support_y)
         self._check_examples(support_x[None])
-        steps = self._test_steps(steps)
+        steps = self.evaluation_steps(steps)
         rank = len(self.spec.input_shape)
         with self.backend.scope():
             x = self.backend.inputs(support_x[None], rank)
@@ -248,29 +275,57 @@ class TFAlgorithm:
 
     # -- hooks for subclasses ---------------------------------------------------------
 
-    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                        *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        """The outer gradient of each meta-parameter summed over the given tasks, and
-        per-task metrics (:meth:`metrics` of the query outputs)."""
-        raise NotImplementedError
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """Outer gradients and per-task metrics for a group of tasks (required).
 
-    def _train_extras(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+        Receives support ``sx`` ``(T, S, ...)``, ``sy`` and query ``qx``, ``qy`` with a
+        leading task axis (all tasks of the batch when vectorized, ``T == 1`` in loop
+        mode; inputs channels-last), followed by :meth:`extra_train_inputs`. Returns the
+        gradient (or outer update direction) of each meta-parameter, summed over the
+        ``T`` tasks, in the order given to :meth:`set_meta_parameters`, and
+        :meth:`metrics` of the query outputs (per-task ``(T,)`` tensors). The base class
+        divides the sums by the number of tasks and applies the outer optimizer.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
+
+    def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+        """Further tensors for :meth:`meta_gradients`, computed eagerly from the numpy
+        batch each step (default: none). Each needs a leading task axis (loop mode slices
+        it) and a shape that is the same at every step, or the step is traced again."""
         return ()
 
-    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                         steps: int) -> dict[str, tf.Tensor]:
-        """Per-task metrics after adapting with ``steps`` inner steps, and ``loss_before``."""
-        raise NotImplementedError
+    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
+        """Per-task query metrics after adapting to the support set with ``steps`` inner
+        steps (required).
 
-    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        """Adapted weights for one task (task axis of length 1 on the inputs)."""
-        raise NotImplementedError
+        Receives a group of tasks as :meth:`meta_gradients` does and ``steps`` (a Python
+        int: a new value traces again). Returns :meth:`metrics` of the adapted query
+        outputs plus ``loss_before``, the query loss before adaptation, each of shape
+        ``(T,)`` (without ``loss_before`` when :attr:`has_loss_before` is false).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate_tasks()")
 
-    def _predict_impl(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """Outputs ``(1, N, out)`` of an adapted model on inputs with a task axis of 1."""
+    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+        """What an adapted model keeps for one task: by default the full list of model
+        weights (no task axis) after ``steps`` inner steps (required).
+
+        Receives one task's support set with a task axis of length 1. The list is passed
+        as is to :meth:`predict_task` (and saved by ``export``), so it may hold anything
+        that method needs, e.g. the support set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement adapt_task()")
+
+    def predict_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """Outputs ``(1, N, out)`` of an adapted model: ``weights`` from :meth:`adapt_task`
+        and channels-last inputs with a task axis of 1 (default: the model on them)."""
         return self.model(weights, x)
 
-    def _test_steps(self, steps: int | None) -> int:
+    def evaluation_steps(self, steps: int | None) -> int:
+        """Inner steps for ``evaluate``/``adapt`` given the caller's ``steps`` (``None``:
+        the algorithm's default). Validate it here (``check_int``); default: always 0, for
+        algorithms without an inner loop."""
         return 0
 
     # -- input checks ------------------------------------------------------------------

@@ -56,7 +56,7 @@ class FineTune(TFAlgorithm):
         k = self.model.head_index
         self.classify = self.problem == "classification"
         if not self.classify:
-            self._setup({f"model.{n}": v for n, v in zip(names, variables)})
+            self.set_meta_parameters({f"model.{n}": v for n, v in zip(names, variables)})
             return
         if not spec.num_classes:
             raise ConfigError("finetune needs the number of training classes (spec.num_classes)")
@@ -69,18 +69,18 @@ class FineTune(TFAlgorithm):
             ]
         trainables = {f"model.{n}": v for n, v in zip(names[:k], variables[:k])}
         trainables["pretrain.head.weight"], trainables["pretrain.head.bias"] = self.pretrain_head
-        self._setup(trainables)
+        self.set_meta_parameters(trainables)
 
     @property
     def feature_weights(self) -> list[tf.Variable]:
         return self.model.variables[:self.model.head_index]
 
-    def _test_steps(self, steps: int | None) -> int:
+    def evaluation_steps(self, steps: int | None) -> int:
         return self.test_inner_steps if steps is None else check_int("steps", steps, 0)
 
     # -- pre-training ----------------------------------------------------------------
 
-    def _train_extras(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+    def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
         if not self.classify:
             return ()
         if batch.classes is None:
@@ -91,8 +91,8 @@ class FineTune(TFAlgorithm):
         with self.backend.scope():
             return (tf.constant(batch.classes, dtype=tf.int64),)
 
-    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                        *classes: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       *classes: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         x, y = tf.concat([sx, qx], axis=1), tf.concat([sy, qy], axis=1)
         with tf.GradientTape() as tape:
             if self.classify:
@@ -130,14 +130,14 @@ class FineTune(TFAlgorithm):
     def _tune(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         return self.descend(self._forward, self._start(sx), self._inputs(sx), sy, steps, self.rule.step)
 
-    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                         steps: int) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
         start = self._start(sx)
         before = self._forward(start, self._inputs(qx))
         after = self._forward(self._tune(sx, sy, steps), self._inputs(qx))
         return {**self.metrics(after, qy), "loss_before": task_losses(self.problem, before, qy)}
 
-    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         fast = [w[0] for w in self._tune(sx, sy, steps)]
         if len(fast) == len(self.model.names):
             return fast

@@ -52,9 +52,9 @@ class GradientMetaLearner(TFAlgorithm):
         if self.learnables:  # none, or one per adapted weight
             for i, learnable in zip(self.adapted, self.learnables, strict=True):
                 trainables[f"inner.{self.model.names[i]}"] = learnable
-        self._setup(trainables)
+        self.set_meta_parameters(trainables)
 
-    def _test_steps(self, steps: int | None) -> int:
+    def evaluation_steps(self, steps: int | None) -> int:
         return self.test_inner_steps if steps is None else check_int("steps", steps, 0)
 
     def _inputs(self, *xs: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -77,13 +77,13 @@ class GradientMetaLearner(TFAlgorithm):
         fast = self.descend(self._forward, fast, xs, sy, steps, self.rule.step, self.learnables, second_order)
         return fast, tuple(self._forward(fast, x) for x in xq)
 
-    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                         steps: int) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
         before = self.model(self.model.variables, qx)
         _, (after,) = self.adapt_tasks(sx, sy, steps, False, qx)
         return {**self.metrics(after, qy), "loss_before": task_losses(self.problem, before, qy)}
 
-    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         fast, _ = self.adapt_tasks(sx, sy, steps)
         weights = [tf.identity(v) for v in self.model.variables]
         for i, w in zip(self.adapted, fast, strict=True):
@@ -114,8 +114,8 @@ class MAML(GradientMetaLearner):
         super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
                          inner_rule, batching)
 
-    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
-                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                       qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             _, (outputs,) = self.adapt_tasks(sx, sy, self.inner_steps, not self.first_order, qx)
             metrics = self.metrics(outputs, qy)

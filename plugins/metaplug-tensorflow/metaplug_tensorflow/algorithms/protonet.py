@@ -58,7 +58,7 @@ class ProtoNet(TFAlgorithm):
         super().__init__(backend, model, spec, optimizer, batching)
         self.distance, self.ways = distance, spec.output_size
         k = self.model.head_index
-        self._setup({f"model.{n}": v for n, v in zip(self.model.names[:k], self.model.variables[:k])})
+        self.set_meta_parameters({f"model.{n}": v for n, v in zip(self.model.names[:k], self.model.variables[:k])})
 
     @property
     def feature_weights(self) -> list[tf.Variable]:
@@ -77,21 +77,21 @@ class ProtoNet(TFAlgorithm):
 
     has_loss_before = False
 
-    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
-                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                       qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             metrics = self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
             loss = tf.reduce_sum(metrics["loss"])
         return self.gradients(loss, tape), metrics
 
-    def _task_evaluation(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                         steps: int) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int) -> dict[str, tf.Tensor]:
         return self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
 
-    def _adapt_impl(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         """The feature weights followed by the support set (examples, labels)."""
         return [tf.identity(v) for v in self.feature_weights] + [sx, sy]
 
-    def _predict_impl(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    def predict_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         *features, sx, sy = weights
         return self._logits(features, sx, sy, x)

@@ -35,8 +35,8 @@ class Reptile(GradientMetaLearner):
         super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
                          "inner-sgd", batching)
 
-    def _task_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
-                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
+                       qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         fast, (outputs,) = self.adapt_tasks(sx, sy, self.inner_steps, False, qx)
         sums = [tf.reduce_sum(p[None] - phi, axis=0) for p, phi in zip(self.model.variables, fast, strict=True)]
         return sums, self.metrics(outputs, qy)
