@@ -6,23 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import DOUBLES
 
-from metaplug import bench, plugins
+from metaplug import bench
 from metaplug.errors import ConfigError
-
-DOUBLES = Path(__file__).parent / "experiment_doubles"
-
-
-@pytest.fixture
-def double(monkeypatch):
-    monkeypatch.syspath_prepend(str(DOUBLES))
-    plugins.reset()
-    yield
-    plugins.reset()
 
 
 def metaplug(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import DOUBLES
 
 from metaplug.experiment import checkpoint as checkpoints
 
 pytest.importorskip("metaplug_torch")
 
-DOUBLES = Path(__file__).parent / "experiment_doubles"
 TINY = ["--val-every", "10", "--val-tasks", "10", "--test-tasks", "20", "--log-every", "5"]
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from doubles import DOUBLES
 
-DOUBLES = Path(__file__).parent / "experiment_doubles"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

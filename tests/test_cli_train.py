@@ -12,10 +12,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from doubles import DOUBLES
 
 from metaplug.experiment import checkpoint as checkpoints
 
-DOUBLES = Path(__file__).parent / "experiment_doubles"
 SMALL = ["--backend", "numpy", "--algorithm", "linear-maml", "--meta-batch-size", "4", "--val-every", "5",
          "--val-tasks", "4", "--test-tasks", "10", "--log-every", "2"]
 

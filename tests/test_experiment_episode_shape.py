@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from metaplug import plugins
 from metaplug.errors import ConfigError
 from metaplug.experiment import components, config
-
-DOUBLES = Path(__file__).parent / "experiment_doubles"
-
-
-@pytest.fixture
-def double(monkeypatch):
-    """Discovery sees the numpy test-double plugin (``backend numpy``, ``linear-maml``)."""
-    monkeypatch.syspath_prepend(str(DOUBLES))
-    plugins.reset()
-    yield
-    plugins.reset()
 
 
 def make_config(tasks: dict, evaluation: dict) -> config.ExperimentConfig:

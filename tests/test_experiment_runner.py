@@ -13,22 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import DOUBLES
 
-from metaplug import plugins
 from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment import config, files, runner
 from metaplug.experiment.metrics import read_rows
-
-DOUBLES = Path(__file__).parent / "experiment_doubles"
-
-
-@pytest.fixture
-def double(monkeypatch):
-    """Discovery sees the numpy test-double plugin (``backend numpy``, ``linear-maml``)."""
-    monkeypatch.syspath_prepend(str(DOUBLES))
-    plugins.reset()
-    yield
-    plugins.reset()
 
 
 def make_config(**train) -> config.ExperimentConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metaplug.datasets import data_dir
-from metaplug.testing import PrototypeSampler, TaskSamplerConformance
+from metaplug.testing import TaskSamplerConformance
 
 
 class TestSinusoidConformance(TaskSamplerConformance):
