@@ -76,7 +76,7 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
         if kind is None:
             click.echo(f"{k}:")
         if not entries:
-            click.echo(f"  (none installed; see 'metaplug plugins')" if kind is None else "(none installed)")
+            click.echo("  (none installed; see 'metaplug plugins')" if kind is None else "(none installed)")
             continue
         headers = ["name", "summary"]
         if k in ("algorithms", "optimizers"):

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import SPLITS, EpisodeBatch
+from metaplug.interfaces import SPLITS, EpisodeBatch, TaskSpec
 
 _SPLIT_KEYS = {name: index for index, name in enumerate(SPLITS)}
 
@@ -113,6 +113,24 @@ class NWayKShot:
             problem="classification",
             classes=classes.astype(np.int64),
         )
+
+
+class EpisodeSampler:
+    """Base of task samplers that draw N-way K-shot episodes: a subclass sets
+    ``self.episodes`` (a :class:`NWayKShot`) and ``self.spec``; sampling and the
+    checkpoint state follow from them."""
+
+    episodes: NWayKShot
+    spec: TaskSpec
+
+    def sample(self, num_tasks: int) -> EpisodeBatch:
+        return self.episodes.sample(num_tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(self.episodes.rng)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        set_rng_state(self.episodes.rng, state["rng"])
 
 
 def check_positive(**values: int) -> None:

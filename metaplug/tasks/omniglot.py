@@ -19,17 +19,15 @@ import io
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from metaplug.datasets import cache_dir, data_dir, download, file_digest, read_sha256sums
 from metaplug.errors import ConfigError, DatasetError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
-from metaplug.tasks.episodes import NWayKShot, rng_state, set_rng_state, split_rng
+from metaplug.interfaces import TaskSpec
+from metaplug.tasks.episodes import EpisodeSampler, NWayKShot, split_rng
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 ARCHIVES: dict[str, str] = {
@@ -173,7 +171,7 @@ class RotatedCharacters:
         return (pixels.astype(np.float32) / 255.0)[:, None]  # (n, 1, size, size)
 
 
-class OmniglotSampler:
+class OmniglotSampler(EpisodeSampler):
     """N-way K-shot Omniglot episodes: ``(T, ways*shots, 1, size, size)`` float32 in [0, 1]."""
 
     def __init__(
@@ -203,12 +201,3 @@ class OmniglotSampler:
             num_classes=self.dataset.num_classes,
             default_model="conv4",
         )
-
-    def sample(self, num_tasks: int) -> EpisodeBatch:
-        return self.episodes.sample(num_tasks)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.episodes.rng)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        set_rng_state(self.episodes.rng, state["rng"])

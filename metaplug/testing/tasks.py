@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from metaplug.interfaces import SPLITS, EpisodeBatch, TaskSpec
-from metaplug.tasks.episodes import LabelledArrays, NWayKShot, rng_state, set_rng_state, split_rng
+from metaplug.interfaces import SPLITS, TaskSpec
+from metaplug.tasks.episodes import EpisodeSampler, LabelledArrays, NWayKShot, split_rng
 
 
-class PrototypeSampler:
+class PrototypeSampler(EpisodeSampler):
     """N-way K-shot classification over well-separated Gaussian classes.
 
     ``num_classes`` prototypes are drawn on a sphere of radius ``separation`` in
@@ -48,15 +47,6 @@ class PrototypeSampler:
             problem="classification", input_shape=(dim,), output_size=ways,
             num_classes=num_classes, default_model="mlp",
         )
-
-    def sample(self, num_tasks: int) -> EpisodeBatch:
-        return self.episodes.sample(num_tasks)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.episodes.rng)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        set_rng_state(self.episodes.rng, state["rng"])
 
 
 def easy_sampler(problem: str, seed: int = 0, **options: Any) -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_helpers import IMAGES, SINUSOID, build, image_batch, meta_gradient, regression_batch
+from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
 
 
 def test_protonet_logits_are_negative_squared_distances_to_class_means():

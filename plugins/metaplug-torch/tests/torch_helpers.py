@@ -9,7 +9,6 @@ import torch
 
 from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 from metaplug.plugins import registry
-from metaplug_torch import optimizers
 from metaplug_torch.backend import TorchBackend
 
 SINUSOID = TaskSpec("regression", (1,), 1, None, "mlp")
