@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from cli_assertions import assert_one_line_error
+from plugin_factory import algorithm_plugin, write_plugin
 
 import metaplug
-from plugin_factory import algorithm_plugin, write_plugin
 
 
 def run(*args: str, env_extra: dict[str, str] | None = None, python_args: tuple[str, ...] = ()):
@@ -78,10 +79,7 @@ def test_info_shows_docstring_and_parameters(fake_site):
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(fake_site, args, message):
-    result = run(*args, env_extra=fake_site)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert_one_line_error(run(*args, env_extra=fake_site), message)
 
 
 def test_discovery_imports_no_framework():

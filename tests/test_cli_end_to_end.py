@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_assertions import assert_one_line_error
 from doubles import DOUBLES
 
 from metaplug.experiment import checkpoint as checkpoints
@@ -28,13 +29,6 @@ def metaplug(*args: str, check: bool = True, doubles: bool = False) -> subproces
         assert done.returncode == 0, done.stderr
     return done
 
-
-def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cli_assertions import assert_one_line_error
 from doubles import DOUBLES
 
 from metaplug.experiment import checkpoint as checkpoints
@@ -28,14 +29,6 @@ def metaplug(*args: str, cwd: Path | None = None, check: bool = False) -> subpro
         assert done.returncode == 0, done.stderr
     return done
 
-
-def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
