@@ -45,7 +45,10 @@ class TorchBackend:
 
     def tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``array`` on the device; floating arrays become ``dtype`` (default float32)."""
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # torch warns on read-only arrays (e.g. broadcast views)
+            array = array.copy()
+        t = torch.from_numpy(array)
         if t.is_floating_point():
             t = t.to(dtype or torch.float32)
         return t.to(self.device)

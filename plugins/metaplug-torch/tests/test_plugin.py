@@ -143,3 +143,11 @@ def test_readme_example_runs():
     namespace: dict = {}
     exec(code.replace("range(2000)", "range(3)"), namespace)
     assert namespace["prediction"].shape == (10, 1)
+
+
+def test_read_only_arrays_become_tensors_without_warnings(recwarn):
+    array = np.arange(6.0).reshape(2, 3)
+    array.flags.writeable = False  # e.g. arrays loaded from a read-only cache
+    tensor = TorchBackend("cpu").tensor(array)
+    assert tensor.dtype == torch.float32 and tensor.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
