@@ -34,9 +34,10 @@ class TorchAlgorithm:
     in metaplug-torch's README).
 
     Subclasses implement :meth:`meta_gradients`, :meth:`evaluate_task` and :meth:`adapt`,
-    and may override :meth:`extra_parameters` and :meth:`evaluation_parameters`. They
-    call the helpers :meth:`map_tasks`, :meth:`loss_and_accuracy`,
-    :meth:`detached_parameters`, :meth:`evaluation_steps` and :meth:`episode_tensors`.
+    and may override :meth:`extra_parameters`, :meth:`evaluation_parameters` and
+    :meth:`evaluation_tasks`. They call the helpers :meth:`map_tasks`,
+    :meth:`loss_and_accuracy`, :meth:`detached_parameters`, :meth:`evaluation_steps` and
+    :meth:`episode_tensors`.
 
     Set by ``__init__``: ``self.spec`` (the task spec), ``self.backend``, ``self.model``
     (a :class:`~metaplug_torch.functional.FunctionalModel`), ``self.params`` (name ->
@@ -114,6 +115,12 @@ class TorchAlgorithm:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement evaluate_task()")
 
+    def evaluation_tasks(self, data: TorchEpisodes, steps: int) -> tuple[torch.Tensor, ...]:
+        """The per-task tensors (task axis first) that :meth:`evaluate` maps
+        :meth:`evaluate_task` over, after ``shared``: ``(sx, sy, qx, qy)`` by default.
+        Override to append more (they arrive after ``qy``), e.g. Reptile's mini-batch indices."""
+        return data.support_x, data.support_y, data.query_x, data.query_y
+
     def evaluation_parameters(self) -> Any:
         """What :meth:`evaluate` passes to every :meth:`evaluate_task` call as ``shared``
         (default: :meth:`detached_parameters`). Override to pass more, e.g. a tuple of
@@ -136,7 +143,7 @@ class TorchAlgorithm:
         with batching.no_grad_unless(self.mode != "vmap"):
             loss, before, acc = self.map_tasks(
                 lambda shared, *t: self.evaluate_task(shared, *t, steps=steps),
-                self.evaluation_parameters(), (data.support_x, data.support_y, data.query_x, data.query_y))
+                self.evaluation_parameters(), self.evaluation_tasks(data, steps))
         result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
         if self.spec.problem == "classification":
             result["accuracy"] = _numpy(acc)

@@ -40,6 +40,10 @@ class GradientAdaptation(TorchAlgorithm):
     """Adapts the parameters named by :meth:`adapted_names` with ``inner_steps`` steps of
     an inner rule on the support loss.
 
+    With ``transductive=False``, ``evaluate`` and ``adapt`` predict each query example with
+    one forward pass over the support examples and that example (batch norm then sees the
+    support statistics plus one example), as Nichol et al.'s ``_test_predictions``.
+
     A task's computation is split into ``task_inputs`` (what is computed once from the
     meta-parameters, e.g. ANIL's embedding) and ``task_output`` (the part that depends on
     the adapted parameters), so the inner loop only recomputes what changes.
@@ -48,7 +52,11 @@ class GradientAdaptation(TorchAlgorithm):
     head_only = False
 
     def __init__(self, backend: Any, model: Any, spec: Any, optimizer: Any, *, inner_lr: float,
-                 inner_steps: int, test_inner_steps: int | None, rule: InnerRule, batching: str) -> None:
+                 inner_steps: int, test_inner_steps: int | None, rule: InnerRule, batching: str,
+                 transductive: bool = True) -> None:
+        if not isinstance(transductive, bool):
+            raise ConfigError(f"transductive must be true or false, got {transductive!r}")
+        self.transductive = transductive
         self.inner_lr = check_rate("inner_lr", inner_lr)
         self.inner_steps = check_count("inner_steps", inner_steps)
         self.test_inner_steps = self.inner_steps if test_inner_steps is None else check_count(
@@ -86,6 +94,17 @@ class GradientAdaptation(TorchAlgorithm):
             return self.model.head(fast, h)
         return self.model({**params, **fast}, h)
 
+    def query_output(self, params: Params, fast: Params, sx: torch.Tensor, qx: torch.Tensor,
+                     h_query: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's output on the query inputs ``qx`` with ``fast`` in place: one batch of
+        queries (``h_query``, when given, is ``task_inputs(params, qx)``) when transductive,
+        else row ``j`` is the last output of a pass over ``cat(sx, qx[j:j+1])``."""
+        if self.transductive:
+            return self.task_output(params, fast, self.task_inputs(params, qx) if h_query is None else h_query)
+        rows = [self.task_output(params, fast, self.task_inputs(params, torch.cat([sx, qx[j:j + 1]])))[-1]
+                for j in range(qx.shape[0])]
+        return torch.stack(rows)
+
     # -- the inner loop ---------------------------------------------------------------
     def adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
                    steps: int, second_order: bool) -> Params:
@@ -109,15 +128,18 @@ class GradientAdaptation(TorchAlgorithm):
     def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         params, learnables = shared
-        h_support, h_query = self.task_inputs(params, sx), self.task_inputs(params, qx)
+        h_support = self.task_inputs(params, sx)
+        h_query = self.task_inputs(params, qx) if self.transductive else None
         start = {n: params[n] for n in self.adapted_names()}
-        before, _ = self.loss_and_accuracy(self.task_output(params, start, h_query), qy)
+        before, _ = self.loss_and_accuracy(self.query_output(params, start, sx, qx, h_query), qy)
         fast = self.adapt_task(params, learnables, h_support, sy, steps, second_order=False)
-        loss, acc = self.loss_and_accuracy(self.task_output(params, fast, h_query), qy)
+        loss, acc = self.loss_and_accuracy(self.query_output(params, fast, sx, qx, h_query), qy)
         return loss.detach(), before.detach(), acc.detach()
 
     def adapt(self, support_x: Any, support_y: Any, steps: int | None = None) -> TorchAdapted:
-        """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner steps."""
+        """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner
+        steps; the model predicts as :meth:`query_output` (with the support set when not
+        transductive)."""
         steps = self.evaluation_steps(steps)
         params, learnables = self.evaluation_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
@@ -125,5 +147,4 @@ class GradientAdaptation(TorchAlgorithm):
         fast = self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)
         fast = {n: p.detach() for n, p in fast.items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return TorchAdapted(lambda x: self.task_output(frozen, fast, self.task_inputs(frozen, x)),
-                            self.backend, self.dtype)
+        return TorchAdapted(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)

@@ -18,6 +18,8 @@ class MAML(GradientAdaptation):
     inner-role optimizer (or is an object with ``init``/``step``, see
     :mod:`metaplug_torch.inner`). ``batching`` picks how tasks are batched: ``auto``,
     ``vmap``, ``loop`` or ``reference`` (see :mod:`metaplug_torch.batching`).
+    ``transductive=False`` predicts each query example with the support set in its batch
+    (see :class:`~metaplug_torch.algorithms.gradient.GradientAdaptation`).
     """
 
     name = "maml"
@@ -25,10 +27,11 @@ class MAML(GradientAdaptation):
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
                  spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
                  test_inner_steps: int | None = None, first_order: bool = False, inner_rule: str | InnerRule = "inner-sgd",
-                 batching: str = "auto") -> None:
+                 batching: str = "auto", transductive: bool = True) -> None:
         self.first_order = bool(first_order)
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
-                         test_inner_steps=test_inner_steps, rule=load_inner_rule(inner_rule), batching=batching)
+                         test_inner_steps=test_inner_steps, rule=load_inner_rule(inner_rule), batching=batching,
+                         transductive=transductive)
 
     def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,10 +55,10 @@ class FOMAML(MAML):
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
                  spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
                  test_inner_steps: int | None = None, inner_rule: str | InnerRule = "inner-sgd",
-                 batching: str = "auto") -> None:
+                 batching: str = "auto", transductive: bool = True) -> None:
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
                          test_inner_steps=test_inner_steps, first_order=True, inner_rule=inner_rule,
-                         batching=batching)
+                         batching=batching, transductive=transductive)
 
 
 class ANIL(MAML):
@@ -77,7 +80,8 @@ class MetaSGD(MAML):
     def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
                  spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01, inner_steps: int = 1,
                  test_inner_steps: int | None = None, first_order: bool = False,
-                 inner_rule: str | InnerRule = "inner-metasgd", batching: str = "auto") -> None:
+                 inner_rule: str | InnerRule = "inner-metasgd", batching: str = "auto",
+                 transductive: bool = True) -> None:
         super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
                          test_inner_steps=test_inner_steps, first_order=first_order, inner_rule=inner_rule,
-                         batching=batching)
+                         batching=batching, transductive=transductive)
