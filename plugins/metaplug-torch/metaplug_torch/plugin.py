@@ -25,9 +25,9 @@ ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
-    ("sgd", "SGD with momentum and step decay (torch.optim.SGD).", "optimizers:sgd", "outer"),
-    ("adam", "Adam with step decay (torch.optim.Adam).", "optimizers:adam", "outer"),
-    ("rmsprop", "RMSprop with step decay (torch.optim.RMSprop).", "optimizers:rmsprop", "outer"),
+    ("sgd", "SGD with momentum; step decay or linear annealing (torch.optim.SGD).", "optimizers:sgd", "outer"),
+    ("adam", "Adam; step decay or linear annealing (torch.optim.Adam).", "optimizers:adam", "outer"),
+    ("rmsprop", "RMSprop; step decay or linear annealing (torch.optim.RMSprop).", "optimizers:rmsprop", "outer"),
     ("inner-sgd", "Inner-loop gradient descent p - lr * grad.", "inner:InnerSGD", "inner"),
     ("inner-metasgd", "Inner-loop descent with learned per-parameter rates (Meta-SGD).", "inner:InnerMetaSGD",
      "inner"),
