@@ -50,6 +50,7 @@ class TensorFlowBackend:
         self.device = device
         self.dtype = DTYPES[dtype]
         self._rng = np.random.default_rng(0)
+        self.seed_value = 0
 
     @property
     def rng(self) -> np.random.Generator:
@@ -57,8 +58,10 @@ class TensorFlowBackend:
         return self._rng
 
     def seed(self, seed: int) -> None:
-        """Seed model initialisation (a numpy generator) and TensorFlow's global generator."""
+        """Seed model initialisation (a numpy generator) and TensorFlow's global generator;
+        :attr:`seed_value` keeps ``seed`` for algorithms that draw their own randomness."""
         self._rng = np.random.default_rng(seed)
+        self.seed_value = int(seed)
         tf.random.set_seed(seed)
 
     @contextlib.contextmanager

@@ -21,13 +21,13 @@ _TO_SHARED = {2: (1, 0), 4: (3, 2, 0, 1)}
 def to_native(array: np.ndarray) -> np.ndarray:
     """A weight in the shared (PyTorch) layout as TensorFlow's layout."""
     axes = _TO_NATIVE.get(np.ndim(array))
-    return np.ascontiguousarray(np.transpose(array, axes) if axes else array)
+    return np.ascontiguousarray(np.transpose(array, axes)) if axes else np.array(array)  # keeps 0-d arrays 0-d
 
 
 def to_shared(array: np.ndarray) -> np.ndarray:
     """A TensorFlow-layout weight in the shared (PyTorch) layout."""
     axes = _TO_SHARED.get(np.ndim(array))
-    return np.ascontiguousarray(np.transpose(array, axes) if axes else array)
+    return np.ascontiguousarray(np.transpose(array, axes)) if axes else np.array(array)  # keeps 0-d arrays 0-d
 
 
 def channels_last(x: np.ndarray, example_rank: int) -> np.ndarray:

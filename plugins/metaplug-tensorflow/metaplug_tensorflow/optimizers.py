@@ -9,9 +9,12 @@ schedule) as numpy arrays, so a resumed run continues exactly. The update rules 
 PyTorch's (``torch.optim``), with the same option names and defaults, so one
 configuration gives the same numbers on both backends.
 
-Each factory is ``factory(variables, *, lr, **options)`` with the options
-``decay_every`` (0: constant rate) and ``decay_rate``: the learning rate is
-``lr * decay_rate ** (steps_taken // decay_every)``.
+Each factory is ``factory(variables, *, lr, **options)`` with two optional schedules:
+``decay_every`` (0: constant rate) and ``decay_rate``, the learning rate being
+``lr * decay_rate ** (steps_taken // decay_every)``; or ``final_lr`` and ``anneal_steps``,
+the rate annealed linearly from ``lr`` to ``final_lr`` over ``anneal_steps`` steps and
+constant after (``frac * final_lr + (1 - frac) * lr``, ``frac = min(steps_taken /
+anneal_steps, 1)``: supervised-reptile's meta step size schedule).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class OuterOptimizer:
     slot_names: tuple[str, ...] = ()
 
     def __init__(self, variables: Sequence[tf.Variable], lr: float, weight_decay: float = 0.0,
-                 decay_every: int = 0, decay_rate: float = 0.5) -> None:
+                 decay_every: int = 0, decay_rate: float = 0.5, final_lr: float | None = None,
+                 anneal_steps: int = 0) -> None:
         if not lr > 0:
             raise ConfigError(f"learning rate must be positive, got {lr}")
         if int(decay_every) != decay_every or decay_every < 0:
@@ -40,6 +44,19 @@ class OuterOptimizer:
             raise ConfigError(f"decay_rate must be in (0, 1], got {decay_rate}")
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be non-negative, got {weight_decay}")
+        if isinstance(anneal_steps, bool) or int(anneal_steps) != anneal_steps or anneal_steps < 0:
+            raise ConfigError(f"anneal_steps must be a non-negative integer, got {anneal_steps}")
+        if final_lr is None and anneal_steps:
+            raise ConfigError(f"anneal_steps ({anneal_steps!r}) needs final_lr, the learning rate to anneal to")
+        if final_lr is not None:
+            if isinstance(final_lr, bool) or not isinstance(final_lr, int | float) or not final_lr >= 0:
+                raise ConfigError(f"final_lr must be a non-negative number, got {final_lr!r}")
+            if anneal_steps < 1:
+                raise ConfigError("final_lr needs anneal_steps >= 1 (the steps over which the rate is annealed)")
+            if decay_every:
+                raise ConfigError("final_lr (linear annealing) and decay_every (step decay) cannot be combined")
+        self.final_lr = None if final_lr is None else float(final_lr)
+        self.anneal_steps = int(anneal_steps)
         self.variables = list(variables)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.decay_every, self.decay_rate = int(decay_every), float(decay_rate)
@@ -55,6 +72,9 @@ class OuterOptimizer:
         if self.decay_every:
             decays = tf.cast(self.steps // self.decay_every, tf.float64)
             lr *= tf.pow(tf.constant(self.decay_rate, tf.float64), decays)
+        if self.final_lr is not None:  # as Python computes it: float64 throughout
+            frac = tf.minimum(tf.cast(self.steps, tf.float64) / self.anneal_steps, 1.0)
+            lr = frac * self.final_lr + (1 - frac) * lr
         return lr
 
     def apply(self, grads: Sequence[tf.Tensor]) -> None:
@@ -164,16 +184,18 @@ def _factory(cls: type[OuterOptimizer], variables: Sequence[tf.Variable], lr: fl
 
 
 def sgd(variables: Sequence[tf.Variable], *, lr: float = 1e-3, **options: Any) -> OuterOptimizer:
-    """SGD; options ``momentum``, ``nesterov``, ``weight_decay``, ``decay_every``, ``decay_rate``."""
+    """SGD; options ``momentum``, ``nesterov``, ``weight_decay``, ``decay_every``, ``decay_rate``,
+    ``final_lr``, ``anneal_steps``."""
     return _factory(SGD, variables, lr, options)
 
 
 def adam(variables: Sequence[tf.Variable], *, lr: float = 1e-3, **options: Any) -> OuterOptimizer:
-    """Adam; options ``betas``, ``eps``, ``weight_decay``, ``decay_every``, ``decay_rate``."""
+    """Adam; options ``betas``, ``eps``, ``weight_decay``, ``decay_every``, ``decay_rate``,
+    ``final_lr``, ``anneal_steps``."""
     return _factory(Adam, variables, lr, options)
 
 
 def rmsprop(variables: Sequence[tf.Variable], *, lr: float = 1e-3, **options: Any) -> OuterOptimizer:
     """RMSprop; options ``alpha``, ``eps``, ``momentum``, ``weight_decay``, ``decay_every``,
-    ``decay_rate``."""
+    ``decay_rate``, ``final_lr``, ``anneal_steps``."""
     return _factory(RMSprop, variables, lr, options)

@@ -24,9 +24,9 @@ ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
-    ("sgd", "outer", "optimizers:sgd", "SGD with optional momentum and step decay."),
-    ("adam", "outer", "optimizers:adam", "Adam (Kingma and Ba 2015) with optional step decay."),
-    ("rmsprop", "outer", "optimizers:rmsprop", "RMSprop (PyTorch's formulation) with optional step decay."),
+    ("sgd", "outer", "optimizers:sgd", "SGD with optional momentum; step decay or linear annealing."),
+    ("adam", "outer", "optimizers:adam", "Adam (Kingma and Ba 2015); step decay or linear annealing."),
+    ("rmsprop", "outer", "optimizers:rmsprop", "RMSprop (PyTorch's formulation); step decay or linear annealing."),
     ("inner-sgd", "inner", "inner:InnerSGD", "Inner loop: plain gradient descent p - lr * grad."),
     ("inner-metasgd", "inner", "inner:InnerMetaSGD", "Inner loop: learned per-parameter rates (Meta-SGD)."),
 )

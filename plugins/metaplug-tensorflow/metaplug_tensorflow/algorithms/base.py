@@ -62,8 +62,9 @@ class TFAlgorithm:
 
     Subclasses call :meth:`set_meta_parameters` at the end of ``__init__`` and implement
     :meth:`meta_gradients`, :meth:`evaluate_tasks` and :meth:`adapt_task`; they may
-    override :meth:`predict_task`, :meth:`evaluation_steps`, :meth:`extra_train_inputs`
-    and :attr:`has_loss_before`. They call the helpers :meth:`forward_per_task`,
+    override :meth:`predict_task`, :meth:`evaluation_steps`, :meth:`extra_train_inputs`,
+    :meth:`adaptation_inputs` and :attr:`has_loss_before`, and save further variables
+    with :meth:`register_state`. They call the helpers :meth:`forward_per_task`,
     :meth:`descend`, :meth:`metrics`, :meth:`gradients` and :func:`tile`.
 
     Set by ``__init__``: ``self.spec``, ``self.problem`` (``spec.problem``),
@@ -121,6 +122,13 @@ class TFAlgorithm:
                        **self.trainables}
         with self.backend.scope():
             self.optimizer = self._optimizer_factory(list(self.trainables.values()))
+
+    def register_state(self, variables: Mapping[str, tf.Variable]) -> None:
+        """Save further variables that the outer optimizer does not train (e.g. an inner
+        optimizer's slots, a sampling counter) in ``state_dict`` under these names, after
+        :meth:`set_meta_parameters`. Weight-shaped ones are converted to the shared layout
+        like the model's."""
+        self._saved.update(variables)
 
     # -- the inner loop ------------------------------------------------------------
 
@@ -201,12 +209,12 @@ class TFAlgorithm:
         return {k: tf.reduce_mean(v) for k, v in metrics.items()}
 
     def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
         def evaluate(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-            return [], self.evaluate_tasks(*tensors, steps)
+            return [], self.evaluate_tasks(*tensors[:4], steps, *tensors[4:])
 
         keys = self.metric_keys + (("loss_before",) if self.has_loss_before else ())
-        result = self.over_tasks(evaluate, (sx, sy, qx, qy), [], keys)[1]
+        result = self.over_tasks(evaluate, (sx, sy, qx, qy, *extra), [], keys)[1]
         if not self.has_loss_before:  # NaN marks an undefined loss before adaptation
             result["loss_before"] = tf.fill(tf.shape(result["loss"]), tf.constant(float("nan"), result["loss"].dtype))
         return result
@@ -229,7 +237,8 @@ class TFAlgorithm:
         steps = self.evaluation_steps(steps)
         with self.backend.scope():
             e = self.backend.to_tensors(batch)
-            result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps)
+            extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
+            result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps, *extra)
         return {k: v.numpy() for k, v in result.items()}
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TFAdaptedModel:
@@ -240,7 +249,7 @@ class TFAlgorithm:
         with self.backend.scope():
             x = self.backend.inputs(support_x[None], rank)
             y = self.backend.targets(support_y[None], self.problem)
-            weights = self._adapt_fn(x, y, steps)
+            weights = self._adapt_fn(x, y, steps, *self.adaptation_inputs(1, support_x.shape[0], steps))
         return TFAdaptedModel(self, [tf.identity(w) for w in weights])
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -295,23 +304,32 @@ class TFAlgorithm:
         it) and a shape that is the same at every step, or the step is traced again."""
         return ()
 
+    def adaptation_inputs(self, num_tasks: int, support_size: int, steps: int) -> tuple[tf.Tensor, ...]:
+        """Further tensors for :meth:`evaluate_tasks` and :meth:`adapt_task`, computed eagerly
+        before each ``evaluate`` (``num_tasks`` tasks) and ``adapt`` (one task) with
+        ``support_size`` support examples per task (default: none), e.g. the indices of the
+        inner loop's mini-batches. Each needs a leading task axis and a shape that does not
+        change between calls, or the entry point is traced again."""
+        return ()
+
     def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
         """Per-task query metrics after adapting to the support set with ``steps`` inner
         steps (required).
 
-        Receives a group of tasks as :meth:`meta_gradients` does and ``steps`` (a Python
-        int: a new value traces again). Returns :meth:`metrics` of the adapted query
+        Receives a group of tasks as :meth:`meta_gradients` does, ``steps`` (a Python
+        int: a new value traces again) and :meth:`adaptation_inputs`. Returns :meth:`metrics` of the adapted query
         outputs plus ``loss_before``, the query loss before adaptation, each of shape
         ``(T,)`` (without ``loss_before`` when :attr:`has_loss_before` is false).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement evaluate_tasks()")
 
-    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *extra: tf.Tensor) -> Weights:
         """What an adapted model keeps for one task: by default the full list of model
         weights (no task axis) after ``steps`` inner steps (required).
 
-        Receives one task's support set with a task axis of length 1. The list is passed
+        Receives one task's support set with a task axis of length 1, then
+        :meth:`adaptation_inputs` (task axis of 1). The list is passed
         as is to :meth:`predict_task` (and saved by ``export``), so it may hold anything
         that method needs, e.g. the support set.
         """
