@@ -6,7 +6,9 @@ episodes from the host's samplers. For every algorithm, on the MLP (sinusoid) an
 conv4 with batch norm (Omniglot), the test compares the metrics of one meta-step,
 the meta-gradient (read off an SGD step at rate 1: ``before - after``), and the
 query losses, accuracies and predictions after adaptation: relative 1e-4 in float32,
-1e-9 in float64. Skipped unless both plugins are installed.
+1e-9 in float64. Reptile is also compared under the published protocol of Nichol et al.
+(inner Adam carried over tasks, mini-batches, non-transductive evaluation, the outer step
+annealed linearly) over several meta-steps. Skipped unless both plugins are installed.
 """
 
 from __future__ import annotations
@@ -61,27 +63,30 @@ def episodes() -> dict[str, tuple[TaskSpec, ModelSpec, list[EpisodeBatch]]]:
     return found
 
 
-def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str) -> tuple[Any, Any]:
-    """The torch and tensorflow implementations of ``name`` with the same weights (SGD, rate 1)."""
+def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str, hyper: dict[str, Any] | None = None,
+               **sgd_options: Any) -> tuple[Any, Any]:
+    """The torch and tensorflow implementations of ``name`` with the same weights and state
+    (SGD, rate 1, and ``sgd_options``), with ``hyper`` (default ``HYPER[name]``)."""
     import torch
 
     from metaplug_tensorflow.backend import TensorFlowBackend
 
     reg = registry()
-    hyper = dict(HYPER[name])
-    if model_spec.name == "conv4" and "inner_lr" in hyper:
-        hyper["inner_lr"] = IMAGE_LR
+    if hyper is None:
+        hyper = dict(HYPER[name])
+        if model_spec.name == "conv4" and "inner_lr" in hyper:
+            hyper["inner_lr"] = IMAGE_LR
     torch_backend = reg.load("backends", "torch")(device="cpu")
     torch_backend.seed(0)
     torch_model = torch_backend.build_model(model_spec)
     if dtype == "float64":
         torch_model = torch_model.double()
-    torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=1.0)
+    torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=1.0, **sgd_options)
     torch_alg = reg.load("algorithms", name, backend="torch")(
         backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper)
 
     tf_backend = TensorFlowBackend(device="cpu", dtype=dtype)
-    tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0)
+    tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0, **sgd_options)
     tf_alg = reg.load("algorithms", name, backend="tensorflow")(
         backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper)
 
@@ -152,3 +157,61 @@ def test_backends_agree(episodes, name, model, dtype):
     torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
     tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
     close(tf_out, torch_out, tolerance, "adapted predictions")
+
+
+REPTILE_PROTOCOL: dict[str, Any] = {
+    "inner_optimizer": "adam", "inner_steps": 3, "inner_batch_size": 4, "test_inner_steps": 4,
+    "test_inner_batch_size": 3, "transductive": False,
+}
+"""supervised-reptile's options on small episodes: batches of 4 (sinusoid: 5 support points, so
+a batch can span two shuffles) and 3 at test time; sinusoid's MLP has no batch norm, so
+``transductive=False`` matters on conv4 only."""
+REPTILE_INNER_LR = {"mlp": 0.01, "conv4": 0.001}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("model", ["mlp", "conv4"])
+def test_reptile_published_protocol_agrees(episodes, model, dtype):
+    if model not in episodes:
+        pytest.skip("Omniglot data not available")
+    spec, model_spec, batches = episodes[model]
+    hyper = {**REPTILE_PROTOCOL, "inner_lr": REPTILE_INNER_LR[model]}
+    if model == "conv4" and dtype == "float32":
+        # batch norm makes the conv biases' gradients zero up to rounding (and a few others
+        # nearly so); Adam with epsilon 1e-8 turns such float32 rounding into steps of the
+        # order of the rate, so the backends drift apart by rounding (1e-2 relative after
+        # 3 meta-steps here); a larger epsilon keeps rounding small, float64 runs 1e-8
+        hyper["adam_epsilon"] = 1e-5
+    torch_alg, tf_alg = build_pair("reptile", spec, model_spec, dtype, hyper, final_lr=0.0, anneal_steps=3)
+    tolerance = TOLERANCE[dtype]
+
+    def compared(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # batch norm cancels a conv bias: its gradient is rounding, which Adam scales up to
+        # steps of the order of the rate, different on each side but without effect on outputs
+        return {k: v for k, v in state.items() if not k.endswith("conv.bias") and not k.startswith("optimizer.")}
+
+    for number, batch in enumerate([batches[0], batches[1], batches[0], batches[1]]):
+        # outer rates 1, 2/3, 1/3, 0; each step continues the inner Adam state of the last
+        torch_metrics, tf_metrics = torch_alg.meta_train_step(batch), tf_alg.meta_train_step(batch)
+        assert torch_metrics.keys() == tf_metrics.keys()
+        for key in torch_metrics:
+            close(tf_metrics[key], torch_metrics[key], tolerance, f"step {number}: meta_train_step {key}")
+        torch_state, tf_state = compared(snapshot(torch_alg)), compared(snapshot(tf_alg))
+        assert torch_state.keys() == tf_state.keys()
+        for key in torch_state:
+            close(tf_state[key], torch_state[key], tolerance, f"step {number}: state {key}")
+    assert int(tf_state["inner_adam.t"]) == 4 * len(batches[0].support_x) * REPTILE_PROTOCOL["inner_steps"]
+    assert int(tf_state["inner_batches.train"]) == 4 * len(batches[0].support_x)
+
+    for _ in range(2):  # evaluation leaves the Adam state as it is; its draws go on
+        torch_eval, tf_eval = torch_alg.evaluate(batches[1]), tf_alg.evaluate(batches[1])
+        assert torch_eval.keys() == tf_eval.keys()
+        for key in torch_eval:
+            close(tf_eval[key], torch_eval[key], tolerance, f"evaluate {key}")
+    batch = batches[1]
+    torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    close(tf_out, torch_out, tolerance, "adapted predictions")
+    torch_state, tf_state = snapshot(torch_alg), snapshot(tf_alg)
+    for key in ("inner_adam.t", "inner_batches.seed", "inner_batches.train", "inner_batches.eval"):
+        assert np.array_equal(tf_state[key], torch_state[key]), key
