@@ -8,7 +8,9 @@ the meta-gradient (read off an SGD step at rate 1: ``before - after``), and the
 query losses, accuracies and predictions after adaptation: relative 1e-4 in float32,
 1e-9 in float64. Reptile is also compared under the published protocol of Nichol et al.
 (inner Adam carried over tasks, mini-batches, non-transductive evaluation, the outer step
-annealed linearly) over several meta-steps. Skipped unless both plugins are installed.
+annealed linearly; and with inner SGD on the same mini-batches) over several meta-steps,
+and MAML's family with non-transductive evaluation. Skipped unless both plugins are
+installed.
 """
 
 from __future__ import annotations
@@ -171,12 +173,15 @@ REPTILE_INNER_LR = {"mlp": 0.01, "conv4": 0.001}
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("model", ["mlp", "conv4"])
-def test_reptile_published_protocol_agrees(episodes, model, dtype):
+@pytest.mark.parametrize("inner_optimizer", ["adam", "sgd"])
+def test_reptile_published_protocol_agrees(episodes, model, dtype, inner_optimizer):
     if model not in episodes:
         pytest.skip("Omniglot data not available")
     spec, model_spec, batches = episodes[model]
-    hyper = {**REPTILE_PROTOCOL, "inner_lr": REPTILE_INNER_LR[model]}
-    if model == "conv4" and dtype == "float32":
+    hyper = {**REPTILE_PROTOCOL, "inner_lr": REPTILE_INNER_LR[model], "inner_optimizer": inner_optimizer}
+    if inner_optimizer == "sgd":  # plain SGD on the same mini-batches
+        hyper["inner_lr"] = 0.05 if model == "mlp" else IMAGE_LR
+    elif model == "conv4" and dtype == "float32":
         # batch norm makes the conv biases' gradients zero up to rounding (and a few others
         # nearly so); Adam with epsilon 1e-8 turns such float32 rounding into steps of the
         # order of the rate, so the backends drift apart by rounding (1e-2 relative after
@@ -200,7 +205,10 @@ def test_reptile_published_protocol_agrees(episodes, model, dtype):
         assert torch_state.keys() == tf_state.keys()
         for key in torch_state:
             close(tf_state[key], torch_state[key], tolerance, f"step {number}: state {key}")
-    assert int(tf_state["inner_adam.t"]) == 4 * len(batches[0].support_x) * REPTILE_PROTOCOL["inner_steps"]
+    if inner_optimizer == "adam":
+        assert int(tf_state["inner_adam.t"]) == 4 * len(batches[0].support_x) * REPTILE_PROTOCOL["inner_steps"]
+    else:
+        assert not any(k.startswith("inner_adam.") for k in tf_state)
     assert int(tf_state["inner_batches.train"]) == 4 * len(batches[0].support_x)
 
     for _ in range(2):  # evaluation leaves the Adam state as it is; its draws go on
@@ -214,4 +222,22 @@ def test_reptile_published_protocol_agrees(episodes, model, dtype):
     close(tf_out, torch_out, tolerance, "adapted predictions")
     torch_state, tf_state = snapshot(torch_alg), snapshot(tf_alg)
     for key in ("inner_adam.t", "inner_batches.seed", "inner_batches.train", "inner_batches.eval"):
-        assert np.array_equal(tf_state[key], torch_state[key]), key
+        if key in torch_state or key in tf_state:
+            assert np.array_equal(tf_state[key], torch_state[key]), key
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+def test_non_transductive_evaluation_agrees(episodes, name):
+    if "conv4" not in episodes:
+        pytest.skip("Omniglot data not available")
+    spec, model_spec, batches = episodes["conv4"]
+    hyper = {**HYPER[name], "inner_lr": IMAGE_LR, "transductive": False}
+    torch_alg, tf_alg = build_pair(name, spec, model_spec, "float64", hyper)
+    batch = batches[1]
+    torch_eval, tf_eval = torch_alg.evaluate(batch), tf_alg.evaluate(batch)
+    assert torch_eval.keys() == tf_eval.keys()
+    for key in torch_eval:
+        close(tf_eval[key], torch_eval[key], TOLERANCE["float64"], f"evaluate {key}")
+    torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
+    close(tf_out, torch_out, TOLERANCE["float64"], "adapted predictions")
