@@ -15,8 +15,12 @@ Modes (the ``batching`` hyper-parameter of every torch algorithm):
     ``torch.autograd.grad(create_graph=True)``, the default memory order. For
     checking and as the benchmarks' baseline.
 ``"auto"``
-    ``"vmap"`` for models without convolutions or native batch norm (the MLP),
-    ``"loop"`` otherwise; the choice measured fastest on CPU.
+    ``"loop"`` for models with native batch norm (whose second-order gradients
+    ``vmap`` gets wrong) and, on the CPU, for convolutional models; ``"vmap"``
+    otherwise: the MLP everywhere, conv4 on a GPU. Measured fastest
+    (docs/benchmarks.md): on 2 CPU cores ``vmap`` is 10x faster on the MLP and
+    2.5-5x slower on conv4; on an H200 the per-task loop is launch-bound (about
+    0.5 s per 32-task conv4 step) and ``vmap`` runs the 32 tasks as one batch.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ MODES: tuple[str, ...] = ("auto", "vmap", "loop", "reference")
 TaskFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def resolve(mode: str, model: FunctionalModel) -> str:
-    """The concrete mode for ``mode`` (``"auto"`` picks per model)."""
+def resolve(mode: str, model: FunctionalModel, device: torch.device | str = "cpu") -> str:
+    """The concrete mode for ``mode`` (``"auto"`` picks per model and device)."""
     if mode not in MODES:
         raise ConfigError(f"batching must be one of {', '.join(MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
-    return "loop" if model.has_conv or model.has_native_batch_norm else "vmap"
+    if model.has_native_batch_norm or (model.has_conv and torch.device(device).type == "cpu"):
+        return "loop"
+    return "vmap"
 
 
 def map_tasks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, image_batch, regression_batch
 
@@ -36,9 +37,22 @@ def test_vmap_equals_loop_and_reference(name, spec):
             np.testing.assert_allclose(other_evaluation[key], evaluation[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-def test_auto_picks_vmap_for_the_mlp_and_loop_for_conv4():
+def test_auto_picks_vmap_for_the_mlp_and_loop_for_conv4_on_the_cpu():
     assert build("maml", SINUSOID).mode == "vmap"
-    assert build("maml", IMAGES).mode == "loop"
+    conv4 = build("maml", IMAGES)
+    assert conv4.mode == ("loop" if conv4.device.type == "cpu" else "vmap")
+
+
+def test_auto_picks_vmap_for_conv4_on_a_gpu_and_loop_for_native_batch_norm():
+    from metaplug_torch.batching import resolve
+    from metaplug_torch.functional import FunctionalModel
+
+    conv4 = build("maml", IMAGES).model
+    assert resolve("auto", conv4, "cuda") == "vmap"
+    assert resolve("auto", conv4, "cpu") == "loop"
+    native = FunctionalModel(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3, track_running_stats=False)))
+    assert resolve("auto", native, "cuda") == "loop"
+    assert resolve("loop", conv4, "cuda") == "loop"
 
 
 def test_chunked_vmap_equals_one_vmap():

@@ -66,12 +66,12 @@ class TorchAlgorithm:
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = FunctionalModel(model)
-        self.mode = batching.resolve(batching_mode, self.model)
         self.params = self.model.parameters()
         if not self.params:
             raise ConfigError("the model has no parameters to meta-learn")
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
+        self.mode = batching.resolve(batching_mode, self.model, self.device)
         self.extra: dict[str, torch.nn.Parameter] = {
             k: torch.nn.Parameter(v.detach().clone()) for k, v in self.extra_parameters().items()
         }
