@@ -63,7 +63,10 @@ class Reptile(GradientMetaLearner):
         meta-training, one task after another, and is saved; ``evaluate`` and ``adapt``
         start every task from it and leave it unchanged, as supervised-reptile does).
     :param inner_batch_size: support examples per inner step during meta-training
-        (``None``: all of them); mini-batches as supervised-reptile's ``_mini_batches``.
+        (``None``: all of them); mini-batches as supervised-reptile's ``_mini_batches``,
+        task ``k`` of meta-training (stream 0) or of ``evaluate``/``adapt`` (stream 1)
+        shuffling with ``numpy.random.default_rng([seed, stream, k])``, ``seed`` being the
+        run's (``backend.seed_value``); the seed and counters are saved.
     :param test_inner_batch_size: the same in ``adapt``/``evaluate`` (``None``:
         ``inner_batch_size``).
     :param adam_beta1: the inner Adam's ``beta1`` (supervised-reptile: 0).
