@@ -35,7 +35,7 @@ def test_the_folder_has_every_published_setting():
     for algorithm in ("maml", "fomaml", "protonet", "reptile"):
         assert {f"{algorithm}-omniglot-{s}" for s in settings} <= names
     assert {"anil-omniglot-20w1s", "anil-omniglot-20w5s"} <= names
-    assert {"protonet-omniglot-5w1s-cpu", "maml-omniglot-5w1s-cpu"} <= names
+    assert {"protonet-omniglot-5w1s-cpu", "maml-omniglot-5w1s-cpu", "reptile-omniglot-5w1s-cpu"} <= names
     assert {f"{a}-sinusoid-k{k}" for a in ("maml", "finetune") for k in (5, 10)} <= names
 
 
@@ -61,5 +61,9 @@ def test_a_cpu_tier_is_its_full_protocol_with_shorter_training(path):
         if section == "train":
             kept = set(full["train"]) - TRAINING_LENGTH
             assert {k: short["train"][k] for k in kept} == {k: full["train"][k] for k in kept}
+        elif section == "optimizer" and full["optimizer"].get("final_lr") is not None:
+            # an annealed step size spans the whole run, whatever its length (supervised-reptile)
+            assert full["optimizer"]["anneal_steps"] == full["train"]["iterations"]
+            assert short["optimizer"] == {**full["optimizer"], "anneal_steps": short["train"]["iterations"]}
         else:
             assert short[section] == full[section], section
