@@ -78,7 +78,10 @@ def test_evaluate_reports_a_confidence_interval_and_writes_evaluation_json(train
     assert "30 test episodes" in text and "MSE after adaptation" in text and "±" in text
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resume_finishes(tmp_path, signum, status,
+                                                                                       word):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(DOUBLES)}
     child = subprocess.Popen([sys.executable, "-m", "metaplug", "train", *SMALL, "--iterations", "100000000",
@@ -87,12 +90,12 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_finishes(tmp_path):
     deadline = time.monotonic() + 60
     while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(signum)
     _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130
+    assert child.returncode == status
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: interrupted at step ") and "--resume" in last
+    assert last.startswith(f"Error: {word} at step ") and "--resume" in last
     step = checkpoints.load(run / "checkpoint").step
     assert f"step {step};" in last
     metaplug("train", "--resume", str(run), "--iterations", str(step + 3), "--quiet", check=True)

@@ -31,10 +31,17 @@ RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoint"
 
 
-class TrainingInterrupted(MetaplugError):
-    """Ctrl-C: a checkpoint was saved; the CLI exits with status 130."""
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+"""Signals that make training checkpoint and stop after the current step."""
 
-    exit_code = 130
+
+class TrainingInterrupted(MetaplugError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the CLI exits with status 128 + the
+    signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class TrainingDiverged(MetaplugError):
@@ -100,7 +107,8 @@ class Trainer:
         self.step = 0
         self.elapsed_before = 0.0
         self.started = time.monotonic()
-        self.stop_requested = False
+        self.stop_signal: int | None = None
+        """The signal (SIGINT or SIGTERM) that asked training to stop, if any."""
         self.smoothed_loss: float | None = None
 
     # -- state ----------------------------------------------------------------
@@ -154,12 +162,13 @@ class Trainer:
                         self.save_checkpoint()
                         saved_at = self.step
                     bar.update(self.step, shown)
-                    if self.stop_requested:
+                    if self.stop_signal is not None:
                         if saved_at != self.step:
                             self.save_checkpoint()
+                        how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
                         raise TrainingInterrupted(
-                            f"interrupted at step {self.step}; checkpoint saved, continue with "
-                            f"'metaplug train --resume {self.run_dir}'"
+                            f"{how} at step {self.step}; checkpoint saved, continue with "
+                            f"'metaplug train --resume {self.run_dir}'", self.stop_signal
                         )
                 if saved_at != self.step:
                     self.save_checkpoint()
@@ -214,23 +223,24 @@ class Trainer:
 
 @contextlib.contextmanager
 def interrupt_flag(trainer: Trainer) -> Iterator[None]:
-    """The first Ctrl-C asks the trainer to checkpoint and stop after the current step;
-    a second one interrupts immediately."""
+    """The first Ctrl-C or SIGTERM (a scheduler's pre-emption) asks the trainer to
+    checkpoint and stop after the current step; a second one interrupts immediately."""
 
     def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_requested:
+        if trainer.stop_signal is not None:
             raise KeyboardInterrupt
-        trainer.stop_requested = True
+        trainer.stop_signal = signum
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     except ValueError:  # not the main thread: no signal handling
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
 
 
 def versions(experiment: Experiment) -> dict[str, str]:
