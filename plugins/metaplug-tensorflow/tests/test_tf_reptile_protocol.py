@@ -11,42 +11,14 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
+from metaplug.minibatches import draw_generator, mini_batches
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.reptile import draw_generator, mini_batches
 from metaplug_tensorflow.losses import task_losses
 from metaplug_tensorflow.optimizers import adam, rmsprop, sgd
 
 PROTOCOL = {"inner_optimizer": "adam", "inner_steps": 3, "inner_batch_size": 4, "test_inner_steps": 4,
             "test_inner_batch_size": 3, "transductive": False, "inner_lr": 0.02}
 ANNEALED = functools.partial(sgd, lr=1.0, final_lr=0.0, anneal_steps=3)
-
-
-def supervised_reptile_mini_batches(samples, batch_size, num_batches, shuffle):
-    """supervised-reptile's ``_mini_batches(..., replacement=False)``, transcribed."""
-    samples = list(samples)
-    cur_batch, batch_count = [], 0
-    while True:
-        shuffle(samples)
-        for sample in samples:
-            cur_batch.append(sample)
-            if len(cur_batch) < batch_size:
-                continue
-            yield cur_batch
-            cur_batch = []
-            batch_count += 1
-            if batch_count == num_batches:
-                return
-
-
-@pytest.mark.parametrize("size, batch_size, count", [(5, 5, 50), (50, 10, 5), (7, 3, 9), (4, 10, 3)])
-def test_mini_batches_follow_supervised_reptile(size, batch_size, count):
-    reference_rng = np.random.default_rng(7)
-
-    def shuffle(items):  # Generator.shuffle's permutation of the current order
-        items[:] = [items[i] for i in reference_rng.permutation(len(items))]
-
-    expected = list(supervised_reptile_mini_batches(range(size), batch_size, count, shuffle))
-    assert mini_batches(np.random.default_rng(7), size, batch_size, count).tolist() == expected
 
 
 def numpy_adam(p, grads, lr, b1, b2, eps):
@@ -97,7 +69,7 @@ class ReferenceReptile:
         return [g.numpy() for g in tape.gradient(loss, weights)]
 
     def inner(self, x, y, steps, batch_size, stream):
-        rng = draw_generator(self.alg.shuffle_seed, stream, self.drawn[stream])
+        rng = draw_generator(self.alg.batches.seed, stream, self.drawn[stream])
         self.drawn[stream] += 1
         weights, b1, b2, eps, lr = list(self.theta), self.alg.adam_beta1, self.alg.adam_beta2, \
             self.alg.adam_epsilon, self.alg.inner_lr

@@ -13,10 +13,11 @@ import torch
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
 from metaplug.errors import ConfigError, DatasetError
 from metaplug.interfaces import EpisodeBatch, ModelSpec
+from metaplug.minibatches import draw_generator, mini_batches
 from metaplug.plugins import registry
 from metaplug.tasks import SinusoidSampler
 from metaplug_torch import optimizers
-from metaplug_torch.algorithms.reptile import AdamState, adam_step, draw_generator, mini_batches
+from metaplug_torch.algorithms.reptile import AdamState, adam_step
 from metaplug_torch.backend import TorchBackend
 
 
@@ -44,45 +45,13 @@ def test_adam_step_is_tf1_adam(beta1):
         np.testing.assert_allclose(params["w"].numpy(), want, rtol=1e-13, atol=1e-15)
 
 
-def supervised_reptile_mini_batches(samples, batch_size, num_batches, shuffle):
-    """supervised_reptile/reptile.py ``_mini_batches(..., replacement=False)``, with
-    ``random.shuffle`` replaced by ``shuffle``."""
-    cur_batch, samples, batch_count = [], list(samples), 0
-    while True:
-        shuffle(samples)
-        for sample in samples:
-            cur_batch.append(sample)
-            if len(cur_batch) < batch_size:
-                continue
-            yield cur_batch
-            cur_batch, batch_count = [], batch_count + 1
-            if batch_count == num_batches:
-                return
-
-
-@pytest.mark.parametrize("size,batch_size,count", [(5, 5, 50), (50, 10, 5), (7, 3, 9), (4, 10, 3)])
-def test_mini_batches_follow_supervised_reptile(size, batch_size, count):
-    reference_rng = np.random.default_rng(42)
-
-    def shuffle(items):  # the same permutations as Generator.shuffle on the current order
-        items[:] = [items[i] for i in reference_rng.permutation(len(items))]
-
-    expected = list(supervised_reptile_mini_batches(range(size), batch_size, count, shuffle))
-    drawn = mini_batches(np.random.default_rng(42), size, batch_size, count)
-    assert drawn.shape == (count, batch_size)
-    assert drawn.tolist() == expected
-    if size % batch_size == 0 and size >= batch_size:  # each pass over the data is a permutation
-        passes = drawn.reshape(-1, size)
-        assert all(sorted(p) == list(range(size)) for p in passes)
-
-
 def test_training_draws_each_task_from_its_own_counter():
     reptile = build("reptile", SINUSOID, optimizer="sgd", lr=0.1, inner_batch_size=2, test_inner_batch_size=3)
     seed = torch.initial_seed()
-    assert reptile.shuffle_seed == seed
+    assert reptile.batches.seed == seed
     first = reptile.draws(0, 3, 4, 5)
     second = reptile.draws(0, 2, 4, 5)
-    assert reptile.drawn == [5, 0]
+    assert reptile.batches.drawn == [5, 0]
     assert first.shape == (3, 4, 2) and second.shape == (2, 4, 2)
     for k, rows in enumerate([*first, *second]):
         np.testing.assert_array_equal(rows.numpy(), mini_batches(draw_generator(seed, 0, k), 5, 2, 4))

@@ -14,6 +14,7 @@ import numpy as np
 
 from metaplug.errors import ConfigError
 from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.minibatches import EVAL, TRAIN, MiniBatchDraws
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import Weights, check_int, check_positive, tile
 from metaplug_tensorflow.algorithms.maml import GradientMetaLearner
@@ -25,29 +26,6 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 
 AdamState = tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]
 """The inner Adam's first and second moments (per weight, with a task axis) and step count."""
-
-
-TRAIN, EVAL = 0, 1
-"""Streams of mini-batch draws: meta-training tasks, and the tasks of ``evaluate`` and ``adapt``."""
-
-
-def mini_batches(rng: np.random.Generator, size: int, batch_size: int, count: int) -> np.ndarray:
-    """``(count, batch_size)`` indices into ``range(size)``, drawn as supervised-reptile's
-    ``_mini_batches(samples, batch_size, count, replacement=False)``: shuffle the examples in
-    place (``rng.shuffle``, continuing from the previous order), take consecutive chunks, and
-    shuffle again when the examples run out; a chunk may span two shuffles. (The PyTorch
-    plugin draws the same indices.)"""
-    order = np.arange(size)
-    drawn: list[int] = []
-    while len(drawn) < count * batch_size:
-        rng.shuffle(order)
-        drawn.extend(order.tolist())
-    return np.asarray(drawn[:count * batch_size], dtype=np.int64).reshape(count, batch_size)
-
-
-def draw_generator(seed: int, stream: int, index: int) -> np.random.Generator:
-    """The generator of the mini-batches of task number ``index`` of ``stream`` (TRAIN or EVAL)."""
-    return np.random.default_rng([seed, stream, index])
 
 
 class Reptile(GradientMetaLearner):
@@ -63,10 +41,9 @@ class Reptile(GradientMetaLearner):
         meta-training, one task after another, and is saved; ``evaluate`` and ``adapt``
         start every task from it and leave it unchanged, as supervised-reptile does).
     :param inner_batch_size: support examples per inner step during meta-training
-        (``None``: all of them); mini-batches as supervised-reptile's ``_mini_batches``,
-        task ``k`` of meta-training (stream 0) or of ``evaluate``/``adapt`` (stream 1)
-        shuffling with ``numpy.random.default_rng([seed, stream, k])``, ``seed`` being the
-        run's (``backend.seed_value``); the seed and counters are saved.
+        (``None``: all of them), drawn by :class:`metaplug.minibatches.MiniBatchDraws` from
+        the run's seed (``backend.seed_value``) as supervised-reptile's ``_mini_batches``;
+        the seed and counters are saved.
     :param test_inner_batch_size: the same in ``adapt``/``evaluate`` (``None``:
         ``inner_batch_size``).
     :param adam_beta1: the inner Adam's ``beta1`` (supervised-reptile: 0).
@@ -110,25 +87,18 @@ class Reptile(GradientMetaLearner):
             self.register_state({**{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m)},
                                  **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v)},
                                  "inner_adam.t": self.adam_t})
-        self.batched = self.inner_batch_size is not None or self.test_inner_batch_size is not None
-        self.shuffle_seed = self.backend.seed_value
-        self.drawn = [0, 0]
-        """Tasks whose mini-batches were drawn so far, per stream (TRAIN, EVAL)."""
+        self.batches = MiniBatchDraws(self.backend.seed_value, self.inner_batch_size, self.test_inner_batch_size)
 
     # -- mini-batches ------------------------------------------------------------------
 
     def draws(self, stream: int, tasks: int, steps: int, size: int) -> tuple[tf.Tensor, ...]:
         """``((tasks, steps, batch) indices,)`` of the mini-batches of the next ``tasks`` tasks of
-        ``stream`` with ``size`` support examples (``()`` without mini-batches); counts them.
-        Task ``k`` of a stream draws from :func:`draw_generator` ``(seed, stream, k)``."""
-        batch_size = self.inner_batch_size if stream == TRAIN else self.test_inner_batch_size
-        if batch_size is None:
+        ``stream`` with ``size`` support examples (``()`` without mini-batches); counts them."""
+        rows = self.batches.draw(stream, tasks, steps, size)
+        if rows is None:
             return ()
-        first, self.drawn[stream] = self.drawn[stream], self.drawn[stream] + tasks
-        rows = [mini_batches(draw_generator(self.shuffle_seed, stream, first + i), size, batch_size, steps)
-                for i in range(tasks)]
         with self.backend.scope():
-            return (tf.constant(np.stack(rows)),)
+            return (tf.constant(rows),)
 
     def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
         tasks, size = batch.support_x.shape[:2]
@@ -143,18 +113,11 @@ class Reptile(GradientMetaLearner):
         """The base entries (with Adam: ``inner_adam.{m,v}.<weight>`` and ``inner_adam.t``)
         and, with mini-batches, ``inner_batches.seed``, ``inner_batches.train`` and
         ``inner_batches.eval`` (the draw counters)."""
-        state = super().state_dict()
-        if self.batched:
-            state["inner_batches.seed"] = np.asarray(self.shuffle_seed, dtype=np.uint64)
-            state["inner_batches.train"] = np.asarray(self.drawn[TRAIN], dtype=np.int64)
-            state["inner_batches.eval"] = np.asarray(self.drawn[EVAL], dtype=np.int64)
-        return state
+        return {**super().state_dict(), **self.batches.state()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
-        if self.batched:
-            self.shuffle_seed = int(state["inner_batches.seed"])
-            self.drawn = [int(state["inner_batches.train"]), int(state["inner_batches.eval"])]
+        self.batches.load_state(state)
 
     # -- the inner loop ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import torch
 
 from metaplug.errors import ConfigError
 from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
+from metaplug.minibatches import EVAL, TRAIN, MiniBatchDraws
 from metaplug_torch import batching
 from metaplug_torch.algorithms.base import TorchAdapted, _numpy, check_count, check_rate
 from metaplug_torch.algorithms.gradient import GradientAdaptation, Params
@@ -24,26 +25,6 @@ from metaplug_torch.functional import task_loss
 from metaplug_torch.inner import InnerSGD
 
 INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-TRAIN, EVAL = 0, 1
-"""Streams of mini-batch draws: meta-training tasks and evaluation (``evaluate``, ``adapt``) tasks."""
-
-
-def mini_batches(rng: np.random.Generator, size: int, batch_size: int, count: int) -> np.ndarray:
-    """``(count, batch_size)`` indices into ``range(size)``, drawn as supervised-reptile's
-    ``_mini_batches(samples, batch_size, count, replacement=False)``: shuffle the examples
-    in place (``rng.shuffle``, continuing from the previous order), take consecutive chunks,
-    and shuffle again when the examples run out; a chunk may span two shuffles."""
-    order = np.arange(size)
-    drawn: list[int] = []
-    while len(drawn) < count * batch_size:
-        rng.shuffle(order)
-        drawn.extend(order.tolist())
-    return np.asarray(drawn[:count * batch_size], dtype=np.int64).reshape(count, batch_size)
-
-
-def draw_generator(seed: int, stream: int, index: int) -> np.random.Generator:
-    """The generator of the mini-batches of task number ``index`` of ``stream`` (TRAIN or EVAL)."""
-    return np.random.default_rng([seed, stream, index])
 
 
 @dataclass(frozen=True)
@@ -79,10 +60,10 @@ class Reptile(GradientAdaptation):
     ``evaluate`` and ``adapt`` start every task from that state and leave it unchanged.
 
     ``inner_batch_size`` (``test_inner_batch_size`` in ``evaluate``/``adapt``, default the
-    same) makes each inner step use that many support examples (:func:`mini_batches`;
-    ``None``: the whole support set). Task ``k`` of a stream draws from
-    :func:`draw_generator` ``(seed, stream, k)``, ``seed`` being ``torch.initial_seed()`` at
-    construction (the run's seed); the counters are in the state, so resuming is exact.
+    same) makes each inner step use that many support examples, drawn by
+    :class:`metaplug.minibatches.MiniBatchDraws` (``None``: the whole support set) from
+    ``torch.initial_seed()`` at construction (the run's seed); the counters are in the
+    state, so resuming is exact.
     """
 
     name = "reptile"
@@ -107,10 +88,7 @@ class Reptile(GradientAdaptation):
         if inner_optimizer == "adam":
             zeros = {n: torch.zeros_like(p.detach()) for n, p in self.params.items()}
             self.inner_adam = AdamState(zeros, dict(zeros), 0)
-        self.batched = self.inner_batch_size is not None or self.test_inner_batch_size is not None
-        self.shuffle_seed = torch.initial_seed()
-        self.drawn = [0, 0]
-        """Tasks whose mini-batches were drawn so far, per stream (TRAIN, EVAL)."""
+        self.batches = MiniBatchDraws(torch.initial_seed(), self.inner_batch_size, self.test_inner_batch_size)
 
     # -- the inner loop ------------------------------------------------------------------
     def adapt_with(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int,
@@ -145,13 +123,8 @@ class Reptile(GradientAdaptation):
     def draws(self, stream: int, tasks: int, steps: int, size: int) -> torch.Tensor | None:
         """``(tasks, steps, batch)`` mini-batch indices for the next ``tasks`` tasks of
         ``stream`` with ``size`` support examples (``None`` without mini-batches); counts them."""
-        batch_size = self.inner_batch_size if stream == TRAIN else self.test_inner_batch_size
-        if batch_size is None:
-            return None
-        first, self.drawn[stream] = self.drawn[stream], self.drawn[stream] + tasks
-        rows = [mini_batches(draw_generator(self.shuffle_seed, stream, first + i), size, batch_size, steps)
-                for i in range(tasks)]
-        return torch.from_numpy(np.stack(rows)).to(self.device)
+        rows = self.batches.draw(stream, tasks, steps, size)
+        return None if rows is None else torch.from_numpy(rows).to(self.device)
 
     # -- meta-training ------------------------------------------------------------------
     def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
@@ -214,11 +187,7 @@ class Reptile(GradientAdaptation):
             for slot in ("m", "v"):
                 state.update({f"inner_adam.{slot}.{n}": _numpy(t) for n, t in getattr(self.inner_adam, slot).items()})
             state["inner_adam.t"] = np.asarray(self.inner_adam.t, dtype=np.int64)
-        if self.batched:
-            state["inner_batches.seed"] = np.asarray(self.shuffle_seed, dtype=np.uint64)
-            state["inner_batches.train"] = np.asarray(self.drawn[TRAIN], dtype=np.int64)
-            state["inner_batches.eval"] = np.asarray(self.drawn[EVAL], dtype=np.int64)
-        return state
+        return {**state, **self.batches.state()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The base entries and :meth:`inner_state`."""
@@ -237,9 +206,7 @@ class Reptile(GradientAdaptation):
             m, v = ({n: torch.as_tensor(np.array(state[f"inner_adam.{slot}.{n}"]), dtype=self.dtype, device=self.device)
                      for n in self.model.names} for slot in ("m", "v"))
             self.inner_adam = AdamState(m, v, int(state["inner_adam.t"]))
-        if self.batched:
-            self.shuffle_seed = int(state["inner_batches.seed"])
-            self.drawn = [int(state["inner_batches.train"]), int(state["inner_batches.eval"])]
+        self.batches.load_state(state)
 
 
 def _check_beta(name: str, value: object) -> float:
