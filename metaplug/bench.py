@@ -190,6 +190,7 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
         "algorithm": w.algorithm,
         "workload": w.name,
         "batching": options.get("batching", _default(parameters, "batching")),
+        "batching_used": _resolved_batching(algorithm),
         "median_ms": round(1000 * median, 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -273,12 +274,13 @@ def run_child(pair: Pair, steps: int, warmup: int, batching: str | None = None,
 
 
 def bench_pair(pair: Pair, steps: int, warmup: int, reference: bool = False,
-               timeout: float | None = None) -> dict[str, Any]:
-    """One output row: the measurement, nominal FLOPs and (with ``reference``) the speed-up
-    over the plain per-task loop (``batching="reference"``)."""
+               timeout: float | None = None, batching: str | None = None) -> dict[str, Any]:
+    """One output row: the measurement (with ``batching``, that mode instead of the
+    algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
+    per-task loop (``batching="reference"``)."""
     row: dict[str, Any] = {"backend": pair.backend, "algorithm": pair.workload.algorithm,
                            "workload": pair.workload.name}
-    row.update(run_child(pair, steps, warmup, timeout=timeout))
+    row.update(run_child(pair, steps, warmup, batching=batching, timeout=timeout))
     gflop = nominal_gflop(pair.workload)
     if gflop is not None:
         row["nominal_gflop"] = round(gflop, 1)
@@ -293,6 +295,12 @@ def bench_pair(pair: Pair, steps: int, warmup: int, reference: bool = False,
             if row.get("median_ms"):
                 row["speedup"] = round(measured["median_ms"] / row["median_ms"], 2)
     return row
+
+
+def _resolved_batching(algorithm: Any) -> str | None:
+    """The mode an ``"auto"`` batching resolved to (torch: ``mode``; TensorFlow: ``batching``)."""
+    value = getattr(algorithm, "mode", None) or getattr(algorithm, "batching", None)
+    return value if isinstance(value, str) else None
 
 
 def child_main(request_json: str) -> dict[str, Any]:

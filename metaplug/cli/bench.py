@@ -9,7 +9,7 @@ import click
 
 from metaplug.cli import cli
 
-COLUMNS = ["backend", "algorithm", "workload", "median_ms", "tasks_per_s", "peak_rss_mb", "gflop_per_s",
+COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "tasks_per_s", "peak_rss_mb", "gflop_per_s",
            "speedup", "data"]
 
 
@@ -20,11 +20,14 @@ COLUMNS = ["backend", "algorithm", "workload", "median_ms", "tasks_per_s", "peak
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed meta-steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--reference", is_flag=True, help="Also time the plain per-task loop (batching='reference').")
+@click.option("--batching", help="Time this batching mode instead of the default, e.g. vmap or loop "
+                                 "(torch: auto|vmap|loop|reference; tensorflow: auto|vectorized|loop).")
 @click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR).")
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
 def bench_command(backend: str | None, algorithm: str | None, workload: str | None, steps: int, warmup: int,
-                  reference: bool, data_dir: str | None, timeout: float | None, as_json: bool) -> None:
+                  reference: bool, batching: str | None, data_dir: str | None, timeout: float | None,
+                  as_json: bool) -> None:
     """Benchmark meta-training steps of every installed (algorithm, backend) pair.
 
     Reports the median time per meta-step, tasks per second and peak memory, each pair
@@ -40,13 +43,13 @@ def bench_command(backend: str | None, algorithm: str | None, workload: str | No
     for pair in pairs:
         if not as_json:
             click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
-        row = bench_pair(pair, steps, warmup, reference, timeout)
+        row = bench_pair(pair, steps, warmup, reference, timeout, batching)
         rows.append(row)
         if as_json:
             click.echo(json.dumps(row))
     if as_json:
         return
-    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     click.echo(format_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
     for r in rows:
         for note in ("error", "reference"):
