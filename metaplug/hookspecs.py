@@ -38,7 +38,8 @@ def register_backends(register: Register) -> None:
 
     :param register: call with ``Component(name, summary, target)``. ``target``
         names a class implementing :class:`metaplug.interfaces.Backend`; it is
-        instantiated with no arguments when the backend is first used.
+        instantiated with no arguments when the backend is first used, or with
+        ``device=`` when the user sets one (accept that keyword to be placeable).
         ``backends`` and ``problems`` stay empty.
 
     .. versionadded:: 0.1.0

@@ -116,7 +116,8 @@ class TaskSampler(Protocol):
 class Backend(Protocol):
     """A tensor framework: converts episodes and builds the standard models.
 
-    Constructed with no arguments or ``device="cpu"``.
+    Constructed with no arguments, or with ``device=...`` (``"cpu"``, ``"cuda:1"``...)
+    when the user picks a device; raise ``ConfigError`` for one it cannot use.
     """
 
     name: str

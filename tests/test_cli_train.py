@@ -123,6 +123,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resume_f
     (["--set", "iterations"], ["--set expects SECTION.KEY=VALUE"]),
     (["--data-dir", "/nonexistent/metaplug-data"], ["data directory /nonexistent/metaplug-data does not exist"]),
     (["--config", "/nonexistent/job.toml"], ["config file /nonexistent/job.toml does not exist"]),
+    (["--device", "cpu"], ["backend 'numpy' takes no device; remove device = 'cpu'"]),
 ])
 def test_bad_input_is_one_line_and_a_non_zero_exit(args, fragments):
     assert_one_line_error(metaplug("train", "--backend", "numpy", "--algorithm", "linear-maml", *args), *fragments)
@@ -133,7 +134,7 @@ def test_bad_files_and_runs_are_one_line_errors(tmp_path, trained):
     bad.write_text("[train\niterations = 3\n")
     assert_one_line_error(metaplug("train", "--config", str(bad)), "is not valid TOML")
     assert_one_line_error(metaplug("train", "--resume", str(trained), "--lr", "0.1"),
-                          "only --iterations may change", "--lr")
+                          "only --iterations and --device may change", "--lr")
     assert_one_line_error(metaplug("train", *SMALL, "--run-dir", str(trained)), "already holds a run", "--resume")
     assert_one_line_error(metaplug("evaluate", str(tmp_path)), "not a metaplug run directory")
     assert_one_line_error(metaplug("train", "--resume", "/nonexistent/run"), "run directory /nonexistent/run does not exist")

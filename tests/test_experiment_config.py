@@ -16,11 +16,12 @@ def test_defaults_are_the_sinusoid_maml_job():
     cfg = config.from_dict(config.defaults())
     assert (cfg.tasks.name, cfg.algorithm.name, cfg.optimizer.name, cfg.lr) == ("sinusoid", "maml", "adam", 0.001)
     assert cfg.backend is None and cfg.model.name is None and cfg.train.meta_batch_size == 25
+    assert cfg.device is None  # the backend's own choice
 
 
 def test_toml_round_trip_of_a_resolved_config():
     raw = config.defaults()
-    raw["backend"] = "torch"
+    raw["backend"], raw["device"] = "torch", "cuda:1"
     raw["tasks"].update({"amplitude": [0.1, 5.0], "label": 'quote " and \\ backslash'})
     raw["algorithm"].update({"inner_lr": 0.01, "first_order": True, "test_inner_steps": None})
     raw["evaluation"]["steps"] = 10

@@ -18,9 +18,10 @@ EVALUATION_FILE = "evaluation.json"
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the episodes (default: the run's seed).")
 @click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
+@click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, split: str, seed: int | None,
-                     batch: int | None, as_json: bool) -> None:
+                     batch: int | None, device: str | None, as_json: bool) -> None:
     """Adapt a trained run to held-out episodes and report mean accuracy (or MSE) ± 95% CI.
 
     Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
@@ -30,7 +31,7 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
     from metaplug.experiment.files import write_json_atomic
     from metaplug.experiment.runner import restore
 
-    experiment, saved = restore(Path(run_dir))
+    experiment, saved = restore(Path(run_dir), device)
     cfg = experiment.config
     episodes = episodes or cfg.evaluation.episodes
     steps = cfg.evaluation.steps if steps is None else steps

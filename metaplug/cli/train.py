@@ -32,6 +32,7 @@ OPTION_PATHS: dict[str, str] = {
     "checkpoint_every": "train.checkpoint_every",
     "test_tasks": "train.test_tasks",
     "data_dir": "data_dir",
+    "device": "device",
 }
 """Command-line option → configuration key (``section.key``)."""
 
@@ -59,6 +60,8 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--checkpoint-every", type=int, help="Checkpoint every N steps (0: only at the end).")
 @click.option("--test-tasks", type=int, help="Held-out test episodes scored after training (0: none).")
 @click.option("--data-dir", help="Dataset root (sets METAPLUG_DATA_DIR; Omniglot in DATA_DIR/omniglot).")
+@click.option("--device", help="Device of the backend, e.g. cpu, cuda or cuda:1 (torch), cpu or gpu:0 "
+                               "(tensorflow); default: a GPU when the backend sees one. Also with --resume.")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Set any configuration key, e.g. --set algorithm.first_order=true (repeatable).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default: runs/<time>-<algorithm>-<tasks>-<backend>).")
@@ -78,13 +81,13 @@ def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir
 
     progress = False if quiet else None
     if resume_dir is not None:
-        changed = sorted(k for k, v in options.items() if v is not None and k != "iterations")
+        changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device"))
         if config_file or assignments or run_dir or changed:
             given = ["--" + k.replace("_", "-") for k in changed] + (["--config"] if config_file else []) + \
                     (["--set"] if assignments else []) + (["--run-dir"] if run_dir else [])
-            raise click.UsageError(f"--resume continues a run as configured; only --iterations may change "
+            raise click.UsageError(f"--resume continues a run as configured; only --iterations and --device may change "
                                    f"(remove {', '.join(given)})")
-        trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress)
+        trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress, options.get("device"))
     else:
         cfg = resolve_config(config_file, options, assignments)
         if dry_run:

@@ -125,6 +125,18 @@ def _with_defaults(choice: Choice, record: Component, kind: str) -> Choice:
     return replace(choice, options=options)
 
 
+def make_backend(record: Component, device: str | None) -> Any:
+    """The backend of ``record``, on ``device`` when one is given (a backend whose
+    constructor takes no ``device`` cannot be placed)."""
+    cls = record.load()
+    if device is None:
+        return cls()
+    parameters = keyword_parameters(cls, set())
+    if parameters is not None and "device" not in parameters:
+        raise ConfigError(f"backend {record.name!r} takes no device; remove device = {device!r}")
+    return cls(device=device)
+
+
 def keyword_parameters(implementation: Any, skipped: set[str]) -> dict[str, inspect.Parameter] | None:
     """The keyword parameters of a class's ``__init__`` or a factory; ``None`` if it takes ``**kwargs``."""
     target = implementation.__init__ if inspect.isclass(implementation) else implementation
@@ -193,7 +205,7 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     records = lookup(cfg, reg)
     if cfg.data_dir is not None:
         os.environ["METAPLUG_DATA_DIR"] = str(Path(cfg.data_dir).expanduser())
-    backend = records.backend.load()()
+    backend = make_backend(records.backend, cfg.device)
     backend.seed(cfg.seed)
     sampler = records.tasks.load()(split="train", seed=cfg.seed, **cfg.tasks.options)
     spec: TaskSpec = sampler.spec

@@ -3,6 +3,7 @@
 The configuration is a TOML document::
 
     backend = "torch"          # default: torch, then tensorflow, then alphabetical
+    device = "cpu"             # default: the backend's choice (a GPU when one is visible)
     seed = 0
 
     [tasks]                    # a task sampler and its options
@@ -44,6 +45,7 @@ PREFERRED_BACKENDS = ("torch", "tensorflow")
 
 DEFAULTS: dict[str, Any] = {
     "backend": None,
+    "device": None,
     "seed": 0,
     "data_dir": None,
     "tasks": {"name": "sinusoid"},
@@ -92,6 +94,7 @@ class Rule:
 
 SETTINGS: dict[str, Rule] = {
     "backend": Rule(str, optional=True),
+    "device": Rule(str, optional=True),
     "seed": Rule(int, 0),
     "data_dir": Rule(str, optional=True),
     "tasks.name": Rule(str),
@@ -175,6 +178,8 @@ class ExperimentConfig:
     lr: float
     train: TrainSettings
     evaluation: EvaluationSettings
+    device: str | None = None
+    """The backend's device (``cpu``, ``cuda:1``, ``gpu``...); ``None``: the backend's default."""
 
     def as_dict(self) -> dict[str, Any]:
         def section(choice: Choice, **extra: Any) -> dict[str, Any]:
@@ -182,6 +187,7 @@ class ExperimentConfig:
 
         return {
             "backend": self.backend,
+            "device": self.device,
             "seed": self.seed,
             "data_dir": self.data_dir,
             "tasks": section(self.tasks),
@@ -278,6 +284,7 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
 
     return ExperimentConfig(
         backend=checked.get("backend"),
+        device=checked.get("device"),
         seed=checked.get("seed", DEFAULTS["seed"]),
         data_dir=checked.get("data_dir"),
         tasks=choice("tasks"),

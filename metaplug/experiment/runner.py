@@ -68,9 +68,12 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
     return from_dict(read_toml(path))
 
 
-def restore(run_dir: Path) -> tuple[Experiment, checkpoints.Checkpoint]:
-    """Rebuild a run's components and load its latest checkpoint into the algorithm."""
+def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, checkpoints.Checkpoint]:
+    """Rebuild a run's components (on ``device`` instead of the configured one, if given)
+    and load its latest checkpoint into the algorithm."""
     cfg = check(load_run_config(run_dir))
+    if device is not None:
+        cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
     experiment = build(cfg)
     try:
@@ -272,14 +275,17 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     return Trainer(experiment, run_dir, progress)
 
 
-def resume(run_dir: Path, iterations: int | None = None, progress: bool | None = None) -> Trainer:
-    """A trainer that continues the run in ``run_dir`` from its latest checkpoint."""
-    experiment, saved = restore(run_dir)
+def resume(run_dir: Path, iterations: int | None = None, progress: bool | None = None,
+           device: str | None = None) -> Trainer:
+    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (with
+    ``iterations`` as the new length and on ``device``, when given)."""
+    experiment, saved = restore(run_dir, device)
     cfg = experiment.config
     if iterations is not None:
         iterations = SETTINGS["train.iterations"].check("train.iterations", iterations)
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
         experiment.config = cfg
+    if iterations is not None or device is not None:
         write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
     if saved.step >= cfg.train.iterations:
         raise ConfigError(f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
