@@ -103,6 +103,49 @@ def test_resume_with_more_iterations_continues_the_same_stream(double, tmp_path)
     assert all(np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
 
 
+def signalling_at(monkeypatch, step: int, *signums: int) -> None:
+    """Make the double's meta-training step number ``step`` raise ``signums`` at the process."""
+    import metaplug_double
+
+    original = metaplug_double.LinearMAML.meta_train_step
+    calls = []
+
+    def signalled(self, batch):
+        calls.append(1)
+        if len(calls) == step:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+        return original(self, batch)
+
+    monkeypatch.setattr(metaplug_double.LinearMAML, "meta_train_step", signalled)
+
+
+def test_repeated_sigterm_still_checkpoints_and_exits_143(double, tmp_path, monkeypatch):
+    signalling_at(monkeypatch, 12, signal.SIGTERM, signal.SIGTERM)  # a scheduler signalling twice
+    with pytest.raises(runner.TrainingInterrupted, match="terminated at step 12") as stopped:
+        runner.start(make_config(), tmp_path / "run", progress=False).run()
+    assert stopped.value.exit_code == 143
+    assert checkpoints.load(tmp_path / "run" / "checkpoint").step == 12
+
+
+def test_a_stop_signal_in_the_last_step_lets_the_run_finish(double, tmp_path, monkeypatch):
+    signalling_at(monkeypatch, 40, signal.SIGTERM)
+    result = runner.start(make_config(iterations=40), tmp_path / "run", progress=False).run()
+    assert result.step == 40 and (tmp_path / "run" / "results.json").exists()
+
+
+def test_resume_of_a_finished_run_leaves_its_config_and_points_to_evaluate(double, tmp_path):
+    run = tmp_path / "run"
+    runner.start(make_config(iterations=10), run, progress=False).run()
+    before = (run / "config.toml").read_text()
+    with pytest.raises(config.ConfigError, match="already finished 10 of 5") as refused:
+        runner.resume(run, iterations=5)
+    assert "metaplug evaluate" not in str(refused.value) and (run / "config.toml").read_text() == before
+    (run / "results.json").unlink()  # killed while scoring the held-out tasks
+    with pytest.raises(config.ConfigError, match=f"score it with 'metaplug evaluate {run}'"):
+        runner.resume(run)
+
+
 KILL_SCRIPT = """
 import os, sys
 sys.path.insert(0, {doubles!r})

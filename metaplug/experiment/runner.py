@@ -75,7 +75,12 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
-    experiment = build(cfg)
+    try:
+        experiment = build(cfg)
+    except ConfigError as exc:
+        if device is None and cfg.device is not None and repr(cfg.device) in str(exc):
+            raise ConfigError(f"{exc} (the run was configured for it; pass --device, e.g. --device cpu)") from None
+        raise
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
     except MetaplugError:
@@ -152,35 +157,40 @@ class Trainer:
         settings = self.cfg.train
         bar = ProgressBar(settings.iterations, start=self.step, enabled=self.progress_enabled)
         saved_at = self.step if checkpoints.exists(self.run_dir / CHECKPOINT_DIR) else None
+        with interrupt_flag(self):
+            self._train_to_the_end(bar, saved_at)
+            results = self.final_results()  # a stop signal now only ends the run once scored
+        write_json_atomic(self.run_dir / RESULTS_FILE, results)
+        return TrainResult(self.run_dir, self.step, results)
+
+    def _train_to_the_end(self, bar: ProgressBar, saved_at: int | None) -> None:
+        """The training loop: stop after a step when a stop signal came, checkpointed."""
+        settings = self.cfg.train
         try:
-            with interrupt_flag(self):
-                while self.step < settings.iterations:
-                    metrics = self.train_step()
-                    shown = {"loss": self.smooth(metrics.get("loss", math.nan))}
-                    if self.step % settings.log_every == 0 or self.step == settings.iterations:
-                        self.log_training()
-                    if settings.val_every and self.step % settings.val_every == 0:
-                        shown["val"] = self.validate()["loss"]
-                    if settings.checkpoint_every and self.step % settings.checkpoint_every == 0:
-                        self.save_checkpoint()
-                        saved_at = self.step
-                    bar.update(self.step, shown)
-                    if self.stop_signal is not None:
-                        if saved_at != self.step:
-                            self.save_checkpoint()
-                        how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
-                        raise TrainingInterrupted(
-                            f"{how} at step {self.step}; checkpoint saved, continue with "
-                            f"'metaplug train --resume {self.run_dir}'", self.stop_signal
-                        )
-                if saved_at != self.step:
+            while self.step < settings.iterations:
+                metrics = self.train_step()
+                shown = {"loss": self.smooth(metrics.get("loss", math.nan))}
+                if self.step % settings.log_every == 0 or self.step == settings.iterations:
+                    self.log_training()
+                if settings.val_every and self.step % settings.val_every == 0:
+                    shown["val"] = self.validate()["loss"]
+                if settings.checkpoint_every and self.step % settings.checkpoint_every == 0:
                     self.save_checkpoint()
+                    saved_at = self.step
+                bar.update(self.step, shown)
+                if self.stop_signal is not None and self.step < settings.iterations:
+                    if saved_at != self.step:
+                        self.save_checkpoint()
+                    how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
+                    raise TrainingInterrupted(
+                        f"{how} at step {self.step}; checkpoint saved, continue with "
+                        f"'metaplug train --resume {self.run_dir}'", self.stop_signal
+                    )
+            if saved_at != self.step:
+                self.save_checkpoint()
         finally:
             bar.close()
             self.metrics.close()
-        results = self.final_results()
-        write_json_atomic(self.run_dir / RESULTS_FILE, results)
-        return TrainResult(self.run_dir, self.step, results)
 
     def train_step(self) -> dict[str, float]:
         batch = self.experiment.train_sampler.sample(self.cfg.train.meta_batch_size)
@@ -227,12 +237,14 @@ class Trainer:
 @contextlib.contextmanager
 def interrupt_flag(trainer: Trainer) -> Iterator[None]:
     """The first Ctrl-C or SIGTERM (a scheduler's pre-emption) asks the trainer to
-    checkpoint and stop after the current step; a second one interrupts immediately."""
+    checkpoint and stop after the current step; a second Ctrl-C interrupts immediately
+    (repeated SIGTERMs, which schedulers may send to a whole process group, do not)."""
 
     def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_signal is not None:
+        if trainer.stop_signal is None:
+            trainer.stop_signal = signum
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        trainer.stop_signal = signum
 
     try:
         previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
@@ -285,11 +297,12 @@ def resume(run_dir: Path, iterations: int | None = None, progress: bool | None =
         iterations = SETTINGS["train.iterations"].check("train.iterations", iterations)
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
         experiment.config = cfg
+    if saved.step >= cfg.train.iterations:
+        scored = "" if (Path(run_dir) / RESULTS_FILE).exists() else f", or score it with 'metaplug evaluate {run_dir}'"
+        raise ConfigError(f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
+                          f"pass --iterations N (more than {saved.step}) to train further{scored}")
     if iterations is not None or device is not None:
         write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
-    if saved.step >= cfg.train.iterations:
-        raise ConfigError(f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
-                          f"pass --iterations N (more than {saved.step}) to train further")
     trainer = Trainer(experiment, Path(run_dir), progress)
     trainer.resume_from(saved)
     return trainer

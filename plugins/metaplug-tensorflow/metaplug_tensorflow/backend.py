@@ -42,11 +42,15 @@ class TensorFlowBackend:
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if device is not None:
-            kind = device.split(":")[0].lower()
-            if kind not in ("cpu", "gpu"):
+            kind, _, index = device.lower().partition(":")
+            if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
                 raise ConfigError(f"device must be 'cpu', 'gpu' or 'gpu:N', got {device!r}")
-            if kind == "gpu" and not tf.config.list_physical_devices("GPU"):
+            found = len(tf.config.list_physical_devices(kind.upper()))
+            if kind == "gpu" and not found:
                 raise ConfigError(f"device {device!r} requested but TensorFlow sees no GPU")
+            if index and int(index) >= found:  # TensorFlow would silently place ops elsewhere
+                raise ConfigError(f"device {device!r} requested but TensorFlow sees {found} {kind.upper()} "
+                                  f"device(s), numbered from 0")
         self.device = device
         self.dtype = DTYPES[dtype]
         self._rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -77,3 +78,14 @@ def test_batches_that_do_not_fit_the_spec_are_refused(make, image_batches):
         algorithm.meta_train_step(image_batches[1][0])
     with pytest.raises(ConfigError, match="examples have shape"):
         algorithm.adapt(image_batches[1][0].support_x[0], image_batches[1][0].support_y[0])
+
+
+@pytest.mark.parametrize("device, message", [("cpu:3", "TensorFlow sees 1 CPU device(s)"),
+                                             ("tpu", "device must be 'cpu', 'gpu' or 'gpu:N'"),
+                                             ("gpu:x", "device must be 'cpu', 'gpu' or 'gpu:N'")])
+def test_a_device_tensorflow_would_not_use_is_a_config_error(device, message):
+    from metaplug_tensorflow.backend import TensorFlowBackend
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TensorFlowBackend(device=device)
+    assert TensorFlowBackend(device="CPU:0").device == "CPU:0"

@@ -38,6 +38,9 @@ class TorchBackend:
             raise ConfigError(f"invalid torch device {device!r}: {exc}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
+                              f"are visible, numbered from 0")
 
     def seed(self, seed: int) -> None:
         """Seed torch's generators (CPU and every CUDA device)."""

@@ -38,3 +38,15 @@ def test_an_unusable_device_is_a_one_line_error(tmp_path, device, message):
     done = metaplug("train", *TINY, "--device", device, "--run-dir", str(tmp_path / "run"))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_run_configured_for_a_missing_gpu_says_how_to_evaluate_it_here(tmp_path):
+    run = tmp_path / "run"
+    assert metaplug("train", *TINY, "--device", "cpu", "--run-dir", str(run)).returncode == 0
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"'))  # as if trained on a GPU
+    done = metaplug("evaluate", str(run), "--episodes", "2")
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+    assert "CUDA is not available" in done.stderr and "pass --device, e.g. --device cpu" in done.stderr
+    assert metaplug("evaluate", str(run), "--episodes", "2", "--device", "cpu").returncode == 0
