@@ -150,12 +150,20 @@ def test_backends_agree(episodes, name, model, dtype):
             continue
         close(tf_grad[key], torch_grad[key], tolerance, f"meta-gradient {key}", scale=largest)
 
-    torch_eval, tf_eval = torch_alg.evaluate(batches[1]), tf_alg.evaluate(batches[1])
+    assert_same_evaluation(torch_alg, tf_alg, batches[1], tolerance)
+    assert_same_adaptation(torch_alg, tf_alg, batches[1], tolerance)
+
+
+def assert_same_evaluation(torch_alg: Any, tf_alg: Any, batch: Any, tolerance: float) -> None:
+    """``evaluate`` gives the same per-task arrays on both backends."""
+    torch_eval, tf_eval = torch_alg.evaluate(batch), tf_alg.evaluate(batch)
     assert torch_eval.keys() == tf_eval.keys()
     for key in torch_eval:
         close(tf_eval[key], torch_eval[key], tolerance, f"evaluate {key}")
 
-    batch = batches[1]
+
+def assert_same_adaptation(torch_alg: Any, tf_alg: Any, batch: Any, tolerance: float) -> None:
+    """``adapt`` to the first task's support set predicts its queries alike on both backends."""
     torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
     tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
     close(tf_out, torch_out, tolerance, "adapted predictions")
@@ -212,14 +220,8 @@ def test_reptile_published_protocol_agrees(episodes, model, dtype, inner_optimiz
     assert int(tf_state["inner_batches.train"]) == 4 * len(batches[0].support_x)
 
     for _ in range(2):  # evaluation leaves the Adam state as it is; its draws go on
-        torch_eval, tf_eval = torch_alg.evaluate(batches[1]), tf_alg.evaluate(batches[1])
-        assert torch_eval.keys() == tf_eval.keys()
-        for key in torch_eval:
-            close(tf_eval[key], torch_eval[key], tolerance, f"evaluate {key}")
-    batch = batches[1]
-    torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
-    tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
-    close(tf_out, torch_out, tolerance, "adapted predictions")
+        assert_same_evaluation(torch_alg, tf_alg, batches[1], tolerance)
+    assert_same_adaptation(torch_alg, tf_alg, batches[1], tolerance)
     torch_state, tf_state = snapshot(torch_alg), snapshot(tf_alg)
     for key in ("inner_adam.t", "inner_batches.seed", "inner_batches.train", "inner_batches.eval"):
         if key in torch_state or key in tf_state:
@@ -233,11 +235,5 @@ def test_non_transductive_evaluation_agrees(episodes, name):
     spec, model_spec, batches = episodes["conv4"]
     hyper = {**HYPER[name], "inner_lr": IMAGE_LR, "transductive": False}
     torch_alg, tf_alg = build_pair(name, spec, model_spec, "float64", hyper)
-    batch = batches[1]
-    torch_eval, tf_eval = torch_alg.evaluate(batch), tf_alg.evaluate(batch)
-    assert torch_eval.keys() == tf_eval.keys()
-    for key in torch_eval:
-        close(tf_eval[key], torch_eval[key], TOLERANCE["float64"], f"evaluate {key}")
-    torch_out = torch_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
-    tf_out = tf_alg.adapt(batch.support_x[0], batch.support_y[0]).predict(batch.query_x[0])
-    close(tf_out, torch_out, TOLERANCE["float64"], "adapted predictions")
+    assert_same_evaluation(torch_alg, tf_alg, batches[1], TOLERANCE["float64"])
+    assert_same_adaptation(torch_alg, tf_alg, batches[1], TOLERANCE["float64"])
