@@ -9,8 +9,8 @@ import click
 
 from metaplug.cli import cli
 
-COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "tasks_per_s", "peak_rss_mb", "gflop_per_s",
-           "speedup", "data"]
+COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "tasks_per_s", "peak_rss_mb",
+           "gflop_per_s", "speedup", "data"]
 
 
 @cli.command("bench")

@@ -127,14 +127,17 @@ def _with_defaults(choice: Choice, record: Component, kind: str) -> Choice:
 
 def make_backend(record: Component, device: str | None) -> Any:
     """The backend of ``record``, on ``device`` when one is given (a backend whose
-    constructor takes no ``device`` cannot be placed)."""
+    constructor takes no ``device`` cannot be placed; a device it refuses names the way out)."""
     cls = record.load()
     if device is None:
         return cls()
     parameters = keyword_parameters(cls, set())
     if parameters is not None and "device" not in parameters:
         raise ConfigError(f"backend {record.name!r} takes no device; remove device = {device!r}")
-    return cls(device=device)
+    try:
+        return cls(device=device)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; to use another, pass --device, e.g. --device cpu") from None
 
 
 def keyword_parameters(implementation: Any, skipped: set[str]) -> dict[str, inspect.Parameter] | None:

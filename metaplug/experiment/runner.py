@@ -75,12 +75,7 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
-    try:
-        experiment = build(cfg)
-    except ConfigError as exc:
-        if device is None and cfg.device is not None and repr(cfg.device) in str(exc):
-            raise ConfigError(f"{exc} (the run was configured for it; pass --device, e.g. --device cpu)") from None
-        raise
+    experiment = build(cfg)
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
     except MetaplugError:

@@ -144,7 +144,11 @@ class GradientAdaptation(TorchAlgorithm):
         params, learnables = self.evaluation_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y, self.dtype)
-        fast = self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)
-        fast = {n: p.detach() for n, p in fast.items()}
+        fast = {n: p.detach() for n, p in self.adapt_support(params, learnables, sx, sy, steps).items()}
         frozen = {n: p.detach() for n, p in params.items()}
         return TorchAdapted(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
+
+    def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
+                      steps: int) -> Params:
+        """The adapted parameters :meth:`adapt` predicts with (one task, no task axis)."""
+        return self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)

@@ -18,7 +18,7 @@ from metaplug.errors import ConfigError
 from metaplug.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
 from metaplug.minibatches import EVAL, TRAIN, MiniBatchDraws
 from metaplug_torch import batching
-from metaplug_torch.algorithms.base import TorchAdapted, _numpy, check_count, check_rate
+from metaplug_torch.algorithms.base import _numpy, check_count, check_rate
 from metaplug_torch.algorithms.gradient import GradientAdaptation, Params
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
 from metaplug_torch.functional import task_loss
@@ -165,17 +165,13 @@ class Reptile(GradientAdaptation):
         loss, acc = self.loss_and_accuracy(self.query_output(params, fast, sx, qx), qy)
         return loss.detach(), before.detach(), acc.detach()
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
-        """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner
-        steps, from the inner Adam state left by training (unchanged)."""
-        steps = self.evaluation_steps(steps)
-        params, _ = self.evaluation_parameters()
-        sx, sy = self.backend.tensor(support_x, self.dtype), self.backend.tensor(support_y, self.dtype)
+    def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
+                      steps: int) -> Params:
+        """For :meth:`adapt`: the next evaluation mini-batches, from the inner Adam state left
+        by training (unchanged)."""
         draws = self.draws(EVAL, 1, steps, len(sx))
         fast, _ = self.adapt_with(params, sx, sy, steps, None if draws is None else draws[0], self.inner_adam)
-        fast = {n: p.detach() for n, p in fast.items()}
-        frozen = {n: p.detach() for n, p in params.items()}
-        return TorchAdapted(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
+        return fast
 
     # -- state --------------------------------------------------------------------------
     def inner_state(self) -> dict[str, np.ndarray]:
