@@ -1,10 +1,19 @@
 """metaplug: a plugin-based meta-learning framework.
 
-The host is framework-free: it defines the hook specifications
-(:mod:`metaplug.hookspecs`), discovers plugins through the ``metaplug``
-entry-point group (:mod:`metaplug.plugins`), looks components up by name
-(:mod:`metaplug.registry`) and ships the built-in task samplers
-(:mod:`metaplug.tasks`). PyTorch and TensorFlow live in plugins.
+The host is framework-free. Its packages:
+
+- :mod:`metaplug.contract`: what host and plugins share: the hooks, the component
+  record, the interfaces, declared options, schedules.
+- :mod:`metaplug.plugins`: discovery of the ``metaplug`` entry points, the registry
+  of components, the host's own built-in components.
+- :mod:`metaplug.experiment`: configuration, building, training, evaluation, benchmarks.
+- :mod:`metaplug.tasks`: the built-in task samplers and dataset files.
+- :mod:`metaplug.cli`: the ``metaplug`` command line.
+- :mod:`metaplug.testing`: the conformance suite for plugin authors.
+
+PyTorch and TensorFlow live in plugins. A plugin imports ``metaplug`` (``hookimpl``,
+``Component``, ``Register``, ``Options``, ``option``) and :mod:`metaplug.contract`,
+never :mod:`metaplug.plugins`.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ ENTRY_POINT_GROUP = "metaplug"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Decorator that marks a plugin's hook implementations."""
 
-from metaplug.records import Component  # noqa: E402  (after hookimpl: no cycle)
+from metaplug.contract.options import Options, option  # noqa: E402  (after hookimpl: no cycle)
+from metaplug.contract.records import Component, Register  # noqa: E402
 from metaplug.errors import MetaplugError  # noqa: E402
 
-__all__ = ["Component", "MetaplugError", "__version__", "hookimpl"]
+__all__ = ["Component", "MetaplugError", "Options", "Register", "__version__", "hookimpl", "option"]

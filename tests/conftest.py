@@ -3,7 +3,7 @@
 import pytest
 from doubles import DOUBLES
 
-from metaplug import plugins
+from metaplug.plugins import discovery as plugins
 
 
 @pytest.fixture

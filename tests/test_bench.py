@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from doubles import DOUBLES
 
-from metaplug import bench
+from metaplug.experiment import bench
 from metaplug.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import metaplug.cli.train  # noqa: F401  (adds the train command)
 from metaplug.cli import cli
-from metaplug.plugins import registry
+from metaplug.plugins.discovery import registry
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 CONFIGS = sorted(BENCHMARKS.glob("*.toml"))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from metaplug import plugins
+from metaplug.plugins import discovery as plugins
 from metaplug.errors import BackendNotSupportedError, ConfigError, PluginError, UnknownComponentError
 from plugin_factory import algorithm_plugin, write_plugin
 

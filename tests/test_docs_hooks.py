@@ -1,4 +1,4 @@
-"""docs/hooks.md documents every hook of metaplug/hookspecs.py with its exact signature."""
+"""docs/hooks.md documents every hook of metaplug/contract/hookspecs.py with its exact signature."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from metaplug import PROJECT_NAME, hookspecs
+from metaplug import PROJECT_NAME
+from metaplug.contract import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
 HEADING = re.compile(r"^## `(\w+)\((.*)\)`$", re.MULTILINE)
@@ -52,11 +53,11 @@ def test_hook_is_documented_with_its_signature(hook):
 def test_hook_version_added_is_declared_and_documented(hook):
     spec_doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
     match = VERSION_ADDED.search(spec_doc)
-    assert match, f"the docstring of {hook} in metaplug/hookspecs.py lacks '.. versionadded::'"
+    assert match, f"the docstring of {hook} in metaplug/contract/hookspecs.py lacks '.. versionadded::'"
     _, body = sections()[hook]
     assert f"*Added in {match.group(1)}.*" in body, f"docs/hooks.md does not say {hook} was added in {match.group(1)}"
 
 
 def test_docs_describe_no_unknown_hooks():
     unknown = set(sections()) - set(specs())
-    assert not unknown, f"docs/hooks.md documents hooks that metaplug/hookspecs.py lacks: {sorted(unknown)}"
+    assert not unknown, f"docs/hooks.md documents hooks that metaplug/contract/hookspecs.py lacks: {sorted(unknown)}"

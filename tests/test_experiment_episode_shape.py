@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metaplug import plugins
+from metaplug.plugins import discovery as plugins
 from metaplug.errors import ConfigError
 from metaplug.experiment import components, config
 
@@ -64,7 +64,7 @@ def test_protonet_scores_episodes_with_fewer_ways_than_it_was_built_for(backend_
     as prototypes, so a model built for 8 ways scores a 3-way episode exactly as one built for 3."""
     import numpy as np
 
-    from metaplug.interfaces import ModelSpec
+    from metaplug.contract.interfaces import ModelSpec
     from metaplug.testing.tasks import PrototypeSampler
 
     reg = plugins.registry()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug.minibatches import EVAL, TRAIN, MiniBatchDraws, draw_generator, mini_batches
+from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws, draw_generator, mini_batches
 
 
 def supervised_reptile_mini_batches(samples, batch_size, num_batches, shuffle):

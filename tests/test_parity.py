@@ -29,8 +29,8 @@ for _framework in ("torch", "tensorflow"):  # found without importing them at co
         pytest.skip(f"{_framework} is not installed", allow_module_level=True)
 
 from metaplug.errors import DatasetError  # noqa: E402
-from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec  # noqa: E402
-from metaplug.plugins import registry  # noqa: E402
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec  # noqa: E402
+from metaplug.plugins.discovery import registry  # noqa: E402
 from metaplug.tasks import SinusoidSampler  # noqa: E402
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}

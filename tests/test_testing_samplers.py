@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metaplug.datasets import data_dir
+from metaplug.tasks.datasets import data_dir
 from metaplug.testing import TaskSamplerConformance
 
 

@@ -37,7 +37,7 @@ def _load_commands() -> None:
     import importlib
     import pkgutil
 
-    from metaplug.plugins import add_commands
+    from metaplug.plugins.discovery import add_commands
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")

@@ -83,7 +83,7 @@ def discovered_in_fresh_process(distributions: list[str]) -> list[dict[str, Any]
 
 def describe_plugins(distributions: list[str]) -> list[dict[str, Any]]:
     """The plugins of ``distributions`` (canonical names) as discovery sees them in this process."""
-    from metaplug.plugins import discover
+    from metaplug.plugins.discovery import discover
 
     found = discover()
     wanted = {canonical(d) for d in distributions}
@@ -182,7 +182,7 @@ def uninstall_command(name: str, yes: bool) -> None:
 
     Refuses metaplug itself and distributions that are not metaplug plugins.
     """
-    from metaplug.plugins import discovery
+    from metaplug.plugins.discovery import discovery
 
     wanted = canonical(name)
     if wanted == canonical(PROJECT_NAME):

@@ -33,7 +33,7 @@ def bench_command(backend: str | None, algorithm: str | None, workload: str | No
     Reports the median time per meta-step, tasks per second and peak memory, each pair
     measured in its own process. Omniglot workloads use real data when it is found
     (METAPLUG_DATA_DIR) and random data of the same shapes otherwise."""
-    from metaplug.bench import bench_pair, plan
+    from metaplug.experiment.bench import bench_pair, plan
     from metaplug.cli.discovery import format_table
 
     if data_dir:
@@ -61,7 +61,7 @@ def bench_command(backend: str | None, algorithm: str | None, workload: str | No
 @click.argument("request")
 def bench_child_command(request: str) -> None:
     """Measure one pair (run by 'metaplug bench' in a fresh process); prints one JSON line."""
-    from metaplug.bench import child_main
+    from metaplug.experiment.bench import child_main
 
     click.echo(json.dumps(child_main(request)))
 

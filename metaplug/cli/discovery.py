@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from metaplug.cli import cli
-from metaplug.plugins import HOOK_FOR_KIND, discovery, registry
-from metaplug.records import KINDS
-from metaplug.registry import normalize_kind
+from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
+from metaplug.contract.records import KINDS
+from metaplug.plugins.registry import normalize_kind
 
 
 def echo_json(data: Any) -> None:

@@ -15,7 +15,7 @@ from metaplug.cli import cli
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the test task shown (default: the run's seed).")
 def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     """Draw PNG figures of a run (needs matplotlib: pip install 'metaplug[plot]')."""
-    from metaplug import plotting
+    from metaplug.experiment import plotting
     from metaplug.experiment.metrics import FILENAME, read_rows
     from metaplug.experiment.runner import load_run_config, restore
 

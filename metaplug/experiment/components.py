@@ -11,10 +11,10 @@ from typing import Any
 
 from metaplug.errors import ConfigError, suggest
 from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
-from metaplug.interfaces import ModelSpec, TaskSampler, TaskSpec
-from metaplug.plugins import registry as default_registry
-from metaplug.records import Component
-from metaplug.registry import Registry
+from metaplug.contract.interfaces import ModelSpec, TaskSampler, TaskSpec
+from metaplug.plugins.discovery import registry as default_registry
+from metaplug.contract.records import Component
+from metaplug.plugins.registry import Registry
 
 CONSTRUCTOR_ARGUMENTS = {
     "task-samplers": {"self", "split", "seed"},

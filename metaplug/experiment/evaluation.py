@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.interfaces import Algorithm, TaskSampler
+from metaplug.contract.interfaces import Algorithm, TaskSampler
 
 Z_95 = 1.96
 

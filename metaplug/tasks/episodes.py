@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import SPLITS, EpisodeBatch, TaskSpec
+from metaplug.contract.interfaces import SPLITS, EpisodeBatch, TaskSpec
 
 _SPLIT_KEYS = {name: index for index, name in enumerate(SPLITS)}
 

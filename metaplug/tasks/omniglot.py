@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metaplug.datasets import cache_dir, data_dir, download, file_digest, read_sha256sums
+from metaplug.tasks.datasets import cache_dir, data_dir, download, file_digest, read_sha256sums
 from metaplug.errors import ConfigError, DatasetError
-from metaplug.interfaces import TaskSpec
+from metaplug.contract.interfaces import TaskSpec
 from metaplug.tasks.episodes import EpisodeSampler, NWayKShot, split_rng
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.tasks.episodes import check_positive, rng_state, set_rng_state, split_rng
 
 

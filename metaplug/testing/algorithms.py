@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch
-from metaplug.records import PROBLEMS
+from metaplug.contract.interfaces import EpisodeBatch
+from metaplug.contract.records import PROBLEMS
 from metaplug.testing.components import ComponentConformance
 from metaplug.testing.harness import build_algorithm
 from metaplug.testing.layouts import mlp_layout, model_weights

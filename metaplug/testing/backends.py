@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metaplug.interfaces import Backend, ModelSpec, TaskSpec
+from metaplug.contract.interfaces import Backend, ModelSpec, TaskSpec
 from metaplug.testing.components import ComponentConformance
 from metaplug.testing.harness import build_algorithm
 from metaplug.testing.layouts import conv4_layout, mlp_layout, model_weights

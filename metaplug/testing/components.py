@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any, ClassVar
 
-from metaplug.plugins import discovery, registry
-from metaplug.records import Component, validate
+from metaplug.plugins.discovery import discovery, registry
+from metaplug.contract.records import Component, validate
 from metaplug.testing.probe import FRAMEWORKS, run_probe
 
 

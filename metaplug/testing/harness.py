@@ -6,8 +6,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from metaplug.interfaces import ModelSpec, TaskSpec
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import ModelSpec, TaskSpec
+from metaplug.plugins.discovery import registry
 
 
 def build_algorithm(

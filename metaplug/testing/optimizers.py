@@ -148,7 +148,7 @@ class OptimizerConformance(ComponentConformance):
 @functools.lru_cache(maxsize=None)
 def _algorithm_checks(cls: type[OptimizerConformance]) -> type[AlgorithmConformance]:
     attributes: dict[str, Any] = {"algorithm": cls.reference_algorithm, "backend": cls.backend}
-    from metaplug.plugins import registry
+    from metaplug.plugins.discovery import registry
 
     role = registry().get("optimizers", cls.optimizer, cls.backend).role
     if role == "outer":

@@ -29,7 +29,7 @@ def _entry_module(plugin: str) -> str:
     from importlib import metadata
 
     from metaplug import ENTRY_POINT_GROUP
-    from metaplug.plugins import BUILTIN_PLUGIN, builtin
+    from metaplug.plugins.discovery import BUILTIN_PLUGIN, builtin
 
     if plugin == BUILTIN_PLUGIN:
         return builtin.__name__
@@ -49,7 +49,7 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
     importlib.import_module(module)
     report["after_entry_module"] = frameworks_loaded()
 
-    from metaplug.plugins import discover
+    from metaplug.plugins.discovery import discover
 
     found = discover()
     report["after_discovery"] = frameworks_loaded()

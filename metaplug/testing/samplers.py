@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.testing.components import ComponentConformance
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.interfaces import SPLITS, TaskSpec
+from metaplug.contract.interfaces import SPLITS, TaskSpec
 from metaplug.tasks.episodes import EpisodeSampler, LabelledArrays, NWayKShot, split_rng
 
 

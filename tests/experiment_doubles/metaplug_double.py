@@ -18,7 +18,7 @@ import numpy as np
 
 import metaplug
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 
 
 @metaplug.hookimpl

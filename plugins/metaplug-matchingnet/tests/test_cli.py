@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from metaplug.datasets import data_dir
+from metaplug.tasks.datasets import data_dir
 
 
 @pytest.mark.skipif(not (data_dir("omniglot") / "images_background.zip").is_file(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metaplug.datasets import data_dir
+from metaplug.tasks.datasets import data_dir
 from metaplug.errors import ConfigError
 from metaplug.testing import PrototypeSampler, build_algorithm
 

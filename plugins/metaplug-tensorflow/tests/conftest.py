@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.plugins.discovery import registry
 from metaplug.tasks import LabelledArrays, NWayKShot, SinusoidSampler
 from metaplug_tensorflow.backend import TensorFlowBackend
 from metaplug_tensorflow.optimizers import sgd

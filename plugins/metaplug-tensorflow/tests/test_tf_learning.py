@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import DatasetError
-from metaplug.interfaces import ModelSpec
+from metaplug.contract.interfaces import ModelSpec
 from metaplug.tasks import SinusoidSampler
 from metaplug_tensorflow.algorithms import MAML, FineTune, ProtoNet
 from metaplug_tensorflow.backend import TensorFlowBackend

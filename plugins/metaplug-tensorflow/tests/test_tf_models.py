@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import ModelSpec
+from metaplug.contract.interfaces import ModelSpec
 from metaplug_tensorflow.backend import TensorFlowBackend
 from metaplug_tensorflow.layout import channels_last, to_native, to_shared
 

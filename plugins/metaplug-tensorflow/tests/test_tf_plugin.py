@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from metaplug.errors import ConfigError, MetaplugError
-from metaplug.interfaces import Algorithm, Backend
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import Algorithm, Backend
+from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil", "metasgd", "protonet", "finetune")
@@ -35,7 +35,7 @@ def test_every_component_is_registered_for_tensorflow():
 def test_discovery_imports_no_framework():
     code = (
         "import sys, json\n"
-        "from metaplug.plugins import registry\n"
+        "from metaplug.plugins.discovery import registry\n"
         "names = registry().names('algorithms')\n"
         "import metaplug_tensorflow.plugin\n"
         "print(json.dumps([names, sorted(m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules)]))\n"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug.minibatches import draw_generator, mini_batches
+from metaplug.contract.minibatches import draw_generator, mini_batches
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.losses import task_losses
 from metaplug_tensorflow.optimizers import adam, rmsprop, sgd

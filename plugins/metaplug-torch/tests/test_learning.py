@@ -7,8 +7,8 @@ import functools
 import pytest
 
 from metaplug.errors import DatasetError
-from metaplug.interfaces import ModelSpec
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import ModelSpec
+from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 from metaplug_torch import optimizers
 from metaplug_torch.backend import TorchBackend

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import ModelSpec
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import ModelSpec
+from metaplug.plugins.discovery import registry
 from metaplug_torch.backend import TorchBackend
 from metaplug_torch.inner import InnerRule
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, regression_batch
@@ -35,7 +35,7 @@ def test_every_component_is_registered_for_torch():
 
 
 def test_discovery_imports_no_torch():
-    code = ("import sys, metaplug.plugins as p; p.registry().names('algorithms'); "
+    code = ("import sys, metaplug.plugins.discovery as p; p.registry().names('algorithms'); "
             "import metaplug_torch.plugin; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from metaplug.errors import DatasetError
-from metaplug.interfaces import ModelSpec
+from metaplug.contract.interfaces import ModelSpec
 from metaplug_torch import optimizers
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm
 from metaplug_torch.backend import TorchBackend

@@ -12,9 +12,9 @@ import torch
 
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
 from metaplug.errors import ConfigError, DatasetError
-from metaplug.interfaces import EpisodeBatch, ModelSpec
-from metaplug.minibatches import draw_generator, mini_batches
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug.contract.minibatches import draw_generator, mini_batches
+from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 from metaplug_torch import optimizers
 from metaplug_torch.algorithms.reptile import AdamState, adam_step

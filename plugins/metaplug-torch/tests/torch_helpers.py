@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import torch
 
-from metaplug.interfaces import EpisodeBatch, ModelSpec, TaskSpec
-from metaplug.plugins import registry
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.plugins.discovery import registry
 from metaplug_torch.backend import TorchBackend
 
 SINUSOID = TaskSpec("regression", (1,), 1, None, "mlp")

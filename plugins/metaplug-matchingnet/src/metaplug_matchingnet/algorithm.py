@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metaplug.errors import ConfigError
-from metaplug.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_rate
 from metaplug_torch.backend import TorchBackend, TorchEpisodes
 from metaplug_torch.functional import Params, one_hot

@@ -5,8 +5,7 @@ no ``import torch`` here. ``target`` names the class; the host imports it only w
 the algorithm is used.
 """
 
-from metaplug import Component, hookimpl
-from metaplug.hookspecs import Register
+from metaplug import Component, Register, hookimpl
 
 
 @hookimpl

@@ -1,0 +1,94 @@
+"""The hooks a metaplug plugin implements: the whole contract between host and plugins.
+
+A plugin is a module (named by an entry point in the ``metaplug`` group) with
+functions decorated by :data:`metaplug.hookimpl`. Each ``register_*`` hook receives
+a ``register`` callback; call it once per component with a
+:class:`metaplug.Component`. Hooks run once per process, the first time a
+component or the plugin list is needed, and must be cheap: import no deep
+learning framework here, name the implementation with ``target`` instead.
+
+A hook implementation may accept fewer arguments than its spec (pluggy passes
+only the names it asks for), so new arguments can be added to a spec without
+breaking existing plugins. See ``docs/hooks.md`` for the compatibility policy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from metaplug import PROJECT_NAME
+from metaplug.contract.records import Register
+
+if TYPE_CHECKING:
+    import click
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_backends(register: Register) -> None:
+    """Register tensor backends (``torch``, ``tensorflow``, ...).
+
+    :param register: call with ``Component(name, summary, target)``. ``target``
+        names a class implementing :class:`metaplug.contract.interfaces.Backend`; it is
+        instantiated with no arguments when the backend is first used, or with
+        ``device=`` when the user sets one (accept that keyword to be placeable).
+        ``backends`` and ``problems`` stay empty.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
+def register_algorithms(register: Register) -> None:
+    """Register meta-learning algorithms.
+
+    :param register: call with ``Component(name, summary, target, backends,
+        problems)``. ``target`` names a class implementing
+        :class:`metaplug.contract.interfaces.Algorithm`; ``backends`` lists the backends
+        that class runs on and ``problems`` the problem kinds it supports. Register
+        one record per implementation: the same ``name`` may be registered for
+        different backends by different plugins.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
+def register_task_samplers(register: Register) -> None:
+    """Register task samplers (datasets of episodes).
+
+    :param register: call with ``Component(name, summary, target, problems)``.
+        ``target`` names a class implementing :class:`metaplug.contract.interfaces.TaskSampler`;
+        ``problems`` holds exactly the one problem kind its episodes pose.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Register outer optimizers and inner-loop update rules.
+
+    :param register: call with ``Component(name, summary, target, backends,
+        role)``. With ``role="outer"``, ``target`` names an
+        :class:`metaplug.contract.interfaces.OptimizerFactory` for the meta-parameters;
+        with ``role="inner"``, a backend-specific inner-loop update rule
+        (see the backend plugin's documentation for its interface).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``metaplug`` CLI.
+
+    :param cli: the top-level :class:`click.Group`; add commands with
+        ``@cli.command()``. Keep heavy imports inside the command functions.
+        Called once when the CLI starts.
+
+    .. versionadded:: 0.1.0
+    """

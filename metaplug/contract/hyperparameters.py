@@ -1,0 +1,173 @@
+"""The options of the standard algorithms and outer optimizers, declared once for every backend.
+
+``metaplug-torch`` and ``metaplug-tensorflow`` implement the same algorithms with these
+declarations, so one configuration means the same thing on both. A third-party
+implementation of a standard algorithm (say ``maml`` on another backend) should use
+them too; a new algorithm declares its own :class:`~metaplug.contract.options.Options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from metaplug.contract.options import Options, option
+from metaplug.errors import ConfigError
+
+BATCHING: tuple[str, ...] = ("auto", "vectorized", "loop", "reference")
+"""How the tasks of a meta-batch run. ``vectorized``: all at once (``torch.func.vmap``,
+TensorFlow's task axis); ``loop``: one task at a time, so memory holds one task's graph;
+``reference``: torch only, the plain per-task loop of learn2learn and higher (the
+benchmarks' baseline); ``auto``: what was measured fastest for the model and device."""
+
+
+# -- algorithms ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchingOptions(Options):
+    """Options every standard algorithm has."""
+
+    batching: str = option("auto", choices=BATCHING, help="how the tasks of a meta-batch run: " + ", ".join(BATCHING))
+
+
+@dataclass(frozen=True)
+class InnerLoopOptions(BatchingOptions):
+    """Options of the algorithms that adapt by gradient steps on the support set."""
+
+    inner_lr: float = option(0.01, minimum=0, exclusive=True, help="inner-loop learning rate (initial rate of learned rules)")
+    inner_steps: int = option(1, minimum=1, help="inner steps per task during meta-training")
+    test_inner_steps: int | None = option(None, minimum=0, help="inner steps in evaluate and adapt (None: inner_steps)")
+    transductive: bool = option(
+        True, help="evaluation predicts all query examples in one batch; false: each with the support set")
+
+    @property
+    def evaluation_steps(self) -> int:
+        """``test_inner_steps``, or ``inner_steps`` when it is unset."""
+        return self.inner_steps if self.test_inner_steps is None else self.test_inner_steps
+
+
+@dataclass(frozen=True)
+class FOMAMLOptions(InnerLoopOptions):
+    """First-order MAML."""
+
+    inner_rule: str = option("inner-sgd", help="inner-loop update rule: an optimizer with role 'inner'")
+
+
+@dataclass(frozen=True)
+class MAMLOptions(FOMAMLOptions):
+    """MAML and ANIL."""
+
+    first_order: bool = option(False, help="treat the inner gradients as constants (FOMAML)")
+
+
+@dataclass(frozen=True)
+class MetaSGDOptions(MAMLOptions):
+    """Meta-SGD: MAML with the learned-rate rule."""
+
+    inner_rule: str = option("inner-metasgd", help="inner-loop update rule: an optimizer with role 'inner'")
+
+
+@dataclass(frozen=True)
+class ReptileOptions(InnerLoopOptions):
+    """Reptile, with the published protocol's inner Adam and mini-batches as options."""
+
+    inner_steps: int = option(5, minimum=1, help="inner steps per task during meta-training")
+    inner_optimizer: str = option("sgd", choices=("sgd", "adam"),
+                                  help="sgd: p - inner_lr * grad; adam: TF1's Adam, state carried from task to task")
+    inner_batch_size: int | None = option(None, minimum=1,
+                                          help="support examples per inner step in meta-training (None: all)")
+    test_inner_batch_size: int | None = option(None, minimum=1,
+                                               help="support examples per inner step in evaluate and adapt "
+                                                    "(None: inner_batch_size)")
+    adam_beta1: float = option(0.0, minimum=0, maximum=1, below_maximum=True, help="the inner Adam's beta1")
+    adam_beta2: float = option(0.999, minimum=0, maximum=1, below_maximum=True, help="the inner Adam's beta2")
+    adam_epsilon: float = option(1e-8, minimum=0, exclusive=True, help="the inner Adam's epsilon")
+
+    @property
+    def evaluation_batch_size(self) -> int | None:
+        """``test_inner_batch_size``, or ``inner_batch_size`` when it is unset."""
+        return self.inner_batch_size if self.test_inner_batch_size is None else self.test_inner_batch_size
+
+
+@dataclass(frozen=True)
+class ProtoNetOptions(BatchingOptions):
+    """Prototypical Networks."""
+
+    distance: str = option("euclidean", choices=("euclidean", "cosine"),
+                           help="logits: minus the squared Euclidean distance, or the cosine similarity")
+
+
+@dataclass(frozen=True)
+class FineTuneOptions(BatchingOptions):
+    """The fine-tuning baseline."""
+
+    inner_lr: float = option(0.01, minimum=0, exclusive=True, help="fine-tuning learning rate")
+    test_inner_steps: int = option(10, minimum=0, help="fine-tuning steps in evaluate and adapt")
+    finetune: str = option("all", choices=("all", "head"), help="all: features and head; head: features frozen")
+
+    @property
+    def evaluation_steps(self) -> int:
+        return self.test_inner_steps
+
+
+# -- outer optimizers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleOptions(Options):
+    """Weight decay and the learning-rate schedule every standard outer optimizer has
+    (see :func:`metaplug.contract.schedules.learning_rate`)."""
+
+    weight_decay: float = option(0.0, minimum=0, help="L2 penalty added to the gradient")
+    decay_every: int = option(0, minimum=0, help="multiply the rate by decay_rate every N steps (0: never)")
+    decay_rate: float = option(0.5, minimum=0, maximum=1, exclusive=True, help="factor of the step decay")
+    final_lr: float | None = option(None, minimum=0, help="anneal the rate linearly to this value")
+    anneal_steps: int = option(0, minimum=0, help="steps over which the rate is annealed to final_lr")
+
+    def validate(self) -> None:
+        if self.final_lr is None and self.anneal_steps:
+            raise ConfigError(f"anneal_steps ({self.anneal_steps!r}) needs final_lr, the learning rate to anneal to")
+        if self.final_lr is not None and self.anneal_steps < 1:
+            raise ConfigError(f"anneal_steps must be at least 1 with final_lr, got {self.anneal_steps!r}")
+        if self.final_lr is not None and self.decay_every:
+            raise ConfigError("final_lr (linear annealing) and decay_every (step decay) cannot be combined")
+
+
+@dataclass(frozen=True)
+class SGDOptions(ScheduleOptions):
+    """SGD, optionally with (Nesterov) momentum."""
+
+    momentum: float = option(0.0, minimum=0, help="momentum factor (PyTorch's form, no dampening)")
+    nesterov: bool = option(False, help="Nesterov momentum")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nesterov and not self.momentum:
+            raise ConfigError("nesterov needs a positive momentum")
+
+
+@dataclass(frozen=True)
+class AdamOptions(ScheduleOptions):
+    """Adam (Kingma and Ba 2015), PyTorch's form."""
+
+    betas: tuple[float, float] = option((0.9, 0.999), minimum=0, maximum=1, below_maximum=True,
+                                        help="decay rates of the first and second moments")
+    eps: float = option(1e-8, minimum=0, exclusive=True, help="added to the bias-corrected root")
+    amsgrad: bool = option(False, help="use the maximum of past second moments (Reddi et al. 2018)")
+
+
+@dataclass(frozen=True)
+class RMSpropOptions(ScheduleOptions):
+    """RMSprop, PyTorch's form."""
+
+    alpha: float = option(0.99, minimum=0, maximum=1, below_maximum=True, help="decay of the squared-gradient average")
+    eps: float = option(1e-8, minimum=0, exclusive=True, help="added to the root")
+    momentum: float = option(0.0, minimum=0, help="momentum factor")
+    centered: bool = option(False, help="normalise by the variance instead of the second moment")
+
+
+__all__ = [
+    "BATCHING", "AdamOptions", "BatchingOptions", "FOMAMLOptions", "FineTuneOptions", "InnerLoopOptions",
+    "MAMLOptions", "MetaSGDOptions", "ProtoNetOptions", "RMSpropOptions", "ReptileOptions", "SGDOptions",
+    "ScheduleOptions",
+]

@@ -1,0 +1,319 @@
+"""Benchmark workloads, defined once for every backend, and their timing in child processes.
+
+A workload is an episode shape (``sinusoid`` or ``omniglot``) and an algorithm with fixed
+hyper-parameters; its name is ``<shape>-<algorithm>``. The named workloads follow the
+PyTorch plugin's issue:
+
+``sinusoid-maml``
+    MLP 1-40-40-1, 25 tasks per meta-batch, K=10 support and 10 query points, one inner
+    SGD step with lr 0.01, second order, Adam outer step.
+``omniglot-maml`` / ``omniglot-fomaml``
+    conv4 on 1x28x28, 5-way 1-shot with 15 queries per class, 32 tasks per meta-batch, one
+    inner step with lr 0.4, second resp. first order.
+``omniglot-protonet``
+    the same episodes, Prototypical Networks.
+
+Other algorithms run on the shapes their problems allow, with their default
+hyper-parameters and the shape's inner learning rate. Each (backend, workload) pair is
+timed in its own process (:func:`measure` is the child's side), so that one pair's memory
+and caches do not count against another's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metaplug.errors import ConfigError, DatasetError, suggest
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Episodes and model of a workload."""
+
+    name: str
+    problem: str
+    model: str
+    meta_batch_size: int
+    task_options: dict[str, int]
+    inner_lr: float
+
+
+SHAPES: dict[str, Shape] = {
+    "sinusoid": Shape("sinusoid", "regression", "mlp", 25, {"shots": 10, "queries": 10}, 0.01),
+    "omniglot": Shape("omniglot", "classification", "conv4", 32, {"ways": 5, "shots": 1, "queries": 15}, 0.4),
+}
+
+NAMED: dict[str, dict[str, Any]] = {
+    "sinusoid-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
+    "omniglot-maml": {"inner_lr": 0.4, "inner_steps": 1, "first_order": False},
+    "omniglot-fomaml": {"inner_lr": 0.4, "inner_steps": 1},
+    "omniglot-protonet": {},
+}
+"""Workloads with fixed hyper-parameters; their algorithms get no generic workloads."""
+
+OUTER = {"optimizer": "adam", "lr": 0.001}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    shape: Shape
+    algorithm: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """Fixed hyper-parameters; ``None`` for a generic workload (defaults plus the shape's ``inner_lr``)."""
+    generic: bool = False
+
+
+def workload(name: str) -> Workload:
+    """The workload called ``name`` (``<shape>-<algorithm>``)."""
+    shape_name, _, algorithm = name.partition("-")
+    if shape_name not in SHAPES or not algorithm:
+        known = [*NAMED, *(f"{s}-<algorithm>" for s in SHAPES)]
+        raise ConfigError(f"unknown workload {name!r}.{suggest(name, NAMED)} Workloads: {', '.join(known)}")
+    if name in NAMED:
+        return Workload(name, SHAPES[shape_name], algorithm, dict(NAMED[name]))
+    return Workload(name, SHAPES[shape_name], algorithm, {}, generic=True)
+
+
+def workloads_for(algorithm: str, problems: tuple[str, ...]) -> list[Workload]:
+    """The workloads an algorithm is measured on: its named ones, else one per shape it supports."""
+    named = [workload(n) for n in NAMED if n.split("-", 1)[1] == algorithm]
+    if named:
+        return named
+    return [workload(f"{s.name}-{algorithm}") for s in SHAPES.values() if s.problem in problems]
+
+
+def conv4_forward_flops(input_shape: tuple[int, ...], ways: int, filters: int = 64) -> int:
+    """Multiply-adds x 2 of conv4 (max-pooling) and its head on one image; ReLU, BN, pooling not counted."""
+    channels, height, width = input_shape
+    flops = 0
+    for _ in range(4):
+        flops += 2 * height * width * filters * channels * 9
+        channels, height, width = filters, height // 2, width // 2
+    return flops + 2 * filters * height * width * ways
+
+
+def nominal_gflop(w: Workload) -> float | None:
+    """Forward and backward (3x forward) of the model over every support and query image of a
+    meta-batch: the usual nominal count (second-order terms not counted). Conv4 workloads only."""
+    if w.shape.model != "conv4":
+        return None
+    options = w.shape.task_options
+    images = w.shape.meta_batch_size * options["ways"] * (options["shots"] + options["queries"])
+    return 3 * images * conv4_forward_flops((1, 28, 28), options["ways"]) / 1e9
+
+
+# -- child side -----------------------------------------------------------------------------
+
+
+def episodes(w: Workload, count: int, seed: int = 0) -> tuple[list[EpisodeBatch], TaskSpec, str]:
+    """``count`` meta-batches of the workload: real data where available, else seeded random
+    data of the same shapes. Returns the batches, their spec and a description of the source."""
+    from metaplug.plugins.discovery import registry
+
+    sampler_class = registry().load("task-samplers", w.shape.name)
+    try:
+        sampler = sampler_class(split="train", seed=seed, **w.shape.task_options)
+    except DatasetError:
+        return _random_omniglot(w, count, seed)
+    source = "sinusoid (generated)" if w.shape.name == "sinusoid" else f"{w.shape.name} (real)"
+    return [sampler.sample(w.shape.meta_batch_size) for _ in range(count)], sampler.spec, source
+
+
+def _random_omniglot(w: Workload, count: int, seed: int) -> tuple[list[EpisodeBatch], TaskSpec, str]:
+    rng = np.random.default_rng(seed)
+    ways, shots, queries = (w.shape.task_options[k] for k in ("ways", "shots", "queries"))
+    tasks, classes = w.shape.meta_batch_size, 4400
+    spec = TaskSpec("classification", (1, 28, 28), ways, num_classes=classes, default_model="conv4")
+
+    def labels(per_class: int) -> np.ndarray:
+        return np.broadcast_to(np.repeat(np.arange(ways, dtype=np.int64), per_class), (tasks, ways * per_class)).copy()
+
+    batches = [
+        EpisodeBatch(
+            support_x=rng.random((tasks, ways * shots, 1, 28, 28), dtype=np.float32),
+            support_y=labels(shots),
+            query_x=rng.random((tasks, ways * queries, 1, 28, 28), dtype=np.float32),
+            query_y=labels(queries),
+            problem="classification",
+            classes=np.stack([rng.choice(classes, ways, replace=False) for _ in range(tasks)]).astype(np.int64),
+        )
+        for _ in range(count)
+    ]
+    return batches, spec, "random (Omniglot not found)"
+
+
+def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
+            batching: str | None = None) -> dict[str, Any]:
+    """Time ``steps`` meta-training steps after ``warmup`` untimed ones (the child's work)."""
+    from metaplug.experiment.components import CONSTRUCTOR_ARGUMENTS, keyword_parameters
+    from metaplug.plugins.discovery import registry
+
+    reg = registry()
+    w = workload(workload_name)
+    algorithm_class = reg.load("algorithms", w.algorithm, backend=backend_name)
+    parameters = keyword_parameters(algorithm_class, CONSTRUCTOR_ARGUMENTS["algorithms"])
+    options = dict(w.hyperparameters)
+    if w.generic and (parameters is None or "inner_lr" in parameters):
+        options["inner_lr"] = w.shape.inner_lr
+    if batching is not None:
+        if parameters is not None and "batching" not in parameters:
+            raise ConfigError(f"{w.algorithm} ({backend_name}) has no batching option")
+        options["batching"] = batching
+    backend = reg.load("backends", backend_name)()
+    backend.seed(0)
+    batches, spec, source = episodes(w, min(steps + warmup, 4))
+    model = backend.build_model(ModelSpec(w.shape.model, spec.input_shape, spec.output_size))
+    factory = functools.partial(reg.load("optimizers", OUTER["optimizer"], backend=backend_name), lr=OUTER["lr"])
+    algorithm = algorithm_class(backend=backend, model=model, spec=spec, optimizer=factory, **options)
+    for i in range(warmup):
+        algorithm.meta_train_step(batches[i % len(batches)])
+    times = []
+    for i in range(steps):
+        began = time.perf_counter()
+        algorithm.meta_train_step(batches[(warmup + i) % len(batches)])
+        times.append(time.perf_counter() - began)
+    median = statistics.median(times)
+    return {
+        "backend": backend_name,
+        "algorithm": w.algorithm,
+        "workload": w.name,
+        "batching": options.get("batching", _default(parameters, "batching")),
+        "batching_used": _resolved_batching(algorithm),
+        "median_ms": round(1000 * median, 3),
+        "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "steps": steps,
+        "warmup": warmup,
+        "data": source,
+        "device": str(getattr(backend, "device", "cpu")),
+    }
+
+
+def _default(parameters: dict[str, Any] | None, name: str) -> Any:
+    parameter = (parameters or {}).get(name)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# -- parent side ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    backend: str
+    workload: Workload
+
+
+def plan(backend: str | None = None, algorithm: str | None = None, workload_name: str | None = None) -> list[Pair]:
+    """Every (backend, workload) pair to measure, filtered by the given names."""
+    from metaplug.plugins.discovery import registry
+
+    reg = registry()
+    backends = [reg.get("backends", backend).name] if backend else reg.names("backends")
+    if not backends:
+        raise ConfigError("no backend is installed; install one, e.g. pip install metaplug-torch")
+    chosen = workload(workload_name) if workload_name else None
+    if algorithm:
+        reg.get("algorithms", algorithm)  # unknown name: error with suggestions
+    if chosen and algorithm and chosen.algorithm != algorithm:
+        raise ConfigError(f"workload {chosen.name!r} runs {chosen.algorithm!r}, not {algorithm!r}")
+    names = [chosen.algorithm] if chosen else ([algorithm] if algorithm else reg.names("algorithms"))
+    pairs = []
+    for b in backends:
+        for name in names:
+            records = [r for r in reg.records("algorithms", name) if b in r.backends]
+            if not records:
+                if backend and (algorithm or chosen):
+                    reg.get("algorithms", name, backend=b)  # error listing the backends it has
+                continue
+            problems = tuple(p for r in records for p in r.problems)
+            candidates = workloads_for(name, problems)
+            if chosen:
+                if chosen.shape.problem not in problems:
+                    raise ConfigError(f"algorithm {name!r} does not support {chosen.shape.problem} "
+                                      f"(workload {chosen.name!r})")
+                candidates = [chosen]
+            pairs += [Pair(b, w) for w in candidates]
+    if not pairs:
+        raise ConfigError("nothing to benchmark: no installed algorithm matches")
+    return pairs
+
+
+def run_child(pair: Pair, steps: int, warmup: int, batching: str | None = None,
+              timeout: float | None = None) -> dict[str, Any]:
+    """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process."""
+    request = json.dumps({"backend": pair.backend, "workload": pair.workload.name, "steps": steps,
+                          "warmup": warmup, "batching": batching})
+    command = [sys.executable, "-m", "metaplug", "bench-child", request]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        message = lines[-1] if lines else f"exit status {done.returncode}"
+        return {"error": message.removeprefix("Error: ")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_pair(pair: Pair, steps: int, warmup: int, reference: bool = False,
+               timeout: float | None = None, batching: str | None = None) -> dict[str, Any]:
+    """One output row: the measurement (with ``batching``, that mode instead of the
+    algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
+    per-task loop (``batching="reference"``)."""
+    row: dict[str, Any] = {"backend": pair.backend, "algorithm": pair.workload.algorithm,
+                           "workload": pair.workload.name}
+    row.update(run_child(pair, steps, warmup, batching=batching, timeout=timeout))
+    gflop = nominal_gflop(pair.workload)
+    if gflop is not None:
+        row["nominal_gflop"] = round(gflop, 1)
+        if row.get("median_ms"):
+            row["gflop_per_s"] = round(gflop / (row["median_ms"] / 1000), 1)
+    if reference:
+        measured = run_child(pair, steps, warmup, batching="reference", timeout=timeout)
+        if "error" in measured:
+            row["reference"] = f"not measured: {measured['error']}"
+        else:
+            row["reference_median_ms"] = measured["median_ms"]
+            if row.get("median_ms"):
+                row["speedup"] = round(measured["median_ms"] / row["median_ms"], 2)
+    return row
+
+
+def _resolved_batching(algorithm: Any) -> str | None:
+    """The mode an ``"auto"`` batching resolved to (torch: ``mode``; TensorFlow: ``batching``).
+    An algorithm may still run some work its own way (Reptile with inner Adam trains task
+    by task whatever the mode)."""
+    value = getattr(algorithm, "mode", None) or getattr(algorithm, "batching", None)
+    return value if isinstance(value, str) else None
+
+
+def child_main(request_json: str) -> dict[str, Any]:
+    """Parse the parent's request and measure (raises :class:`MetaplugError` on bad requests)."""
+    try:
+        request = json.loads(request_json)
+        arguments = (str(request["backend"]), str(request["workload"]), int(request["steps"]),
+                     int(request["warmup"]), request.get("batching"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"bad bench-child request: {exc}") from exc
+    return measure(*arguments)
+
+
+__all__ = ["NAMED", "SHAPES", "Pair", "Workload", "bench_pair", "measure", "plan", "workload"]

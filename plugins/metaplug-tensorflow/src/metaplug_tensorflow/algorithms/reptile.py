@@ -1,0 +1,210 @@
+"""Reptile (Nichol et al. 2018): move the initialisation towards the adapted weights.
+
+Besides plain full-batch gradient descent, the inner loop can run the published protocol
+(supervised-reptile, Appendix A of the paper): Adam with ``beta1 = 0`` whose state carries
+over from task to task, on mini-batches of the support set, with non-transductive
+evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws
+from metaplug_tensorflow._tf import tf
+from metaplug_tensorflow.algorithms.base import Weights, check_int, check_positive, tile
+from metaplug_tensorflow.algorithms.maml import GradientMetaLearner
+from metaplug_tensorflow.backend import TensorFlowBackend
+from metaplug_tensorflow.models import FunctionalModel
+from metaplug_tensorflow.optimizers import OuterOptimizer
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+AdamState = tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]
+"""The inner Adam's first and second moments (per weight, with a task axis) and step count."""
+
+
+class Reptile(GradientMetaLearner):
+    """Reptile: the outer "gradient" is ``theta - mean_i(phi_i)``, ``phi_i`` the weights after
+    ``inner_steps`` inner steps on task ``i``'s support set; with SGD at rate ``eps`` this is
+    ``theta <- theta + eps (mean phi - theta)``.
+
+    :param inner_lr: inner-loop learning rate.
+    :param inner_steps: inner steps during meta-training.
+    :param test_inner_steps: inner steps in ``adapt``/``evaluate`` (``None``: ``inner_steps``).
+    :param inner_optimizer: ``"sgd"`` (``p - inner_lr * grad``) or ``"adam"`` (TF1's
+        ``AdamOptimizer`` at ``inner_lr``; its state carries over from task to task during
+        meta-training, one task after another, and is saved; ``evaluate`` and ``adapt``
+        start every task from it and leave it unchanged, as supervised-reptile does).
+    :param inner_batch_size: support examples per inner step during meta-training
+        (``None``: all of them), drawn by :class:`metaplug.contract.minibatches.MiniBatchDraws` from
+        the run's seed (``backend.seed_value``) as supervised-reptile's ``_mini_batches``;
+        the seed and counters are saved.
+    :param test_inner_batch_size: the same in ``adapt``/``evaluate`` (``None``:
+        ``inner_batch_size``).
+    :param adam_beta1: the inner Adam's ``beta1`` (supervised-reptile: 0).
+    :param adam_beta2: the inner Adam's ``beta2``.
+    :param adam_epsilon: the inner Adam's ``epsilon``.
+    :param transductive: at evaluation, predict all query examples in one batch (else each
+        with the support set, supervised-reptile's non-transductive mode).
+    :param batching: ``"auto"``, ``"vectorized"`` or ``"loop"`` over the tasks of a batch
+        (meta-training with ``inner_optimizer="adam"`` always runs the tasks one by one).
+    """
+
+    name = "reptile"
+
+    def __init__(self, backend: TensorFlowBackend | None = None, model: FunctionalModel | None = None,
+                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
+                 inner_lr: float = 0.01, inner_steps: int = 5, test_inner_steps: int | None = None,
+                 inner_optimizer: str = "sgd", inner_batch_size: int | None = None,
+                 test_inner_batch_size: int | None = None, adam_beta1: float = 0.0, adam_beta2: float = 0.999,
+                 adam_epsilon: float = 1e-8, transductive: bool = True, batching: str = "auto") -> None:
+        if spec is None:
+            raise ConfigError("reptile needs the task spec")
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ConfigError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
+                              f"got {inner_optimizer!r}")
+        self.inner_optimizer = inner_optimizer
+        self.inner_batch_size = None if inner_batch_size is None else check_int("inner_batch_size", inner_batch_size, 1)
+        self.test_inner_batch_size = (self.inner_batch_size if test_inner_batch_size is None
+                                      else check_int("test_inner_batch_size", test_inner_batch_size, 1))
+        for name, beta in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
+            if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {beta!r}")
+        self.adam_beta1, self.adam_beta2 = float(adam_beta1), float(adam_beta2)
+        self.adam_epsilon = check_positive("adam_epsilon", adam_epsilon)
+        super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
+                         "inner-sgd", batching, transductive)
+        if self.inner_optimizer == "adam":
+            with self.backend.scope():
+                self.adam_m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
+                self.adam_v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
+                self.adam_t = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.register_state({**{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m)},
+                                 **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v)},
+                                 "inner_adam.t": self.adam_t})
+        self.batches = MiniBatchDraws(self.backend.seed_value, self.inner_batch_size, self.test_inner_batch_size)
+
+    # -- mini-batches ------------------------------------------------------------------
+
+    def draws(self, stream: int, tasks: int, steps: int, size: int) -> tuple[tf.Tensor, ...]:
+        """``((tasks, steps, batch) indices,)`` of the mini-batches of the next ``tasks`` tasks of
+        ``stream`` with ``size`` support examples (``()`` without mini-batches); counts them."""
+        rows = self.batches.draw(stream, tasks, steps, size)
+        if rows is None:
+            return ()
+        with self.backend.scope():
+            return (tf.constant(rows),)
+
+    def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+        tasks, size = batch.support_x.shape[:2]
+        return self.draws(TRAIN, tasks, self.inner_steps, size)
+
+    def adaptation_inputs(self, num_tasks: int, support_size: int, steps: int) -> tuple[tf.Tensor, ...]:
+        return self.draws(EVAL, num_tasks, steps, support_size)
+
+    # -- state -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The base entries (with Adam: ``inner_adam.{m,v}.<weight>`` and ``inner_adam.t``)
+        and, with mini-batches, ``inner_batches.seed``, ``inner_batches.train`` and
+        ``inner_batches.eval`` (the draw counters)."""
+        return {**super().state_dict(), **self.batches.state()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_dict(state)
+        self.batches.load_state(state)
+
+    # -- the inner loop ------------------------------------------------------------------
+
+    def adam_step(self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor],
+                  state: AdamState) -> tuple[list[tf.Tensor], AdamState]:
+        """TF1's ``AdamOptimizer``: ``t += 1``, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2)
+        g^2``, ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``."""
+        m, v, t = state
+        b1, b2 = self.adam_beta1, self.adam_beta2
+        t = t + 1
+        power = tf.cast(t, tf.float64)
+        rate = self.inner_lr * tf.sqrt(1 - tf.pow(tf.constant(b2, tf.float64), power)) / (
+            1 - tf.pow(tf.constant(b1, tf.float64), power))
+        m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads, strict=True)]
+        v = [b2 * vi + (1 - b2) * tf.square(g) for vi, g in zip(v, grads, strict=True)]
+        params = [p - tf.cast(rate, p.dtype) * mi / (tf.sqrt(vi) + self.adam_epsilon)
+                  for p, mi, vi in zip(params, m, v, strict=True)]
+        return params, (m, v, t)
+
+    def inner_loop(self, fast: Weights, x: tf.Tensor, y: tf.Tensor, steps: int, batches: tf.Tensor | None,
+                   adam: AdamState | None) -> tuple[Weights, AdamState | None]:
+        """``steps`` inner steps of per-task weights ``fast`` on the support set ``(x, y)``:
+        on all of it, or on the mini-batches ``batches`` ``(T, steps, B)``; with SGD, or with
+        Adam from state ``adam`` (returned updated)."""
+        if batches is None and adam is None:
+            return self.descend(self._forward, fast, x, y, steps, self.rule.step), None
+        state = [adam]
+
+        def adam_rule(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor], _: object) -> list[tf.Tensor]:
+            params, state[0] = self.adam_step(params, grads, state[0])
+            return params
+
+        rule = self.rule.step if adam is None else adam_rule
+        for k in range(steps):
+            xb, yb = x, y
+            if batches is not None:
+                xb = tf.gather(x, batches[:, k], axis=1, batch_dims=1)
+                yb = tf.gather(y, batches[:, k], axis=1, batch_dims=1)
+            fast = self.descend(self._forward, fast, xb, yb, 1, rule)
+        return fast, state[0]
+
+    def _adam_state(self, num_tasks: int) -> AdamState | None:
+        if self.inner_optimizer != "adam":
+            return None
+        return (tile(self.adam_m, num_tasks), tile(self.adam_v, num_tasks), tf.identity(self.adam_t))
+
+    # -- meta-training -------------------------------------------------------------------
+
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       *batches: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        theta = self.model.variables
+        fast, _ = self.inner_loop(tile(theta, sx.shape[0]), sx, sy, self.inner_steps,
+                                  batches[0] if batches else None, None)
+        sums = [tf.reduce_sum(p[None] - phi, axis=0) for p, phi in zip(theta, fast, strict=True)]
+        return sums, self.metrics(self._forward(fast, qx), qy)
+
+    def _train_impl(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
+        """With Adam: the tasks one after another in a ``tf.while_loop``, each continuing
+        the Adam state the previous one left; the state is kept for the next step."""
+        if self.inner_optimizer != "adam":
+            return super()._train_impl(*tensors)
+        num_tasks = tensors[0].shape[0]
+        theta = [tf.convert_to_tensor(v) for v in self.model.variables]
+        adam = (list(tile(self.adam_m, 1)), list(tile(self.adam_v, 1)), tf.convert_to_tensor(self.adam_t))
+        arrays = {k: tf.TensorArray(self.backend.dtype, size=num_tasks) for k in self.metric_keys}
+
+        def body(i: tf.Tensor, totals: list[tf.Tensor], adam: AdamState, arrays: dict) -> tuple:
+            sx, sy, qx, qy, *batches = [t[i][None] for t in tensors]
+            fast, adam = self.inner_loop(tile(theta, 1), sx, sy, self.inner_steps,
+                                         batches[0] if batches else None, adam)
+            totals = [s + (p - phi[0]) for s, p, phi in zip(totals, theta, fast, strict=True)]
+            metrics = self.metrics(self._forward(fast, qx), qy)
+            return i + 1, totals, adam, {k: arrays[k].write(i, metrics[k][0]) for k in self.metric_keys}
+
+        zeros = [tf.zeros_like(p) for p in theta]
+        _, sums, (m, v, t), arrays = tf.while_loop(lambda i, *_: i < num_tasks, body,
+                                                   (tf.constant(0), zeros, adam, arrays), parallel_iterations=1)
+        for variable, value in zip([*self.adam_m, *self.adam_v], [*m, *v], strict=True):
+            variable.assign(value[0])
+        self.adam_t.assign(t)
+        self.optimizer.apply([s / num_tasks for s in sums])
+        return {k: tf.reduce_mean(a.stack()) for k, a in arrays.items()}
+
+    # -- evaluation and adaptation --------------------------------------------------------
+
+    def evaluation_weights(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *batches: tf.Tensor) -> Weights:
+        num_tasks = sx.shape[0]
+        fast, _ = self.inner_loop(tile(self.model.variables, num_tasks), sx, sy, steps,
+                                  batches[0] if batches else None, self._adam_state(num_tasks))
+        return fast

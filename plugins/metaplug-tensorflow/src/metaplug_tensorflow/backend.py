@@ -1,0 +1,103 @@
+"""The ``tensorflow`` backend: converts episodes and builds the standard models."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug_tensorflow._tf import tf
+from metaplug_tensorflow.layout import channels_last
+from metaplug_tensorflow.models import FunctionalModel, build
+
+DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """An :class:`~metaplug.contract.interfaces.EpisodeBatch` as tensors, images channels last."""
+
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor
+
+
+class TensorFlowBackend:
+    """TensorFlow 2 backend.
+
+    :param device: a TensorFlow device such as ``"cpu"`` or ``"gpu:0"``; ``None``
+        lets TensorFlow place operations (a GPU when one is visible).
+    :param dtype: ``"float32"`` (default) or ``"float64"`` for weights and inputs.
+    """
+
+    name = "tensorflow"
+    models: tuple[str, ...] = ("mlp", "conv4")
+
+    def __init__(self, device: str | None = None, dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if device is not None:
+            kind, _, index = device.lower().partition(":")
+            if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
+                raise ConfigError(f"device must be 'cpu', 'gpu' or 'gpu:N', got {device!r}")
+            found = len(tf.config.list_physical_devices(kind.upper()))
+            if kind == "gpu" and not found:
+                raise ConfigError(f"device {device!r} requested but TensorFlow sees no GPU")
+            if index and int(index) >= found:  # TensorFlow would silently place ops elsewhere
+                raise ConfigError(f"device {device!r} requested but TensorFlow sees {found} {kind.upper()} "
+                                  f"device(s), numbered from 0")
+        self.device = device
+        self.dtype = DTYPES[dtype]
+        self._rng = np.random.default_rng(0)
+        self.seed_value = 0
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator that initialises weights (reseeded by :meth:`seed`)."""
+        return self._rng
+
+    def seed(self, seed: int) -> None:
+        """Seed model initialisation (a numpy generator) and TensorFlow's global generator;
+        :attr:`seed_value` keeps ``seed`` for algorithms that draw their own randomness."""
+        self._rng = np.random.default_rng(seed)
+        self.seed_value = int(seed)
+        tf.random.set_seed(seed)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Place what runs inside on :attr:`device` (no-op when it is ``None``)."""
+        if self.device is None:
+            yield
+        else:
+            with tf.device(self.device):
+                yield
+
+    def inputs(self, x: np.ndarray, example_rank: int) -> tf.Tensor:
+        """Examples as a tensor of the backend's dtype, images moved to channels last."""
+        with self.scope():
+            return tf.constant(channels_last(np.asarray(x), example_rank), dtype=self.dtype)
+
+    def targets(self, y: np.ndarray, problem: str) -> tf.Tensor:
+        """Labels as int64, regression targets in the backend's dtype."""
+        with self.scope():
+            if problem == "classification":
+                return tf.constant(np.asarray(y), dtype=tf.int64)
+            return tf.constant(np.asarray(y), dtype=self.dtype)
+
+    def to_tensors(self, batch: EpisodeBatch) -> Episodes:
+        rank = batch.support_x.ndim - 2
+        return Episodes(
+            self.inputs(batch.support_x, rank),
+            self.targets(batch.support_y, batch.problem),
+            self.inputs(batch.query_x, rank),
+            self.targets(batch.query_y, batch.problem),
+        )
+
+    def build_model(self, spec: ModelSpec) -> FunctionalModel:
+        with self.scope():
+            return build(spec, self._rng, self.dtype)

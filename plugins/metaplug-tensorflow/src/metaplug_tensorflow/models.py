@@ -1,0 +1,234 @@
+"""The standard models as pure functions of a list of weight tensors.
+
+A :class:`FunctionalModel` owns its weights as ``tf.Variable`` objects (the
+meta-parameters) but computes only from the tensors it is given, so an inner
+loop can run the same network on adapted weights without assigning to any
+variable (assignment would cut the gradient). Every forward takes a leading task
+axis: inputs are ``(T, N, *example)`` in TensorFlow's layout (channels last) and
+batch norm normalises each task with its own statistics.
+
+Weights come in two forms:
+
+* shared: one tensor per weight, used by every task (``per_task=False``);
+* per task: each weight carries a leading task axis ``T`` (``per_task=True``),
+  as the inner loop produces. These run either as one vectorized computation
+  (``vectorized=True``: batched matrix products for the MLP, ``tf.vectorized_map``
+  for conv4) or as a loop over the tasks unrolled in the graph.
+
+Names, shapes and initialisation follow ``docs/models.md``; weights are stored in
+TensorFlow's layout (see :mod:`metaplug_tensorflow.layout`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import ModelSpec
+from metaplug_tensorflow._tf import tf
+
+BN_EPS = 1e-5
+PADDING_1 = [[0, 0], [1, 1], [1, 1], [0, 0]]
+HEAD = ("head.weight", "head.bias")
+
+
+def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, per_task: bool) -> tf.Tensor:
+    """``x @ w + b`` for ``x`` of shape ``(T, N, in)``; ``w`` is ``(in, out)`` or ``(T, in, out)``."""
+    if per_task:
+        return tf.matmul(x, w) + b[:, None, :]
+    return tf.einsum("tni,io->tno", x, w) + b
+
+
+def leading_dims(x: tf.Tensor) -> tuple[int | tf.Tensor, int | tf.Tensor]:
+    """Task and example counts of ``x``, static where known (a served model's batch is not)."""
+    dynamic = tf.shape(x)
+    return tuple(x.shape[i] if x.shape[i] is not None else dynamic[i] for i in range(2))
+
+
+def batch_norm(h: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """Normalise ``(T, N, H, W, C)`` over each task's examples and pixels (biased variance).
+
+    Written from elementary ops: ``tf.nn.moments`` stops the gradient through the
+    mean inside the variance, which leaves first derivatives right but makes
+    second derivatives (second-order MAML) wrong.
+    """
+    mean = tf.reduce_mean(h, axis=[1, 2, 3], keepdims=True)
+    centred = h - mean
+    variance = tf.reduce_mean(tf.square(centred), axis=[1, 2, 3], keepdims=True)
+    return centred * tf.math.rsqrt(variance + BN_EPS) * scale + shift
+
+
+@dataclass
+class FunctionalModel:
+    """A standard model: named weights (``tf.Variable``, TensorFlow layout) and pure forwards.
+
+    ``names[i]`` is the shared-layout name of ``variables[i]``; the head's two
+    weights come last.
+    """
+
+    spec: ModelSpec
+    names: tuple[str, ...]
+    variables: list[tf.Variable] = field(repr=False)
+
+    @property
+    def head_index(self) -> int:
+        """Index of the first head weight in :attr:`names`."""
+        return len(self.names) - len(HEAD)
+
+    def features(self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False,
+                 vectorized: bool = True) -> tf.Tensor:
+        """Feature vectors ``(T, N, F)`` of inputs ``(T, N, *example)``; ``params`` are the
+        feature weights (``params[:head_index]`` of the full list)."""
+        if not per_task:
+            return self._features(list(params), x, False)
+        if vectorized:
+            return self._features_vectorized(list(params), x)
+        num_tasks = x.shape[0]
+        columns = [tf.unstack(p, num=num_tasks) for p in params]
+        rows = [self._features([c[t][None] for c in columns], x[t:t + 1], True)
+                for t in range(num_tasks)]
+        return tf.concat(rows, axis=0)
+
+    def head(self, params: Sequence[tf.Tensor], h: tf.Tensor, per_task: bool = False) -> tf.Tensor:
+        """Outputs ``(T, N, out)`` of the linear head on features ``(T, N, F)``."""
+        weight, bias = params
+        return dense(h, weight, bias, per_task)
+
+    def __call__(self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False,
+                 vectorized: bool = True) -> tf.Tensor:
+        """Outputs ``(T, N, out)`` from the full list of weights."""
+        k = self.head_index
+        h = self.features(params[:k], x, per_task, vectorized)
+        return self.head(params[k:], h, per_task)
+
+    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _features_vectorized(self, params: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        return self._features(params, x, True)
+
+
+class MLP(FunctionalModel):
+    """``Linear -> ReLU`` per hidden size, then the linear head (Finn et al.'s 1-40-40-1)."""
+
+    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
+        tasks, n = leading_dims(x)
+        h = tf.reshape(x, [tasks, n, -1])
+        for i in range(0, len(params), 2):
+            h = tf.nn.relu(dense(h, params[i], params[i + 1], per_task))
+        return h
+
+
+class Conv4(FunctionalModel):
+    """Four blocks of 3x3 convolution (padding 1), batch norm, ReLU and 2x2 max-pooling
+    (or stride 2 instead of pooling); flattened channel-first before the head."""
+
+    @property
+    def stride(self) -> int:
+        return 2 if self.spec.options.get("pooling", "max") == "stride" else 1
+
+    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
+        if per_task:  # a task axis of length 1 on every weight
+            params = [p[0] for p in params]
+        tasks, n = leading_dims(x)
+        h = tf.reshape(x, [tasks * n, *x.shape[2:]])
+        for i in range(0, len(params), 4):
+            kernel, bias, scale, shift = params[i:i + 4]
+            h = tf.nn.conv2d(h, kernel, self.stride, PADDING_1) + bias
+            h = tf.reshape(h, [tasks, n, *h.shape[1:]])
+            h = tf.nn.relu(batch_norm(h, scale, shift))
+            h = tf.reshape(h, [tasks * n, *h.shape[2:]])
+            if self.stride == 1:
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+        h = tf.transpose(h, [0, 3, 1, 2])  # channel-first flatten, as the shared layout
+        return tf.reshape(h, [tasks, n, -1])
+
+    def _features_vectorized(self, params: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        def one_task(args: tuple[list[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+            weights, inputs = args
+            return self._features(list(weights), inputs[None], False)[0]
+
+        return tf.vectorized_map(one_task, (params, x))
+
+
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """PyTorch's default initialisation of linear and convolution layers: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def _mlp_weights(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    hidden = tuple(spec.options.get("hidden", (40, 40)))
+    if not hidden or any(int(h) < 1 for h in hidden):
+        raise ConfigError(f"mlp option 'hidden' must be positive layer sizes, got {hidden!r}")
+    width = int(np.prod(spec.input_shape))
+    weights: dict[str, np.ndarray] = {}
+    for i, size in enumerate(hidden):
+        weights[f"features.{i}.weight"] = _uniform(rng, (width, size), width)
+        weights[f"features.{i}.bias"] = _uniform(rng, (size,), width)
+        width = int(size)
+    weights["head.weight"] = _uniform(rng, (width, spec.output_size), width)
+    weights["head.bias"] = _uniform(rng, (spec.output_size,), width)
+    return weights
+
+
+def conv4_feature_size(input_shape: tuple[int, ...], filters: int, pooling: str) -> int:
+    """Length of conv4's flattened features for channel-first ``input_shape``."""
+    height, width = input_shape[1:]
+    for _ in range(4):
+        if pooling == "stride":
+            height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+        else:
+            height, width = height // 2, width // 2
+    if height < 1 or width < 1:
+        raise ConfigError(f"conv4 needs images of at least 16x16 pixels, got {input_shape[1:]}")
+    return filters * height * width
+
+
+def _conv4_weights(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if len(spec.input_shape) != 3:
+        raise ConfigError(f"conv4 takes images (channels, height, width), got input shape {spec.input_shape}")
+    filters = int(spec.options.get("filters", 64))
+    pooling = spec.options.get("pooling", "max")
+    if pooling not in ("max", "stride"):
+        raise ConfigError(f"conv4 option 'pooling' must be 'max' or 'stride', got {pooling!r}")
+    if filters < 1:
+        raise ConfigError(f"conv4 option 'filters' must be positive, got {filters}")
+    channels = spec.input_shape[0]
+    weights: dict[str, np.ndarray] = {}
+    for i in range(4):
+        fan_in = channels * 9
+        weights[f"features.{i}.conv.weight"] = _uniform(rng, (3, 3, channels, filters), fan_in)
+        weights[f"features.{i}.conv.bias"] = _uniform(rng, (filters,), fan_in)
+        weights[f"features.{i}.norm.weight"] = np.ones(filters)
+        weights[f"features.{i}.norm.bias"] = np.zeros(filters)
+        channels = filters
+    size = conv4_feature_size(tuple(spec.input_shape), filters, pooling)
+    weights["head.weight"] = _uniform(rng, (size, spec.output_size), size)
+    weights["head.bias"] = _uniform(rng, (spec.output_size,), size)
+    return weights
+
+
+ARCHITECTURES = {"mlp": (MLP, _mlp_weights), "conv4": (Conv4, _conv4_weights)}
+
+MODEL_OPTIONS = {"mlp": {"hidden"}, "conv4": {"filters", "pooling"}}
+
+
+def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> FunctionalModel:
+    """A freshly initialised standard model with weights drawn from ``rng``."""
+    if spec.name not in ARCHITECTURES:
+        raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: mlp, conv4")
+    unknown = set(spec.options) - MODEL_OPTIONS[spec.name]
+    if unknown:
+        raise ConfigError(f"unknown {spec.name} option(s) {sorted(unknown)}; "
+                          f"available: {sorted(MODEL_OPTIONS[spec.name])}")
+    if spec.output_size < 1:
+        raise ConfigError(f"model output size must be positive, got {spec.output_size}")
+    cls, init = ARCHITECTURES[spec.name]
+    weights = init(spec, rng)
+    variables = [tf.Variable(w, dtype=dtype, name=n.replace(".", "_")) for n, w in weights.items()]
+    return cls(spec, tuple(weights), variables)

@@ -1,0 +1,251 @@
+"""What every torch algorithm shares: construction, tensors, the outer step, state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug_torch import batching, optimizers
+from metaplug_torch.backend import TorchBackend, TorchEpisodes
+from metaplug_torch.functional import FunctionalModel, accuracy, task_loss
+
+MODEL_PREFIX = "model."
+
+
+class TorchAdapted:
+    """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: TorchBackend,
+                 dtype: torch.dtype) -> None:
+        self._forward, self._backend, self._dtype = forward, backend, dtype
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._forward(self._backend.tensor(np.asarray(x), self._dtype)).cpu().numpy()
+
+
+class TorchAlgorithm:
+    """Base class of torch algorithms (the extension API: see "Writing a torch algorithm"
+    in metaplug-torch's README).
+
+    Subclasses implement :meth:`meta_gradients`, :meth:`evaluate_task` and :meth:`adapt`,
+    and may override :meth:`extra_parameters`, :meth:`evaluation_parameters` and
+    :meth:`evaluation_tasks`. They call the helpers :meth:`map_tasks`,
+    :meth:`loss_and_accuracy`, :meth:`detached_parameters`, :meth:`evaluation_steps` and
+    :meth:`episode_tensors`.
+
+    Set by ``__init__``: ``self.spec`` (the task spec), ``self.backend``, ``self.model``
+    (a :class:`~metaplug_torch.functional.FunctionalModel`), ``self.params`` (name ->
+    ``nn.Parameter``, the model's meta-parameters), ``self.extra`` (the meta-parameters
+    of :meth:`extra_parameters`), ``self.dtype``, ``self.device``, ``self.mode`` (the
+    resolved batching mode) and ``self.optimizer`` (the outer optimizer over both).
+    """
+
+    name = ""
+    problems: tuple[str, ...] = ("regression", "classification")
+    vmap_chunk: int | None = None
+    """Tasks per ``vmap`` call (``None``: the whole batch)."""
+
+    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
+                 spec: TaskSpec | None = None, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 batching_mode: str = "auto") -> None:
+        if spec is None:
+            raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
+        if spec.problem not in self.problems:
+            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
+                              f"not {spec.problem} tasks")
+        self.spec = spec
+        self.backend = backend if backend is not None else TorchBackend()
+        if model is None:
+            model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = FunctionalModel(model)
+        self.params = self.model.parameters()
+        if not self.params:
+            raise ConfigError("the model has no parameters to meta-learn")
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.mode = batching.resolve(batching_mode, self.model, self.device)
+        self.extra: dict[str, torch.nn.Parameter] = {
+            k: torch.nn.Parameter(v.detach().clone()) for k, v in self.extra_parameters().items()
+        }
+        factory = optimizer if optimizer is not None else optimizers.adam
+        self.optimizer = factory([*self.params.values(), *self.extra.values()])
+
+    # -- what subclasses implement or override --------------------------------------
+    def extra_parameters(self) -> dict[str, torch.Tensor]:
+        """Initial values of meta-learned tensors besides the model's, keyed by their
+        ``state_dict`` name (default: none).
+
+        Called once by ``__init__`` after ``self.model``, ``self.params``, ``self.dtype``
+        and ``self.device`` are set; the values are copied into ``nn.Parameter`` objects in
+        ``self.extra``, which the outer optimizer updates and the state saves.
+        """
+        return {}
+
+    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+        """Fill ``.grad`` of the meta-parameters (``self.params`` and ``self.extra``) with
+        the gradient of the batch's mean query loss; return per-task ``(loss, accuracy)``.
+
+        ``data`` is the batch as tensors (:meth:`episode_tensors`; task axis first),
+        ``batch`` the numpy original (for extras such as ``batch.classes``). The gradients
+        are zero (``None``) on entry and the outer optimizer steps right after. Each
+        returned tensor has shape ``(T,)``; accuracy is zeros for regression. Extra
+        returned tensors are ignored. :meth:`map_tasks` with ``backward_scale=1/T``
+        does all of this for a per-task function returning ``(loss, accuracy)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
+
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One task's query ``(loss, loss_before, accuracy)``, scalar tensors, after adapting
+        to its support set ``(sx, sy)`` with ``steps`` inner steps.
+
+        ``shared`` is :meth:`evaluation_parameters`; the tensors have no task axis.
+        ``loss_before`` is the query loss before adaptation (NaN where undefined);
+        accuracy is zero for regression. Runs inside :meth:`map_tasks`, under
+        ``torch.no_grad`` in ``vmap`` mode and with gradients enabled otherwise (so an
+        inner loop can use ``torch.autograd.grad``); results come back detached.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate_task()")
+
+    def evaluation_tasks(self, data: TorchEpisodes, steps: int) -> tuple[torch.Tensor, ...]:
+        """The per-task tensors (task axis first) that :meth:`evaluate` maps
+        :meth:`evaluate_task` over, after ``shared``: ``(sx, sy, qx, qy)`` by default.
+        Override to append more (they arrive after ``qy``), e.g. Reptile's mini-batch indices."""
+        return data.support_x, data.support_y, data.query_x, data.query_y
+
+    def evaluation_parameters(self) -> Any:
+        """What :meth:`evaluate` passes to every :meth:`evaluate_task` call as ``shared``
+        (default: :meth:`detached_parameters`). Override to pass more, e.g. a tuple of
+        the parameters and detached ``self.extra`` entries."""
+        return self.detached_parameters()
+
+    # -- the Algorithm interface -------------------------------------------------------
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
+        data = self.episode_tensors(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, acc = self.meta_gradients(data, batch)[:2]
+        self.optimizer.step()
+        return self._metrics(loss, acc)
+
+    def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
+        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
+        data = self.episode_tensors(batch)
+        steps = self.evaluation_steps(steps)
+        with batching.no_grad_unless(self.mode != "vmap"):
+            loss, before, acc = self.map_tasks(
+                lambda shared, *t: self.evaluate_task(shared, *t, steps=steps),
+                self.evaluation_parameters(), self.evaluation_tasks(data, steps))
+        result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
+        if self.spec.problem == "classification":
+            result["accuracy"] = _numpy(acc)
+        return result
+
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``model.*`` (layout of docs/models.md), extra meta-parameters and ``optimizer.*``."""
+        state = {MODEL_PREFIX + k: _numpy(v) for k, v in self.model.module.state_dict().items()}
+        state.update({k: _numpy(v) for k, v in self.extra.items()})
+        state.update(optimizers.optimizer_state(self.optimizer))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; shapes and names must match this algorithm's."""
+        targets = {MODEL_PREFIX + k: v for k, v in self.model.module.state_dict().items()}
+        targets.update(self.extra)
+        missing = [k for k in targets if k not in state]
+        if missing:
+            raise ConfigError(f"state has no entry {missing[0]!r} ({len(missing)} missing)")
+        unknown = [k for k in state if k not in targets and not k.startswith(optimizers.PREFIX)]
+        if unknown:
+            raise ConfigError(f"state entry {unknown[0]!r} does not belong to {self.name}")
+        with torch.no_grad():
+            for key, target in targets.items():
+                value = np.asarray(state[key])
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ConfigError(f"state entry {key!r} has shape {value.shape}, "
+                                      f"expected {tuple(target.shape)}")
+                target.copy_(torch.from_numpy(np.array(value)))
+        optimizers.load_optimizer_state(
+            self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)})
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    def episode_tensors(self, batch: EpisodeBatch) -> TorchEpisodes:
+        """``batch`` as tensors on this algorithm's device (inputs in ``self.dtype``, labels
+        int64); a :class:`~metaplug.errors.ConfigError` if its problem is not the spec's."""
+        if batch.problem != self.spec.problem:
+            raise ConfigError(f"{self.name} was set up for {self.spec.problem} but got a {batch.problem} batch")
+        return self.backend.to_tensors(batch, self.dtype)
+
+    def map_tasks(self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor],
+                  backward_scale: float | None = None) -> tuple[torch.Tensor, ...]:
+        """Run ``fn(shared, *task)`` on every task and stack its outputs along a new task axis.
+
+        ``tasks`` are tensors with a task axis first (e.g. ``(sx, sy, qx, qy)``); ``fn``
+        sees one task's slices and returns a tuple of tensors. How tasks are batched
+        (``vmap``, a loop, ...) is ``self.mode``, with at most ``vmap_chunk`` tasks per
+        ``vmap`` call. With ``backward_scale`` the first output (the per-task loss) is
+        back-propagated, scaled by it, into the leaves ``shared`` depends on (accumulating
+        in ``.grad``), so ``backward_scale=1/T`` leaves the mean loss's gradient there.
+        Returned outputs are detached.
+        """
+        return batching.map_tasks(fn, shared, tasks, self.mode, backward_scale=backward_scale,
+                                  chunk=self.vmap_chunk)
+
+    def detached_parameters(self) -> dict[str, torch.Tensor]:
+        """The model's parameters cut from the meta-gradient (requiring gradients of their
+        own outside ``vmap``, where the inner loop uses ``torch.autograd.grad``)."""
+        if self.mode != "vmap":
+            return {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        return {k: v.detach() for k, v in self.params.items()}
+
+    def evaluation_steps(self, steps: int | None) -> int:
+        """Inner steps for ``evaluate``/``adapt``: ``steps``, checked (an integer >= 0), or
+        ``self.test_inner_steps`` (0 if the algorithm has none) when ``None``."""
+        if steps is None:
+            return getattr(self, "test_inner_steps", 0)
+        return check_count("steps", steps, minimum=0)
+
+    def _metrics(self, loss: torch.Tensor, acc: torch.Tensor) -> dict[str, float]:
+        metrics = {"loss": float(loss.mean())}
+        if self.spec.problem == "classification":
+            metrics["accuracy"] = float(acc.mean())
+        return metrics
+
+    def loss_and_accuracy(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scalar ``(loss, accuracy)`` of one task's model ``output`` against ``target``:
+        cross-entropy of logits (or log-probabilities) and accuracy for classification,
+        MSE and a zero accuracy for regression."""
+        loss = task_loss(self.spec.problem, output, target)
+        if self.spec.problem == "classification":
+            return loss, accuracy(output, target)
+        return loss, torch.zeros((), dtype=loss.dtype, device=loss.device)
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum``, else a one-line ConfigError."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive number, else a one-line ConfigError."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A contiguous copy (never a view of a live CPU tensor)."""
+    return np.array(t.detach().cpu().numpy(), order="C", copy=True)

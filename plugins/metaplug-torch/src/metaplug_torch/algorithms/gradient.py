@@ -1,0 +1,154 @@
+"""Shared machinery of the algorithms that adapt by gradient steps (MAML family, Reptile)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metaplug.errors import ConfigError, MetaplugError
+from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
+from metaplug_torch.functional import task_loss
+from metaplug_torch.inner import InnerRule, inner_loop
+
+Params = dict[str, torch.Tensor]
+
+
+def load_inner_rule(name: str | InnerRule) -> InnerRule:
+    """The inner rule registered as ``name`` for torch, instantiated (an instance passes through)."""
+    from metaplug.plugins.discovery import registry
+
+    if not isinstance(name, str):
+        if not isinstance(name, InnerRule):
+            raise ConfigError(f"inner_rule must be a rule name or an object with init() and step(), "
+                              f"got {type(name).__name__}")
+        return name
+    try:
+        record = registry().get("optimizers", name, backend="torch")
+    except MetaplugError as exc:
+        raise ConfigError(f"inner_rule {name!r}: {exc}") from None
+    if record.role != "inner":
+        inner = sorted(c.name for c in registry().records("optimizers") if c.role == "inner" and "torch" in c.backends)
+        raise ConfigError(f"inner_rule {name!r} is an outer optimizer; inner rules: {', '.join(inner)}")
+    rule = record.load()()
+    if not isinstance(rule, InnerRule):
+        raise ConfigError(f"inner_rule {name!r} does not implement init() and step()")
+    return rule
+
+
+class GradientAdaptation(TorchAlgorithm):
+    """Adapts the parameters named by :meth:`adapted_names` with ``inner_steps`` steps of
+    an inner rule on the support loss.
+
+    With ``transductive=False``, ``evaluate`` and ``adapt`` predict each query example with
+    one forward pass over the support examples and that example (batch norm then sees the
+    support statistics plus one example), as Nichol et al.'s ``_test_predictions``.
+
+    A task's computation is split into ``task_inputs`` (what is computed once from the
+    meta-parameters, e.g. ANIL's embedding) and ``task_output`` (the part that depends on
+    the adapted parameters), so the inner loop only recomputes what changes.
+    """
+
+    head_only = False
+
+    def __init__(self, backend: Any, model: Any, spec: Any, optimizer: Any, *, inner_lr: float,
+                 inner_steps: int, test_inner_steps: int | None, rule: InnerRule, batching: str,
+                 transductive: bool = True) -> None:
+        if not isinstance(transductive, bool):
+            raise ConfigError(f"transductive must be true or false, got {transductive!r}")
+        self.transductive = transductive
+        self.inner_lr = check_rate("inner_lr", inner_lr)
+        self.inner_steps = check_count("inner_steps", inner_steps)
+        self.test_inner_steps = self.inner_steps if test_inner_steps is None else check_count(
+            "test_inner_steps", test_inner_steps, minimum=0)
+        self.rule = rule
+        super().__init__(backend, model, spec, optimizer, batching)
+
+    # -- which parameters adapt, and how the model splits around them -------------------
+    def adapted_names(self) -> list[str]:
+        """Names (in ``self.params``) of the parameters the inner loop adapts: all of them,
+        or ``head.*`` when ``head_only``. Override to adapt another subset."""
+        if self.head_only:
+            self.model.require_parts(self.name)
+            return [n for n in self.model.names if n.startswith("head.")]
+        return list(self.model.names)
+
+    def extra_parameters(self) -> dict[str, torch.Tensor]:
+        """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
+        adapted = {n: self.params[n] for n in self.adapted_names()}
+        return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.inner_lr).items()}
+
+    def inner_learnables(self) -> Params:
+        """The inner rule's meta-learned tensors (``self.extra``), keyed by parameter name."""
+        return {k[len("inner."):]: v for k, v in self.extra.items()}
+
+    def task_inputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """What ``x`` becomes before the adapted parameters act (computed once per task):
+        ``features`` of ``x`` when ``head_only``, else ``x`` itself."""
+        return self.model.embed(params, x) if self.head_only else x
+
+    def task_output(self, params: Params, fast: Params, h: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``h = task_inputs(params, x)`` with the adapted parameters
+        ``fast`` (names of :meth:`adapted_names`) in place of those in ``params``."""
+        if self.head_only:
+            return self.model.head(fast, h)
+        return self.model({**params, **fast}, h)
+
+    def query_output(self, params: Params, fast: Params, sx: torch.Tensor, qx: torch.Tensor,
+                     h_query: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's output on the query inputs ``qx`` with ``fast`` in place: one batch of
+        queries (``h_query``, when given, is ``task_inputs(params, qx)``) when transductive,
+        else row ``j`` is the last output of a pass over ``cat(sx, qx[j:j+1])``."""
+        if self.transductive:
+            return self.task_output(params, fast, self.task_inputs(params, qx) if h_query is None else h_query)
+        rows = [self.task_output(params, fast, self.task_inputs(params, torch.cat([sx, qx[j:j + 1]])))[-1]
+                for j in range(qx.shape[0])]
+        return torch.stack(rows)
+
+    # -- the inner loop ---------------------------------------------------------------
+    def adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
+                   steps: int, second_order: bool) -> Params:
+        """The adapted parameters (names of :meth:`adapted_names`) after ``steps`` inner-rule
+        steps on the support loss; differentiable back to ``params`` and ``learnables``
+        when ``second_order`` (else the inner gradients are constants)."""
+        start = {n: params[n] for n in self.adapted_names()}
+        if self.mode == "reference" and second_order:
+            start = {n: p.clone() for n, p in start.items()}
+
+        def support_loss(fast: Params) -> torch.Tensor:
+            return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
+
+        return inner_loop(support_loss, start, self.rule, learnables, self.inner_lr, steps,
+                          second_order=second_order, functional=self.mode == "vmap")
+
+    def evaluation_parameters(self) -> Any:
+        """``(detached model parameters, detached inner learnables)``."""
+        return self.detached_parameters(), {k: v.detach() for k, v in self.inner_learnables().items()}
+
+    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        params, learnables = shared
+        h_support = self.task_inputs(params, sx)
+        h_query = self.task_inputs(params, qx) if self.transductive else None
+        start = {n: params[n] for n in self.adapted_names()}
+        before, _ = self.loss_and_accuracy(self.query_output(params, start, sx, qx, h_query), qy)
+        fast = self.adapt_task(params, learnables, h_support, sy, steps, second_order=False)
+        loss, acc = self.loss_and_accuracy(self.query_output(params, fast, sx, qx, h_query), qy)
+        return loss.detach(), before.detach(), acc.detach()
+
+    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None) -> TorchAdapted:
+        """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner
+        steps; the model predicts as :meth:`query_output` (with the support set when not
+        transductive)."""
+        steps = self.evaluation_steps(steps)
+        params, learnables = self.evaluation_parameters()
+        sx = self.backend.tensor(support_x, self.dtype)
+        sy = self.backend.tensor(support_y, self.dtype)
+        fast = {n: p.detach() for n, p in self.adapt_support(params, learnables, sx, sy, steps).items()}
+        frozen = {n: p.detach() for n, p in params.items()}
+        return TorchAdapted(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
+
+    def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
+                      steps: int) -> Params:
+        """The adapted parameters :meth:`adapt` predicts with (one task, no task axis)."""
+        return self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)

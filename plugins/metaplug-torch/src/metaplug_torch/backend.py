@@ -1,0 +1,68 @@
+"""The ``torch`` backend: device, seeding, episode tensors and the standard models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug_torch import models
+
+
+@dataclass(frozen=True)
+class TorchEpisodes:
+    """An :class:`~metaplug.contract.interfaces.EpisodeBatch` as tensors on one device."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    problem: str
+
+
+class TorchBackend:
+    """PyTorch on ``device`` (default: ``cuda`` when available, else ``cpu``)."""
+
+    name = "torch"
+    models: tuple[str, ...] = tuple(models.BUILDERS)
+
+    def __init__(self, device: str | None = None) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"invalid torch device {device!r}: {exc}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
+                              f"are visible, numbered from 0")
+
+    def seed(self, seed: int) -> None:
+        """Seed torch's generators (CPU and every CUDA device)."""
+        torch.manual_seed(int(seed))
+
+    def tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``array`` on the device; floating arrays become ``dtype`` (default float32)."""
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # torch warns on read-only arrays (e.g. broadcast views)
+            array = array.copy()
+        t = torch.from_numpy(array)
+        if t.is_floating_point():
+            t = t.to(dtype or torch.float32)
+        return t.to(self.device)
+
+    def to_tensors(self, batch: EpisodeBatch, dtype: torch.dtype | None = None) -> TorchEpisodes:
+        """The batch on the device: inputs and regression targets as ``dtype``, labels int64."""
+        return TorchEpisodes(
+            *(self.tensor(a, dtype) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)),
+            problem=batch.problem,
+        )
+
+    def build_model(self, spec: ModelSpec) -> torch.nn.Module:
+        """A freshly initialised standard model (``mlp`` or ``conv4``) on the device."""
+        return models.build(spec).to(self.device)

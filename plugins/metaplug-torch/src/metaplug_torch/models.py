@@ -1,0 +1,203 @@
+"""The standard models ``mlp`` and ``conv4`` with the weight layout of ``docs/models.md``.
+
+Every model is ``head(features(x))`` with submodules named ``features`` and
+``head``, so algorithms can embed (ProtoNets), adapt only the head (ANIL) or
+replace it (fine-tuning). Batch norm always uses the batch's own statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metaplug.errors import ConfigError, suggest
+from metaplug.contract.interfaces import ModelSpec
+
+BATCH_NORM_EPS = 1e-5
+
+CHANNELS_LAST_ON_CPU = False
+"""Run conv4 in ``channels_last`` memory order on CPU (``"loop"`` style only).
+
+About 15-25% faster per conv4 meta-step on CPU (measured on 2 cores with torch 2.13),
+but PyTorch's channels_last batch-norm kernels are about 10x less accurate in float32
+(1e-6 instead of 1e-7 relative), which is enough to flip near-tied max-pool choices on
+Omniglot's binary images and to break float32 parity with the TensorFlow plugin. Off by
+default; set ``metaplug_torch.models.CHANNELS_LAST_ON_CPU = True`` for speed."""
+
+EXECUTION_STYLES = ("vmap", "loop", "reference")
+_STYLE = contextvars.ContextVar("metaplug_torch_execution_style", default="loop")
+
+
+@contextlib.contextmanager
+def execution_style(style: str) -> Iterator[None]:
+    """How the standard models run while active (the batching engine sets it).
+
+    ``"loop"`` (the default): native ops (and, with :data:`CHANNELS_LAST_ON_CPU`,
+    ``channels_last`` memory order on CPU). ``"vmap"``: only ops that are exact
+    under ``torch.func.vmap``: :class:`BatchNorm` uses elementary ops (the native
+    batch-norm op's batching rule gives wrong second-order gradients, torch 2.13),
+    and convolutions keep the default memory order (``vmap`` does not support
+    ``channels_last``). ``"reference"``: native ops in the default memory order, as
+    plain PyTorch code (learn2learn, higher) runs them.
+    """
+    if style not in EXECUTION_STYLES:
+        raise ValueError(f"unknown execution style {style!r}")
+    token = _STYLE.set(style)
+    try:
+        yield
+    finally:
+        _STYLE.reset(token)
+
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = BATCH_NORM_EPS,
+               elementary: bool | None = None) -> torch.Tensor:
+    """Normalise ``x`` (N, C, ...) over every axis but the channels with its own statistics."""
+    if elementary is None:
+        elementary = _STYLE.get() == "vmap"
+    axes = (0, *range(2, x.dim()))
+    if not elementary:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # the channels_last CPU kernel's variance loses precision on inputs far from
+            # zero; centring first helps (batch norm ignores the shift: same values and
+            # gradients)
+            x = x - x.detach().mean(axes, keepdim=True)
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.mean(axes, keepdim=True)
+    centred = x - mean
+    variance = centred.square().mean(axes, keepdim=True)
+    return centred * torch.rsqrt(variance + eps) * weight.reshape(shape) + bias.reshape(shape)
+
+
+class BatchNorm(nn.Module):
+    """Batch norm with batch statistics only (no running averages), ``eps = 1e-5``."""
+
+    def __init__(self, channels: int, eps: float = BATCH_NORM_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return batch_norm(x, self.weight, self.bias, self.eps)
+
+
+class DenseStack(nn.ModuleList):
+    """``Linear -> ReLU`` for each layer (the MLP's ``features``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self:
+            x = F.relu(layer(x))
+        return x
+
+
+class ConvBlock(nn.Module):
+    """3x3 convolution, batch norm, ReLU, then 2x2 max-pooling (or a strided convolution)."""
+
+    def __init__(self, in_channels: int, filters: int, pooling: str) -> None:
+        super().__init__()
+        self.pool = pooling == "max"
+        self.conv = nn.Conv2d(in_channels, filters, 3, stride=1 if self.pool else 2, padding=1)
+        self.norm = BatchNorm(filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _memory_format(self.conv(x))
+        x = self.norm(x)
+        if not self.pool:
+            return F.relu(x)
+        if _STYLE.get() == "reference":  # the textbook order, as plain PyTorch code has it
+            return F.max_pool2d(F.relu(x), 2)
+        # max-pooling before ReLU gives the same values (both are monotone) on 4x fewer elements
+        return F.relu(F.max_pool2d(x, 2))
+
+
+class ConvStack(nn.Sequential):
+    """The conv4 ``features``: the blocks, then flattening channel-first.
+
+    With :data:`CHANNELS_LAST_ON_CPU`, in the ``"loop"`` :func:`execution_style`,
+    the input is switched to ``channels_last`` memory order on CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(_memory_format(x)).flatten(1)
+
+
+def _memory_format(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``channels_last`` order when :data:`CHANNELS_LAST_ON_CPU` applies, else unchanged.
+
+    Applied to every convolution's output as well: with one input channel, input and
+    kernel strides are ambiguous and the convolution would fall back to the default
+    order, making the first block's batch norm and pooling several times slower.
+    """
+    if CHANNELS_LAST_ON_CPU and x.device.type == "cpu" and x.dim() == 4 and _STYLE.get() == "loop":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class FeaturesAndHead(nn.Module):
+    """``head(features(x))``."""
+
+    def __init__(self, features: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def mlp(input_shape: Sequence[int], output_size: int, hidden: Sequence[int] = (40, 40)) -> FeaturesAndHead:
+    """The sinusoid MLP (1-40-40-1 by default)."""
+    sizes = [_flat_size(input_shape), *[int(h) for h in hidden]]
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"mlp hidden sizes must be positive, got {tuple(hidden)}")
+    layers = DenseStack(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+    return FeaturesAndHead(layers, nn.Linear(sizes[-1], output_size))
+
+
+def conv4(input_shape: Sequence[int], output_size: int, filters: int = 64, pooling: str = "max") -> FeaturesAndHead:
+    """Four conv blocks and a linear head (Vinyals et al. 2016; Finn et al. 2017)."""
+    if pooling not in ("max", "stride"):
+        raise ConfigError(f"conv4 pooling must be 'max' or 'stride', got {pooling!r}")
+    if len(input_shape) != 3:
+        raise ConfigError(f"conv4 needs (channels, height, width) inputs, got input_shape {tuple(input_shape)}")
+    channels, height, width = (int(s) for s in input_shape)
+    blocks = ConvStack(*(ConvBlock(channels if i == 0 else filters, filters, pooling) for i in range(4)))
+    for _ in range(4):  # floor(x / 2) for pooling; ceil(x / 2) for stride 2 with padding 1
+        height, width = (height // 2, width // 2) if pooling == "max" else ((height + 1) // 2, (width + 1) // 2)
+    if height < 1 or width < 1:
+        raise ConfigError(f"conv4 input {tuple(input_shape)} is too small for four halvings")
+    return FeaturesAndHead(blocks, nn.Linear(filters * height * width, output_size))
+
+
+BUILDERS = {"mlp": mlp, "conv4": conv4}
+
+
+def build(spec: ModelSpec) -> FeaturesAndHead:
+    """The standard model that ``spec`` names, freshly initialised (PyTorch's default init)."""
+    if spec.name not in BUILDERS:
+        raise ConfigError(f"unknown model {spec.name!r}.{suggest(spec.name, BUILDERS)} "
+                          f"Models: {', '.join(BUILDERS)}")
+    builder = BUILDERS[spec.name]
+    options: Mapping[str, Any] = dict(spec.options)
+    allowed = builder.__code__.co_varnames[2:builder.__code__.co_argcount]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for model {spec.name!r}; options: {', '.join(allowed)}")
+    if spec.output_size < 1:
+        raise ConfigError(f"output_size must be positive, got {spec.output_size}")
+    return builder(tuple(spec.input_shape), int(spec.output_size), **options)
+
+
+def _flat_size(shape: Sequence[int]) -> int:
+    size = 1
+    for s in shape:
+        size *= int(s)
+    return size
