@@ -23,18 +23,28 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What every episode of a sampler looks like; algorithms size their heads from it."""
+    """What every episode of a sampler looks like (``sampler.spec``); the host builds the
+    model from it and passes it to the algorithm as ``spec``, which sizes heads and checks
+    batches against it.
+
+    Example: Omniglot 5-way is ``TaskSpec("classification", (1, 28, 28), 5, num_classes=4400,
+    default_model="conv4")``; the sinusoid is ``TaskSpec("regression", (1,), 1)``.
+    """
 
     problem: str
-    """``"regression"`` or ``"classification"``."""
+    """``"regression"`` or ``"classification"`` (one of :data:`metaplug.contract.records.PROBLEMS`)."""
     input_shape: tuple[int, ...]
-    """Shape of one example, channels first for images (``(1, 28, 28)``)."""
+    """Shape of one example, channels first for images (``(1, 28, 28)``); batches add
+    ``(T, N)`` in front."""
     output_size: int
-    """Classification: ways per episode. Regression: outputs per example."""
+    """Classification: ways per episode (labels are ``0..ways-1``). Regression: outputs per
+    example (targets are ``(..., output_size)``)."""
     num_classes: int | None = None
-    """Classification: number of classes in the split (for transfer baselines)."""
+    """Classification: number of classes in the split (for transfer baselines that train a
+    head over all of them); ``None`` for regression."""
     default_model: str = "mlp"
-    """Standard model that suits these inputs (``"mlp"`` or ``"conv4"``)."""
+    """Standard model that suits these inputs (``"mlp"`` or ``"conv4"``), used when the
+    configuration names none."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,11 @@ class TaskSampler(Protocol):
     """Produces batches of episodes as numpy arrays, reproducibly from a seed.
 
     Constructed as ``Sampler(split="train", seed=0, **options)`` where ``split``
-    is one of :data:`SPLITS`. The same seed, split and options give the same
-    episodes on every run and machine.
+    is one of :data:`SPLITS`, plus ``data_dir=`` (the root of local datasets: the run's
+    ``data_dir`` or ``$METAPLUG_DATA_DIR``) when ``__init__`` accepts it. The options are
+    declared in an ``Options`` class attribute (or are the other keyword parameters of
+    ``__init__``). The same seed, split and options give the same episodes on every run
+    and machine.
     """
 
     spec: TaskSpec
@@ -114,7 +127,7 @@ class TaskSampler(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A tensor framework: converts episodes and builds the standard models.
+    """A tensor framework: converts arrays and episodes, builds the standard models.
 
     Constructed with no arguments, or with ``device=...`` (``"cpu"``, ``"cuda:1"``...)
     when the user picks a device; raise ``ConfigError`` for one it cannot use.
@@ -128,8 +141,16 @@ class Backend(Protocol):
         """Seed the framework's random generators (model initialisation, dropout)."""
         ...
 
+    def tensor(self, array: np.ndarray, dtype: Any = None) -> Any:
+        """``array`` as one of the framework's tensors on the backend's device, unchanged in
+        layout; floating arrays become ``dtype`` (default: the backend's float type),
+        integer arrays stay integers. ``np.asarray`` of the result gives the values back."""
+        ...
+
     def to_tensors(self, batch: EpisodeBatch) -> Any:
-        """The batch as the framework's tensors on the backend's device."""
+        """The batch as the framework's tensors on the backend's device (an ``Episodes``
+        with ``support_x``, ``support_y``, ``query_x``, ``query_y``; the backend may move
+        image channels to its own layout)."""
         ...
 
     def build_model(self, spec: ModelSpec) -> Any:
@@ -143,9 +164,59 @@ class OptimizerFactory(Protocol):
 
     ``params`` and the returned optimizer are the backend's own types (for
     example a list of ``torch.nn.Parameter`` and a ``torch.optim.Optimizer``).
+    The registered implementation declares its options in an ``Options`` class
+    attribute (:class:`metaplug.contract.options.Options`); the host passes the bound
+    factory to the algorithm as ``optimizer=``.
     """
 
     def __call__(self, params: Any, *, lr: float, **options: Any) -> Any: ...
+
+
+@runtime_checkable
+class InnerRule(Protocol):
+    """An inner-loop update rule (an optimizer registered with ``role="inner"``): how an
+    algorithm's inner loop turns gradients into adapted parameters. The same contract on
+    every backend.
+
+    A rule is a class constructed with no arguments; the host instantiates the one the
+    configuration names (``algorithm.inner_rule``) and passes it to the algorithm as
+    ``rule=``. Every mapping is keyed by parameter name (the layout names of
+    ``docs/models.md``, such as ``head.weight``) and holds the backend's tensors:
+
+    - ``init(params, lr)`` is called once, with the meta-parameters the inner loop adapts
+      and the algorithm's ``inner_lr``; it returns the rule's own meta-learned tensors by
+      parameter name (Meta-SGD: one rate per entry), or ``{}``. The algorithm trains them
+      with the outer optimizer and saves them as ``inner.<parameter name>``.
+    - ``step(params, grads, learnables, lr)`` returns every parameter of ``params`` after
+      one inner step, given the gradients of the support loss (same names and shapes),
+      the tensors ``init`` returned and ``inner_lr``.
+
+    ``step`` must be a pure function of its inputs: no in-place updates, no randomness, no
+    Python side effects and no conversion to numpy. Algorithms differentiate through it
+    (second-order MAML) and run it under ``torch.func.vmap`` or inside ``tf.function``.
+    On TensorFlow, ``params`` and ``grads`` may carry a leading task axis that the
+    learnables lack: broadcast them (``p - a * g`` does).
+
+    Example::
+
+        class InnerSignSGD:
+            def init(self, params, lr):
+                return {}
+            def step(self, params, grads, learnables, lr):
+                return {n: p - lr * sign(grads[n]) for n, p in params.items()}
+
+    with ``sign`` the framework's (``torch.sign``, ``tf.sign``).
+    """
+
+    def init(self, params: Mapping[str, Any], lr: float) -> dict[str, Any]:
+        """The rule's meta-learned tensors by parameter name (``{}``: none)."""
+        ...
+
+    def step(
+        self, params: Mapping[str, Any], grads: Mapping[str, Any], learnables: Mapping[str, Any], lr: float
+    ) -> dict[str, Any]:
+        """Every parameter after one inner step, by name."""
+        ...
 
 
 @runtime_checkable
@@ -164,13 +235,18 @@ class Algorithm(Protocol):
 
     Constructed by the host as::
 
-        Algorithm(backend=backend, model=model, spec=task_spec, optimizer=factory, **hyperparameters)
+        Algorithm(backend=backend, model=model, spec=task_spec, optimizer=factory,
+                  [rule=inner_rule,] **options)
 
     where ``model`` comes from ``backend.build_model`` (or the user),
-    ``optimizer`` is an :class:`OptimizerFactory` with its learning rate bound,
-    and ``hyperparameters`` are the keyword arguments of ``__init__`` (their
-    defaults and types are what ``metaplug info`` shows). An algorithm that
-    cannot handle ``spec.problem`` raises :class:`metaplug.errors.ConfigError`.
+    ``optimizer`` is an :class:`OptimizerFactory` with its learning rate and options
+    bound, and ``options`` are the configuration's ``[algorithm]`` values. The class
+    declares them in its ``Options`` attribute (a :class:`metaplug.contract.options.Options`
+    dataclass: what ``metaplug info`` shows and the host validates); without one, the
+    keyword parameters of ``__init__`` are the options. When the options have an
+    ``inner_rule`` (a name), the host resolves it to an :class:`InnerRule` instance of the
+    same backend and passes it as ``rule``. An algorithm that cannot handle
+    ``spec.problem`` raises :class:`metaplug.errors.ConfigError`.
     """
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
