@@ -65,7 +65,17 @@ def test_info_shows_docstring_and_parameters(fake_site):
     result = run("info", "algorithm", "cliprotonet", "--json", env_extra=fake_site)
     data = json.loads(result.stdout)
     assert data["doc"] == "Implementation docstring."
-    assert data["parameters"] == [{"name": "inner_lr", "type": "float", "default": 0.5, "required": False}]
+    assert data["options"] == [{"name": "inner_lr", "type": "float", "default": 0.5, "help": "", "choices": [],
+                                "required": False}]
+
+
+def test_info_shows_declared_options_and_not_the_arguments_the_host_passes():
+    result = run("info", "task-sampler", "omniglot", "--json")
+    names = [o["name"] for o in json.loads(result.stdout)["options"]]
+    assert names[:3] == ["ways", "shots", "queries"] and not {"split", "seed", "data_dir"} & set(names)
+    text = run("info", "task-sampler", "sinusoid").stdout
+    assert "shots: int = 10  # support points per task" in text
+    assert "amplitude: tuple[float, float] = [0.1, 5.0]" in text
 
 
 @pytest.mark.parametrize(

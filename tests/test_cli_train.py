@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -48,7 +49,8 @@ def test_dry_run_prints_the_resolved_config_with_overrides_applied(tmp_path):
     assert resolved["optimizer"] == {"name": "adam", "lr": 0.02, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     assert resolved["algorithm"] == {"name": "linear-maml", "inner_lr": 0.05, "inner_steps": 3, "first_order": False}
     assert resolved["train"]["iterations"] == 7 and resolved["train"]["meta_batch_size"] == 9
-    assert resolved["tasks"] == {"name": "sinusoid", "shots": 10, "queries": 10}
+    assert resolved["tasks"] == {"name": "sinusoid", "shots": 10, "queries": 10, "amplitude": [0.1, 5.0],
+                                 "phase": [0.0, math.pi], "x_range": [-5.0, 5.0]}
     as_json = json.loads(metaplug("train", "--config", str(config), "--dry-run", "--format", "json", check=True).stdout)
     assert as_json["algorithm"]["inner_lr"] == 0.05 and as_json["model"]["name"] is None
     assert not Path("runs").exists() or not any(p.name.endswith("-numpy") for p in Path("runs").iterdir())
@@ -117,7 +119,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resume_f
     (["--iterations", "many"], ["'many' is not a valid integer"]),
     (["--ways", "5"], ["task sampler 'sinusoid' has no option 'ways'", "It accepts: shots, queries"]),
     (["--set", "algorithm.inner_lrr=0.1"], ["has no option 'inner_lrr'", "Did you mean 'inner_lr'?"]),
-    (["--set", "algorithm.first_order=3"], ["'first_order' must be like its default False, got 3"]),
+    (["--set", "algorithm.first_order=3"], ["algorithm.first_order must be true or false, got 3"]),
     (["--set", "train.iterationz=3"], ["unknown key train.iterationz", "Did you mean 'iterations'?"]),
     (["--set", "trian.iterations=3"], ["unknown config section 'trian'", "Did you mean 'train'?"]),
     (["--set", "iterations"], ["--set expects SECTION.KEY=VALUE"]),

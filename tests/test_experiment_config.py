@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 
 import pytest
 
 from metaplug.errors import ConfigError
 from metaplug.experiment import config
+from metaplug.experiment.components import check
 from metaplug.experiment.tomlio import dumps, parse_value
 
 
@@ -48,9 +50,6 @@ def test_file_then_set_then_options(tmp_path):
     ("train", "val_every", True, "train.val_every must be an integer"),
     ("optimizer", "lr", 0, "optimizer.lr must be greater than 0"),
     ("optimizer", "lr", math.inf, "optimizer.lr must be finite"),
-    ("algorithm", "inner_steps", 0, "algorithm.inner_steps must be at least 1"),
-    ("algorithm", "test_inner_steps", -1, "algorithm.test_inner_steps must be at least 0"),
-    ("tasks", "shots", 0, "tasks.shots must be at least 1"),
     ("evaluation", "episodes", 0, "evaluation.episodes must be at least 1"),
     ("evaluation", "stepz", 1, "unknown key evaluation.stepz. Did you mean 'steps'?"),
     ("evaluation", "ways", 0, "evaluation.ways must be at least 1"),
@@ -62,6 +61,30 @@ def test_out_of_range_values_are_rejected(section, key, value, message):
     raw[section][key] = value
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("?", r"\?")):
         config.from_dict(raw)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("algorithm", "inner_steps", 0, "algorithm.inner_steps must be at least 1, got 0"),
+    ("algorithm", "test_inner_steps", -1, "algorithm.test_inner_steps must be at least 0"),
+    ("algorithm", "batching", "vmap", "algorithm.batching must be one of auto, vectorized, loop, reference, got 'vmap'"),
+    ("tasks", "shots", 0, "tasks.shots must be at least 1"),
+    ("tasks", "amplitude", [1.0], "tasks.amplitude must have 2 entries, got [1.0]"),
+    ("optimizer", "betas", [0.9, 1.0], "optimizer.betas must be in [0, 1), got 1.0"),
+    ("optimizer", "anneal_steps", 3, "optimizer.anneal_steps (3) needs final_lr"),
+])
+def test_component_options_are_checked_against_their_declarations(section, key, value, message):
+    raw = config.defaults()
+    raw["backend"] = "torch"
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check(config.from_dict(raw))
+
+
+def test_checking_fills_in_every_declared_default():
+    cfg = check(config.from_dict(config.defaults()))
+    assert cfg.tasks.options == {"shots": 10, "queries": 10, "amplitude": (0.1, 5.0), "phase": (0.0, math.pi),
+                                 "x_range": (-5.0, 5.0)}
+    assert cfg.optimizer.options["betas"] == (0.9, 0.999) and "final_lr" not in cfg.optimizer.options
 
 
 def test_unknown_sections_and_keys_get_suggestions(tmp_path):

@@ -8,6 +8,9 @@ from typing import Any
 
 import click
 
+from metaplug.experiment.components import describe_options
+from metaplug.experiment.tomlio import format_value
+
 from metaplug.cli import cli
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
 from metaplug.contract.records import KINDS
@@ -108,7 +111,7 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
     implementation = record.load()
     data = record.as_dict()
     data["doc"] = inspect.cleandoc(implementation.__doc__ or "")
-    data["parameters"] = describe_parameters(implementation)
+    data["options"] = [o.as_dict() for o in describe_options(implementation, kind)]
     if kind in ("algorithms", "optimizers"):
         data["all_backends"] = reg.backends_for(kind, name)
     if as_json:
@@ -121,35 +124,11 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
             click.echo(f"  {field}: {_cell(data[field])}")
     if data["doc"]:
         click.echo("\n" + data["doc"])
-    if data["parameters"]:
-        click.echo("\nparameters:")
-        for p in data["parameters"]:
-            default = "" if p["default"] is None and p["required"] else f" = {p['default']}"
-            click.echo(f"  {p['name']}: {p['type']}{default}")
-
-
-def describe_parameters(implementation: Any) -> list[dict[str, Any]]:
-    """Keyword parameters of a class's ``__init__`` or a factory function."""
-    target = implementation.__init__ if inspect.isclass(implementation) else implementation
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return []
-    skipped = {"self", "backend", "model", "spec", "optimizer", "params"}
-    described = []
-    for p in signature.parameters.values():
-        if p.name in skipped or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-        required = p.default is inspect.Parameter.empty
-        default = None if required else p.default
-        described.append({
-            "name": p.name,
-            "type": str(annotation or "any"),
-            "default": default if isinstance(default, (int, float, str, bool, type(None))) else repr(default),
-            "required": required,
-        })
-    return described
+    if data["options"]:
+        click.echo("\noptions:")
+        for o in data["options"]:
+            help_text = f"  # {o['help']}" if o["help"] else ""
+            click.echo(f"  {o['name']}: {o['type']} = {_toml(o['default'])}{help_text}")
 
 
 def _cell(value: Any) -> str:
@@ -158,4 +137,8 @@ def _cell(value: Any) -> str:
     return "-" if value in (None, "") else str(value)
 
 
-__all__ = ["HOOK_FOR_KIND", "describe_parameters", "echo_json", "format_table"]
+def _toml(value: Any) -> str:
+    return "None" if value is None else format_value(value)
+
+
+__all__ = ["HOOK_FOR_KIND", "echo_json", "format_table"]

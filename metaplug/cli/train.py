@@ -91,6 +91,9 @@ def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir
     else:
         cfg = resolve_config(config_file, options, assignments)
         if dry_run:
+            from metaplug.experiment.components import check
+
+            cfg = check(cfg)
             click.echo(json.dumps(cfg.as_dict(), indent=2) if dry_run_format == "json" else cfg.to_toml(), nl=False)
             if dry_run_format == "json":
                 click.echo()
@@ -109,9 +112,9 @@ def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir
 
 
 def resolve_config(config_file: str | None, options: dict[str, Any], assignments: tuple[str, ...]) -> Any:
-    """Defaults ← config file ← ``--set`` ← named options, checked against the installed plugins."""
+    """Defaults ← config file ← ``--set`` ← named options, with every fixed setting checked
+    (the components' options are checked against the installed plugins by ``runner.start``)."""
     from metaplug.experiment import config
-    from metaplug.experiment.components import check
 
     raw = config.load_file(config_file) if config_file else config.defaults()
     for text in assignments:
@@ -119,7 +122,7 @@ def resolve_config(config_file: str | None, options: dict[str, Any], assignments
     for name, value in options.items():
         if value is not None:
             config.set_value(raw, OPTION_PATHS[name], value)
-    return check(config.from_dict(raw))
+    return config.from_dict(raw)
 
 
 def report(result: Any, trainer: Any, quiet: bool) -> None:

@@ -138,21 +138,23 @@ class Options:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def parse(cls: type[O], values: Mapping[str, Any], where: str = "") -> O:
-        """Validated options from a configuration table; ``where`` (``"algorithm 'maml'"``)
-        names the owner in the message of an unknown option, and bad values are reported as
-        ``section.name`` when ``where`` is a config section such as ``algorithm``."""
+    def parse(cls: type[O], values: Mapping[str, Any], owner: str = "", section: str = "") -> O:
+        """Validated options from a configuration table.
+
+        An unknown key is reported with ``owner`` (``"algorithm 'maml'"``), a suggestion and
+        the accepted names; a bad value as ``section.name`` (``algorithm.inner_lr must be
+        greater than 0, got -1``).
+        """
         names = cls.names()
         for key in values:
             if key not in names:
                 accepted = ", ".join(names) or "no options"
-                owner = where or cls.__name__
-                raise ConfigError(f"{owner} has no option {key!r}.{suggest(key, names)} It accepts: {accepted}")
+                raise ConfigError(f"{owner or cls.__name__} has no option {key!r}.{suggest(key, names)} "
+                                  f"It accepts: {accepted}")
         try:
             return cls(**values)
         except ConfigError as exc:
-            section = where.split(" ", 1)[0]
-            raise ConfigError(f"{section}.{exc}" if section and " " not in where else str(exc)) from None
+            raise ConfigError(f"{section}.{exc}" if section else str(exc)) from None
 
     def as_dict(self) -> dict[str, Any]:
         """Every option by name (tuples stay tuples)."""

@@ -157,18 +157,18 @@ def _random_omniglot(w: Workload, count: int, seed: int) -> tuple[list[EpisodeBa
 def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
             batching: str | None = None) -> dict[str, Any]:
     """Time ``steps`` meta-training steps after ``warmup`` untimed ones (the child's work)."""
-    from metaplug.experiment.components import CONSTRUCTOR_ARGUMENTS, keyword_parameters
+    from metaplug.experiment.components import describe_options, host_arguments
     from metaplug.plugins.discovery import registry
 
     reg = registry()
     w = workload(workload_name)
     algorithm_class = reg.load("algorithms", w.algorithm, backend=backend_name)
-    parameters = keyword_parameters(algorithm_class, CONSTRUCTOR_ARGUMENTS["algorithms"])
+    names = {o.name for o in describe_options(algorithm_class, "algorithms")}
     options = dict(w.hyperparameters)
-    if w.generic and (parameters is None or "inner_lr" in parameters):
+    if w.generic and "inner_lr" in names:
         options["inner_lr"] = w.shape.inner_lr
     if batching is not None:
-        if parameters is not None and "batching" not in parameters:
+        if "batching" not in names:
             raise ConfigError(f"{w.algorithm} ({backend_name}) has no batching option")
         options["batching"] = batching
     backend = reg.load("backends", backend_name)()
@@ -176,7 +176,8 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
     batches, spec, source = episodes(w, min(steps + warmup, 4))
     model = backend.build_model(ModelSpec(w.shape.model, spec.input_shape, spec.output_size))
     factory = functools.partial(reg.load("optimizers", OUTER["optimizer"], backend=backend_name), lr=OUTER["lr"])
-    algorithm = algorithm_class(backend=backend, model=model, spec=spec, optimizer=factory, **options)
+    algorithm = algorithm_class(backend=backend, model=model, spec=spec, optimizer=factory,
+                                **host_arguments(reg, algorithm_class, options, backend_name), **options)
     for i in range(warmup):
         algorithm.meta_train_step(batches[i % len(batches)])
     times = []

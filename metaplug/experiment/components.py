@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaplug.errors import ConfigError, suggest
-from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
-from metaplug.contract.interfaces import ModelSpec, TaskSampler, TaskSpec
-from metaplug.plugins.discovery import registry as default_registry
+from metaplug.contract.interfaces import InnerRule, ModelSpec, TaskSampler, TaskSpec
+from metaplug.contract.options import OptionInfo, checked, options_of
 from metaplug.contract.records import Component
+from metaplug.errors import ConfigError, MetaplugError, suggest
+from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
+from metaplug.plugins.discovery import registry as default_registry
 from metaplug.plugins.registry import Registry
 
-CONSTRUCTOR_ARGUMENTS = {
-    "task-samplers": {"self", "split", "seed"},
-    "algorithms": {"self", "backend", "model", "spec", "optimizer"},
+HOST_ARGUMENTS: dict[str, set[str]] = {
+    "backends": {"self", "device"},
+    "task-samplers": {"self", "split", "seed", "data_dir"},
+    "algorithms": {"self", "backend", "model", "spec", "optimizer", "rule"},
     "optimizers": {"self", "params", "lr"},
 }
-"""Parameters the runner passes itself; every other keyword is a user option."""
+"""Constructor arguments the host passes itself, by component kind; the others are options."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,13 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
                  if any(r.role == "outer" and backend in r.backends for r in reg.records("optimizers", n))]
         raise ConfigError(f"optimizer {cfg.optimizer.name!r} is an inner-loop rule, not an outer optimizer; "
                           f"choose one of: {', '.join(outer)}")
-    tasks = _with_defaults(cfg.tasks, records.tasks, "task-samplers")
+    tasks = resolve_options(cfg.tasks, records.tasks, "tasks")
     _check_episode_shape(cfg, tasks)
-    algorithm = _with_defaults(cfg.algorithm, records.algorithm, "algorithms")
-    optimizer = _with_defaults(cfg.optimizer, records.optimizer, "optimizers")
+    algorithm = resolve_options(cfg.algorithm, records.algorithm, "algorithm")
+    optimizer = resolve_options(cfg.optimizer, records.optimizer, "optimizer")
     rule = algorithm.options.get("inner_rule")
     if isinstance(rule, str):
-        inner = reg.get("optimizers", rule, backend=backend)
-        if inner.role != "inner":
-            raise ConfigError(f"algorithm.inner_rule {rule!r} is an outer optimizer; choose an inner-loop rule")
+        inner_rule_record(reg, rule, backend)
     return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer)
 
 
@@ -102,18 +101,23 @@ def lookup(cfg: ExperimentConfig, reg: Registry) -> Records:
     )
 
 
-def _with_defaults(choice: Choice, record: Component, kind: str) -> Choice:
-    """Check ``choice.options`` against the implementation's keyword parameters; add scalar defaults."""
+def resolve_options(choice: Choice, record: Component, section: str) -> Choice:
+    """``choice`` with its options validated against what the implementation declares and
+    every scalar default filled in (so the saved configuration states every setting)."""
     implementation = record.load()
-    parameters = keyword_parameters(implementation, CONSTRUCTOR_ARGUMENTS[kind])
-    what = f"{kind[:-1].replace('-', ' ')} {record.name!r}"
+    owner = f"{record.kind[:-1].replace('-', ' ')} {record.name!r}"
+    declared = options_of(implementation)
+    if declared is not None:
+        options = declared.parse(choice.options, owner, section).as_dict()
+        return replace(choice, options={k: v for k, v in options.items() if v is not None})
+    parameters = keyword_parameters(implementation, HOST_ARGUMENTS[record.kind])
     if parameters is None:  # accepts **kwargs: nothing to check against
         return choice
     for name, value in choice.options.items():
         if name not in parameters:
             accepted = ", ".join(parameters) or "no options"
-            raise ConfigError(f"{what} has no option {name!r}.{suggest(name, parameters)} It accepts: {accepted}")
-        _check_type(f"{what} option {name!r}", value, parameters[name].default)
+            raise ConfigError(f"{owner} has no option {name!r}.{suggest(name, parameters)} It accepts: {accepted}")
+        _check_type(f"{section}.{name}", value, parameters[name].default)
     options = {}
     for name, parameter in parameters.items():
         if name in choice.options:
@@ -121,8 +125,54 @@ def _with_defaults(choice: Choice, record: Component, kind: str) -> Choice:
         elif isinstance(parameter.default, (bool, int, float, str)):
             options[name] = parameter.default
         elif parameter.default is inspect.Parameter.empty:
-            raise ConfigError(f"{what} needs option {name!r}")
+            raise ConfigError(f"{owner} needs option {name!r}")
     return replace(choice, options=options)
+
+
+def describe_options(implementation: Any, kind: str) -> list[OptionInfo]:
+    """The options of a component implementation, as ``metaplug info`` shows them: its
+    declared :class:`~metaplug.contract.options.Options`, else its keyword parameters."""
+    declared = options_of(implementation)
+    if declared is not None:
+        return declared.describe()
+    described = []
+    for p in (keyword_parameters(implementation, HOST_ARGUMENTS[kind]) or {}).values():
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        default = None if p.default is inspect.Parameter.empty else p.default
+        described.append(OptionInfo(p.name, str(annotation or "any"), default, "", ()))
+    return described
+
+
+def inner_rule_record(reg: Registry, name: str, backend: str) -> Component:
+    """The inner-loop rule registered as ``name`` for ``backend``; one line if there is none."""
+    try:
+        record = reg.get("optimizers", name, backend=backend)
+    except MetaplugError as exc:
+        raise ConfigError(f"algorithm.inner_rule: {exc}") from None
+    if record.role != "inner":
+        rules = sorted(n for n in reg.names("optimizers")
+                       if any(r.role == "inner" and backend in r.backends for r in reg.records("optimizers", n)))
+        raise ConfigError(f"algorithm.inner_rule {name!r} is an outer optimizer; inner rules for {backend}: "
+                          f"{', '.join(rules)}")
+    return record
+
+
+def load_inner_rule(reg: Registry, name: str, backend: str) -> InnerRule:
+    """An instance of the inner rule ``name`` of ``backend``, checked against :class:`InnerRule`."""
+    record = inner_rule_record(reg, name, backend)
+    rule = record.load()()
+    if not isinstance(rule, InnerRule):
+        raise ConfigError(f"{record.describe()} does not implement init() and step() (see InnerRule)")
+    return rule
+
+
+def host_arguments(reg: Registry, implementation: Any, options: dict[str, Any], backend: str) -> dict[str, Any]:
+    """``rule=`` for an algorithm whose declared options name an ``inner_rule``, else nothing."""
+    declared = options_of(implementation)
+    if declared is None or "inner_rule" not in declared.names():
+        return {}
+    default = next(o.default for o in declared.describe() if o.name == "inner_rule")
+    return {"rule": load_inner_rule(reg, options.get("inner_rule", default), backend)}
 
 
 def make_backend(record: Component, device: str | None) -> Any:
@@ -157,22 +207,11 @@ def keyword_parameters(implementation: Any, skipped: set[str]) -> dict[str, insp
 
 
 def _check_type(where: str, value: Any, default: Any) -> None:
-    if default is inspect.Parameter.empty or default is None or value is None:
+    """An undeclared option must have the type of its default (when that is a plain value)."""
+    if value is None or default is None or isinstance(default, (tuple, list)):
         return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list))
-    else:
-        ok = True
-    if not ok:
-        raise ConfigError(f"{where} must be like its default {default!r}, got {value!r}")
+    if isinstance(default, (bool, int, float, str)):
+        checked(where, value, type(default))
 
 
 def _coerce(value: Any, default: Any) -> Any:
@@ -197,20 +236,32 @@ class Experiment:
     def sampler(self, split: str, seed: int | None = None) -> TaskSampler:
         """A fresh sampler of the configured tasks for ``split`` (``val`` or ``test``), with the
         episode shape of ``[evaluation]`` where it sets one."""
-        cls = self.records.tasks.load()
         options = {**self.config.tasks.options, **self.config.evaluation.episode_shape()}
-        return cls(split=split, seed=self.config.seed if seed is None else seed, **options)
+        return make_sampler(self.records.tasks, self.config, split, self.config.seed if seed is None else seed, options)
+
+
+def make_sampler(record: Component, cfg: ExperimentConfig, split: str, seed: int,
+                 options: dict[str, Any]) -> TaskSampler:
+    """The sampler of ``record`` for ``split``, given ``data_dir=`` when it takes it."""
+    cls = record.load()
+    extra = {"data_dir": cfg.data_dir} if cfg.data_dir is not None and _accepts(cls, "data_dir") else {}
+    return cls(split=split, seed=seed, **extra, **options)
+
+
+def _accepts(cls: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     """Seed the backend, then build the training sampler, the model and the algorithm (in that order)."""
     reg = reg or default_registry()
     records = lookup(cfg, reg)
-    if cfg.data_dir is not None:
-        os.environ["METAPLUG_DATA_DIR"] = str(Path(cfg.data_dir).expanduser())
     backend = make_backend(records.backend, cfg.device)
     backend.seed(cfg.seed)
-    sampler = records.tasks.load()(split="train", seed=cfg.seed, **cfg.tasks.options)
+    sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
     spec: TaskSpec = sampler.spec
     model_name = cfg.model.name or spec.default_model
     models = tuple(getattr(backend, "models", ()))
@@ -219,8 +270,8 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
                           f"It builds: {', '.join(models)}")
     model = backend.build_model(ModelSpec(model_name, spec.input_shape, spec.output_size, dict(cfg.model.options)))
     factory = functools.partial(records.optimizer.load(), lr=cfg.lr, **cfg.optimizer.options)
-    algorithm = records.algorithm.load()(
-        backend=backend, model=model, spec=spec, optimizer=factory, **cfg.algorithm.options
-    )
+    cls = records.algorithm.load()
+    algorithm = cls(backend=backend, model=model, spec=spec, optimizer=factory,
+                    **host_arguments(reg, cls, cfg.algorithm.options, backend.name), **cfg.algorithm.options)
     cfg = replace(cfg, model=replace(cfg.model, name=model_name))
     return Experiment(cfg, backend, algorithm, spec, sampler, records)

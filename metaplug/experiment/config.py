@@ -29,12 +29,12 @@ component as a keyword argument.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from metaplug.contract.options import checked
 from metaplug.errors import ConfigError, suggest
 from metaplug.experiment.tomlio import dumps, parse_value, read_toml
 
@@ -67,69 +67,44 @@ DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class Rule:
-    """The type and range a setting accepts."""
+class Setting:
+    """The type and range a fixed setting accepts (checked like component options)."""
 
-    kind: type
+    kind: Any
     minimum: float | None = None
     exclusive: bool = False
-    optional: bool = False
 
     def check(self, where: str, value: Any) -> Any:
-        if value is None:
-            if self.optional:
-                return None
-            raise ConfigError(f"{where} must be set")
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where} must be {_article(self.kind)}, got {value!r}")
-        if self.kind is float and not math.isfinite(value):
-            raise ConfigError(f"{where} must be finite, got {value!r}")
-        if self.minimum is not None and (value <= self.minimum if self.exclusive else value < self.minimum):
-            bound = f"greater than {self.minimum:g}" if self.exclusive else f"at least {self.minimum:g}"
-            raise ConfigError(f"{where} must be {bound}, got {value!r}")
-        return value
+        return checked(where, value, self.kind, minimum=self.minimum, exclusive=self.exclusive)
 
 
-SETTINGS: dict[str, Rule] = {
-    "backend": Rule(str, optional=True),
-    "device": Rule(str, optional=True),
-    "seed": Rule(int, 0),
-    "data_dir": Rule(str, optional=True),
-    "tasks.name": Rule(str),
-    "model.name": Rule(str, optional=True),
-    "algorithm.name": Rule(str),
-    "optimizer.name": Rule(str),
-    "optimizer.lr": Rule(float, 0, exclusive=True),
-    "train.iterations": Rule(int, 1),
-    "train.meta_batch_size": Rule(int, 1),
-    "train.log_every": Rule(int, 1),
-    "train.val_every": Rule(int, 0),
-    "train.val_tasks": Rule(int, 1),
-    "train.checkpoint_every": Rule(int, 0),
-    "train.test_tasks": Rule(int, 0),
-    "evaluation.episodes": Rule(int, 1),
-    "evaluation.steps": Rule(int, 0, optional=True),
-    "evaluation.ways": Rule(int, 1, optional=True),
-    "evaluation.shots": Rule(int, 1, optional=True),
-    "evaluation.queries": Rule(int, 1, optional=True),
+SETTINGS: dict[str, Setting] = {
+    "backend": Setting(str | None),
+    "device": Setting(str | None),
+    "seed": Setting(int, 0),
+    "data_dir": Setting(str | None),
+    "tasks.name": Setting(str),
+    "model.name": Setting(str | None),
+    "algorithm.name": Setting(str),
+    "optimizer.name": Setting(str),
+    "optimizer.lr": Setting(float, 0, exclusive=True),
+    "train.iterations": Setting(int, 1),
+    "train.meta_batch_size": Setting(int, 1),
+    "train.log_every": Setting(int, 1),
+    "train.val_every": Setting(int, 0),
+    "train.val_tasks": Setting(int, 1),
+    "train.checkpoint_every": Setting(int, 0),
+    "train.test_tasks": Setting(int, 0),
+    "evaluation.episodes": Setting(int, 1),
+    "evaluation.steps": Setting(int | None, 0),
+    "evaluation.ways": Setting(int | None, 1),
+    "evaluation.shots": Setting(int | None, 1),
+    "evaluation.queries": Setting(int | None, 1),
 }
 """Every fixed setting (``section.key``); ``val_every`` and ``checkpoint_every`` 0 mean never
 (a checkpoint is still written at the end), ``test_tasks`` 0 skips the final test.
 ``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
 test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
-
-OPTION_RULES: dict[str, Rule] = {
-    "inner_lr": Rule(float, 0, exclusive=True),
-    "inner_steps": Rule(int, 1),
-    "test_inner_steps": Rule(int, 0, optional=True),
-    "ways": Rule(int, 1),
-    "shots": Rule(int, 1),
-    "queries": Rule(int, 1),
-}
-"""Ranges of common component options, checked before anything is built."""
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -273,9 +248,6 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
             unknown = sorted(set(table) - fixed)
             if unknown:
                 raise ConfigError(f"unknown key {name}.{unknown[0]}.{_suggest_key(unknown[0], fixed)}")
-        for key, value in table.items():
-            if key not in fixed and key in OPTION_RULES:
-                table[key] = OPTION_RULES[key].check(f"{name}.{key}", value)
         sections[name] = table
 
     def choice(name: str, *fixed: str) -> Choice:
@@ -295,10 +267,6 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
         train=TrainSettings(**sections["train"]),
         evaluation=EvaluationSettings(**sections["evaluation"]),
     )
-
-
-def _article(kind: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, kind.__name__)
 
 
 def _suggest_key(key: str, known: Any) -> str:

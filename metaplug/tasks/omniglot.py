@@ -21,12 +21,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from metaplug.tasks.datasets import cache_dir, data_dir, download, file_digest, read_sha256sums
-from metaplug.errors import ConfigError, DatasetError
 from metaplug.contract.interfaces import TaskSpec
+from metaplug.contract.options import Options, option
+from metaplug.errors import ConfigError, DatasetError
+from metaplug.tasks.datasets import cache_dir, data_dir, download, file_digest, read_sha256sums
 from metaplug.tasks.episodes import EpisodeSampler, NWayKShot, split_rng
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
@@ -171,33 +173,37 @@ class RotatedCharacters:
         return (pixels.astype(np.float32) / 255.0)[:, None]  # (n, 1, size, size)
 
 
+@dataclass(frozen=True)
+class OmniglotOptions(Options):
+    """Omniglot N-way K-shot episodes."""
+
+    ways: int = option(5, minimum=1, help="classes per episode")
+    shots: int = option(1, minimum=1, help="support examples per class")
+    queries: int = option(15, minimum=1, help="query examples per class")
+    root: str | None = option(None, help="folder with the archives (default: DATA_DIR/omniglot)")
+    image_size: int = option(28, minimum=8, maximum=105, help="side of the resized images")
+    rotations: bool = option(True, help="rotations by 90, 180 and 270 degrees as extra classes")
+    download: bool = option(False, help="fetch the archives when they are missing")
+    split_seed: int = option(1, minimum=0, help="seed of the character split")
+
+
 class OmniglotSampler(EpisodeSampler):
     """N-way K-shot Omniglot episodes: ``(T, ways*shots, 1, size, size)`` float32 in [0, 1]."""
 
-    def __init__(
-        self,
-        split: str = "train",
-        seed: int = 0,
-        ways: int = 5,
-        shots: int = 1,
-        queries: int = 15,
-        root: str | None = None,
-        image_size: int = 28,
-        rotations: bool = True,
-        download: bool = False,
-        split_seed: int = 1,
-    ) -> None:
-        if not isinstance(image_size, int) or not 8 <= image_size <= 105:
-            raise ConfigError(f"image_size must be an integer in [8, 105], got {image_size!r}")
+    Options = OmniglotOptions
+
+    def __init__(self, split: str = "train", seed: int = 0, data_dir: str | None = None, **options: Any) -> None:
+        o = self.Options(**options)
+        root = o.root if o.root is not None or data_dir is None else Path(data_dir) / "omniglot"
         rng = split_rng(seed, split)
-        data = load_images(root, image_size, download)
-        self.dataset = RotatedCharacters(data.images[split_characters(split, split_seed)], rotations)
-        self.episodes = NWayKShot(self.dataset, ways, shots, queries, rng)
+        data = load_images(root, o.image_size, o.download)
+        self.dataset = RotatedCharacters(data.images[split_characters(split, o.split_seed)], o.rotations)
+        self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, rng)
         self.split = split
         self.spec = TaskSpec(
             problem="classification",
-            input_shape=(1, image_size, image_size),
-            output_size=ways,
+            input_shape=(1, o.image_size, o.image_size),
+            output_size=o.ways,
             num_classes=self.dataset.num_classes,
             default_model="conv4",
         )

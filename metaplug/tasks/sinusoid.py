@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.tasks.episodes import check_positive, rng_state, set_rng_state, split_rng
@@ -17,6 +19,23 @@ def sinusoid(x: np.ndarray, amplitude: np.ndarray | float, phase: np.ndarray | f
     return amplitude * np.sin(x - phase)
 
 
+@dataclass(frozen=True)
+class SinusoidOptions(Options):
+    """The sinusoid task distribution."""
+
+    shots: int = option(10, minimum=1, help="support points per task")
+    queries: int = option(10, minimum=1, help="query points per task")
+    amplitude: tuple[float, float] = option((0.1, 5.0), help="range of the amplitude A")
+    phase: tuple[float, float] = option((0.0, float(np.pi)), help="range of the phase")
+    x_range: tuple[float, float] = option((-5.0, 5.0), help="range of the inputs x")
+
+    def validate(self) -> None:
+        for name in ("amplitude", "phase", "x_range"):
+            low, high = getattr(self, name)
+            if not low < high:
+                raise ConfigError(f"{name} must be a (low, high) range with low < high, got {(low, high)}")
+
+
 class SinusoidSampler:
     """Regression tasks ``y = A sin(x - phase)`` with ``A ~ U[0.1, 5]``, ``phase ~ U[0, pi]``,
     ``x ~ U[-5, 5]``; ``shots`` support and ``queries`` query points per task.
@@ -25,22 +44,12 @@ class SinusoidSampler:
     infinitely many tasks, so no task is shared in practice).
     """
 
-    def __init__(
-        self,
-        split: str = "train",
-        seed: int = 0,
-        shots: int = 10,
-        queries: int = 10,
-        amplitude: tuple[float, float] = (0.1, 5.0),
-        phase: tuple[float, float] = (0.0, float(np.pi)),
-        x_range: tuple[float, float] = (-5.0, 5.0),
-    ) -> None:
-        check_positive(shots=shots, queries=queries)
-        for name, (low, high) in {"amplitude": amplitude, "phase": phase, "x_range": x_range}.items():
-            if not low < high:
-                raise ConfigError(f"{name} must be a (low, high) range with low < high, got {(low, high)}")
-        self.split, self.shots, self.queries = split, shots, queries
-        self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
+    Options = SinusoidOptions
+
+    def __init__(self, split: str = "train", seed: int = 0, **options: Any) -> None:
+        o = self.Options(**options)
+        self.split, self.shots, self.queries = split, o.shots, o.queries
+        self.amplitude, self.phase, self.x_range = o.amplitude, o.phase, o.x_range
         self.rng = split_rng(seed, split)
         self.spec = TaskSpec(problem="regression", input_shape=(1,), output_size=1, default_model="mlp")
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from metaplug.contract.interfaces import ModelSpec, TaskSpec
+from metaplug.experiment.components import host_arguments
 from metaplug.plugins.discovery import registry
 
 
@@ -24,7 +25,8 @@ def build_algorithm(
 ) -> Any:
     """``Algorithm(backend=..., model=..., spec=..., optimizer=...)`` for the registered
     ``name`` on ``backend``, its model (``model`` or ``spec.default_model``) initialised
-    after ``backend.seed(seed)``, and the outer optimizer ``optimizer`` bound to ``lr``."""
+    after ``backend.seed(seed)``, the outer optimizer ``optimizer`` bound to ``lr`` and, when
+    the options name an ``inner_rule``, that rule as ``rule=``."""
     found = registry()
     algorithm_class = found.load("algorithms", name, backend=backend)
     factory = found.load("optimizers", optimizer, backend=backend)
@@ -34,5 +36,6 @@ def build_algorithm(
         ModelSpec(model or spec.default_model, spec.input_shape, spec.output_size, dict(model_options or {}))
     )
     return algorithm_class(
-        backend=instance, model=network, spec=spec, optimizer=functools.partial(factory, lr=lr), **hyperparameters
+        backend=instance, model=network, spec=spec, optimizer=functools.partial(factory, lr=lr),
+        **host_arguments(found, algorithm_class, hyperparameters, backend), **hyperparameters
     )

@@ -12,11 +12,13 @@ Hessian). Tests put this folder on ``sys.path`` so that discovery finds the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import metaplug
+from metaplug import Options, option
 from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 
@@ -113,18 +115,28 @@ class Adapted:
         return (features(np.asarray(x, np.float64)) @ self.w)[:, None].astype(np.float32)
 
 
+@dataclass(frozen=True)
+class LinearMAMLOptions(Options):
+    inner_lr: float = option(0.01, minimum=0, exclusive=True)
+    inner_steps: int = option(1, minimum=1)
+    test_inner_steps: int | None = option(None, minimum=0)
+    first_order: bool = option(False)
+
+
 class LinearMAML:
     """MAML with exact second-order gradients on a linear model."""
 
+    Options = LinearMAMLOptions
+
     def __init__(self, backend: NumpyBackend, model: np.ndarray, spec: TaskSpec, optimizer: Any,
-                 inner_lr: float = 0.01, inner_steps: int = 1, test_inner_steps: int | None = None,
-                 first_order: bool = False) -> None:
+                 **options: Any) -> None:
         if spec.problem != "regression":
             raise ConfigError("linear-maml supports regression only")
+        o = self.Options(**options)
         self.w = np.asarray(model, np.float64)
         self.optimizer = optimizer([self.w])
-        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
-        self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
+        self.inner_lr, self.inner_steps, self.first_order = o.inner_lr, o.inner_steps, o.first_order
+        self.test_inner_steps = o.inner_steps if o.test_inner_steps is None else o.test_inner_steps
 
     def _inner(self, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
         w, jacobian = self.w.copy(), np.eye(3)
