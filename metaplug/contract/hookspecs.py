@@ -47,10 +47,11 @@ def register_algorithms(register: Register) -> None:
 
     :param register: call with ``Component(name, summary, target, backends,
         problems)``. ``target`` names a class implementing
-        :class:`metaplug.contract.interfaces.Algorithm`; ``backends`` lists the backends
-        that class runs on and ``problems`` the problem kinds it supports. Register
-        one record per implementation: the same ``name`` may be registered for
-        different backends by different plugins.
+        :class:`metaplug.contract.interfaces.Algorithm` (its options declared in an
+        ``Options`` class attribute); ``backends`` lists the backends that class runs
+        on and ``problems`` the problem kinds it supports. Register one record per
+        implementation: the same ``name`` may be registered for different backends by
+        different plugins.
 
     .. versionadded:: 0.1.0
     """
@@ -61,8 +62,9 @@ def register_task_samplers(register: Register) -> None:
     """Register task samplers (datasets of episodes).
 
     :param register: call with ``Component(name, summary, target, problems)``.
-        ``target`` names a class implementing :class:`metaplug.contract.interfaces.TaskSampler`;
-        ``problems`` holds exactly the one problem kind its episodes pose.
+        ``target`` names a class implementing :class:`metaplug.contract.interfaces.TaskSampler`
+        (its options declared in an ``Options`` class attribute); ``problems`` holds
+        exactly the one problem kind its episodes pose.
 
     .. versionadded:: 0.1.0
     """
@@ -75,8 +77,10 @@ def register_optimizers(register: Register) -> None:
     :param register: call with ``Component(name, summary, target, backends,
         role)``. With ``role="outer"``, ``target`` names an
         :class:`metaplug.contract.interfaces.OptimizerFactory` for the meta-parameters;
-        with ``role="inner"``, a backend-specific inner-loop update rule
-        (see the backend plugin's documentation for its interface).
+        with ``role="inner"``, a class implementing
+        :class:`metaplug.contract.interfaces.InnerRule` (name-keyed ``init(params, lr)``
+        and ``step(params, grads, learnables, lr)``, the same contract on every backend),
+        which the host instantiates and passes to algorithms as ``rule=``.
 
     .. versionadded:: 0.1.0
     """
