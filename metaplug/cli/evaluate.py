@@ -58,4 +58,4 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
     scores = {k: v for k, v in result.items() if isinstance(v, dict)}
     adapted = describe_steps(steps, cfg.algorithm.options)
     click.echo(f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
-               f"{episodes} {split} episodes, {adapted}: {headline(scores, result['problem'])}")
+               f"{episodes} {split} episodes, {adapted}: {headline(scores, str(result['problem']))}")

@@ -62,7 +62,7 @@ NAMED: dict[str, dict[str, Any]] = {
 }
 """Workloads with fixed hyper-parameters; their algorithms get no generic workloads."""
 
-OUTER = {"optimizer": "adam", "lr": 0.001}
+OUTER_OPTIMIZER, OUTER_LR = "adam", 0.001
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,8 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
     reg = registry()
     w = workload(workload_name)
     algorithm_class = reg.load("algorithms", w.algorithm, backend=backend_name)
-    names = {o.name for o in describe_options(algorithm_class, "algorithms")}
+    defaults = {o.name: o.default for o in describe_options(algorithm_class, "algorithms")}
+    names = set(defaults)
     options = dict(w.hyperparameters)
     if w.generic and "inner_lr" in names:
         options["inner_lr"] = w.shape.inner_lr
@@ -175,7 +176,7 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
     backend.seed(0)
     batches, spec, source = episodes(w, min(steps + warmup, 4))
     model = backend.build_model(ModelSpec(w.shape.model, spec.input_shape, spec.output_size))
-    factory = functools.partial(reg.load("optimizers", OUTER["optimizer"], backend=backend_name), lr=OUTER["lr"])
+    factory = functools.partial(reg.load("optimizers", OUTER_OPTIMIZER, backend=backend_name), lr=OUTER_LR)
     algorithm = algorithm_class(backend=backend, model=model, spec=spec, optimizer=factory,
                                 **host_arguments(reg, algorithm_class, options, backend_name), **options)
     for i in range(warmup):
@@ -190,7 +191,7 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
         "backend": backend_name,
         "algorithm": w.algorithm,
         "workload": w.name,
-        "batching": options.get("batching", _default(parameters, "batching")),
+        "batching": options.get("batching", defaults.get("batching")),
         "batching_used": _resolved_batching(algorithm),
         "median_ms": round(1000 * median, 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
@@ -200,11 +201,6 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
         "data": source,
         "device": str(getattr(backend, "device", "cpu")),
     }
-
-
-def _default(parameters: dict[str, Any] | None, name: str) -> Any:
-    parameter = (parameters or {}).get(name)
-    return None if parameter is None or parameter.default is parameter.empty else parameter.default
 
 
 def peak_rss_mb() -> float:

@@ -93,6 +93,7 @@ def _check_episode_shape(cfg: ExperimentConfig, tasks: Choice) -> None:
 def lookup(cfg: ExperimentConfig, reg: Registry) -> Records:
     """The records behind the configured names (unknown names raise errors with suggestions)."""
     assert cfg.backend is not None
+    assert cfg.tasks.name and cfg.algorithm.name and cfg.optimizer.name  # required by from_dict
     return Records(
         backend=reg.get("backends", cfg.backend),
         tasks=reg.get("task-samplers", cfg.tasks.name),

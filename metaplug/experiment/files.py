@@ -73,7 +73,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """``arrays`` as the bytes of an uncompressed ``.npz`` archive."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

@@ -116,7 +116,7 @@ def _decode(folder: Path, image_size: int) -> OmniglotImages:
             with zipfile.ZipFile(path) as archive:
                 for name in sorted(n for n in archive.namelist() if n.endswith(".png")):
                     with Image.open(io.BytesIO(archive.read(name))) as image:
-                        small = image.convert("L").resize((image_size, image_size), Image.LANCZOS)
+                        small = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
                     characters.setdefault(name.rsplit("/", 1)[0], []).append(255 - np.asarray(small))
         except (zipfile.BadZipFile, UnidentifiedImageError, OSError, EOFError) as exc:
             raise DatasetError(f"{path} is corrupt ({exc}); replace it or delete it and download again") from exc
@@ -134,7 +134,7 @@ def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
