@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from authoring_env import make_env, run
+from metaplug.cli.authoring import split_extras
 from metaplug.templates import PluginNames, host_range, render
 
 NO_ISOLATION = ("--", "--no-build-isolation", "--no-index")
@@ -114,8 +115,9 @@ def test_install_shows_components_and_uninstall_removes_the_plugin(env, tmp_path
     assert "metaplug-polyreg" not in installed_plugins(env)
 
 
-def write_project(folder: Path, name: str, module: str, entry_point: bool, source: str = "") -> Path:
-    (folder / module).mkdir(parents=True)
+def write_project(folder: Path, name: str, module: str, entry_point: bool, source: str = "",
+                  version: str = "1.0", extra: str = "") -> Path:
+    (folder / module).mkdir(parents=True, exist_ok=True)
     (folder / module / "__init__.py").write_text(textwrap.dedent(source))
     entry = f'\n[project.entry-points.metaplug]\n{module} = "{module}"\n' if entry_point else ""
     (folder / "pyproject.toml").write_text(textwrap.dedent(f"""\
@@ -124,9 +126,26 @@ def write_project(folder: Path, name: str, module: str, entry_point: bool, sourc
         build-backend = "hatchling.build"
         [project]
         name = "{name}"
-        version = "1.0"
-        """) + entry)
+        version = "{version}"
+        """) + extra + entry)
     return folder
+
+
+WORKING_PLUGIN = """
+    from metaplug import Component, hookimpl
+
+    @hookimpl
+    def register_task_samplers(register):
+        register(Component(name="{name}", summary="Works.", target="metaplug.tasks.sinusoid:Sinusoid",
+                           problems=("regression",)))
+"""
+
+
+EDITABLE = '[tool.hatch.build]\ndev-mode-dirs = ["."]\n'  # a .pth editable install: no 'editables' needed
+
+
+def installed_version(python: Path, name: str) -> str:
+    return run(python, "-c", f"import importlib.metadata as m; print(m.version({name!r}))").stdout.strip()
 
 
 def distribution_present(python: Path, name: str) -> bool:
@@ -137,7 +156,8 @@ def distribution_present(python: Path, name: str) -> bool:
 def test_install_of_a_non_plugin_is_undone(env, tmp_path):
     project = write_project(tmp_path / "plain", "plain-package", "plain_package", entry_point=False)
     line = one_error_line(run(env, "install", str(project), *NO_ISOLATION))
-    assert "plain-package is not a metaplug plugin" in line and "removed plain-package again" in line
+    assert "plain-package is not a metaplug plugin" in line
+    assert line.endswith("removed plain-package 1.0, the environment is as it was")
     assert not distribution_present(env, "plain-package")
 
 
@@ -163,8 +183,65 @@ def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
     (project / "pyproject.toml").write_text(text)
     result = run(env, "install", str(project), *NO_ISOLATION)
     line = one_error_line(result)
-    assert "pip could not install" in line and "the environment is as it was" in line
+    assert "pip could not install" in line and line.endswith("nothing was changed, the environment is as it was")
     assert not distribution_present(env, "metaplug-needy")
+
+
+def test_broken_upgrade_reinstalls_the_version_it_replaced(env, tmp_path):
+    good = write_project(tmp_path / "good", "metaplug-upgrade", "metaplug_upgrade", True,
+                         WORKING_PLUGIN.format(name="upgraded"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-w", str(tmp_path / "dist"), str(good)], check=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert run(env, "install", str(wheel), *NO_ISOLATION).returncode == 0
+    broken = write_project(tmp_path / "broken", "metaplug-upgrade", "metaplug_upgrade", True,
+                           "import no_such_dependency_xyz\n", version="2.0")
+    try:
+        line = one_error_line(run(env, "install", str(broken), *NO_ISOLATION))
+        assert "plugin 'metaplug_upgrade' does not load: ModuleNotFoundError" in line
+        assert line.endswith("reinstalled metaplug-upgrade 1.0, the environment is as it was")
+        assert installed_version(env, "metaplug-upgrade") == "1.0"
+    finally:
+        assert run(env, "uninstall", "metaplug-upgrade").returncode == 0
+
+
+def test_broken_editable_upgrade_says_what_stays_installed(env, tmp_path):
+    project = write_project(tmp_path / "editable", "metaplug-edited", "metaplug_edited", True,
+                            WORKING_PLUGIN.format(name="edited"), extra=EDITABLE)
+    assert run(env, "install", "-e", str(project), *NO_ISOLATION).returncode == 0
+    write_project(project, "metaplug-edited", "metaplug_edited", True, "import no_such_dependency_xyz\n", "2.0",
+                  extra=EDITABLE)
+    try:
+        line = one_error_line(run(env, "install", "-e", str(project), *NO_ISOLATION))
+        assert line.endswith(
+            f"; metaplug-edited 2.0 is installed in place of 1.0, which was installed from the folder {project} "
+            f"(editable) and cannot be fetched again; run 'metaplug install -e {project}' once that folder holds "
+            "a working version, or 'metaplug uninstall metaplug-edited'"), line
+        assert installed_version(env, "metaplug-edited") == "2.0"
+    finally:
+        assert run(env, "uninstall", "metaplug-edited").returncode == 0
+
+
+def test_install_accepts_extras_after_a_folder(env, tmp_path):
+    extra = '[project.optional-dependencies]\ntest = ["click"]\n' + EDITABLE
+    project = write_project(tmp_path / "with-extras", "metaplug-extras", "metaplug_extras", True,
+                            WORKING_PLUGIN.format(name="extras"), extra=extra)
+    result = run(env, "install", "-e", f"{project}[test]", *NO_ISOLATION)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "installed metaplug-extras 1.0" in result.stdout
+    finally:
+        assert run(env, "uninstall", "metaplug-extras").returncode == 0
+
+
+@pytest.mark.parametrize("spec, split", [
+    ("./pkg[test]", ("./pkg", "[test]")),
+    ("./pkg[test, docs]", ("./pkg", "[test, docs]")),
+    ("./pkg", ("./pkg", "")),
+    ("metaplug-foo[test]==1.0", ("metaplug-foo[test]==1.0", "")),
+])
+def test_split_extras(spec, split):
+    assert split_extras(spec) == split
 
 
 @pytest.mark.parametrize("args, message", [

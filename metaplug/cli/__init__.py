@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -44,6 +45,11 @@ def _load_commands() -> None:
     add_commands(cli)
 
 
+def debugging() -> bool:
+    """Whether ``METAPLUG_DEBUG`` asks for tracebacks."""
+    return bool(os.environ.get("METAPLUG_DEBUG"))
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print ``Error: message`` on stderr as one line and exit with ``code``."""
     text = " ".join(str(message).split())
@@ -65,10 +71,12 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except MetaplugError as exc:
+        if debugging():  # the traceback, with the plugin error it may be chained to, then the usual line
+            traceback.print_exception(exc)
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
-    except Exception as exc:  # noqa: BLE001  (no tracebacks for users; METAPLUG_DEBUG=1 shows them)
-        if os.environ.get("METAPLUG_DEBUG"):
+    except Exception as exc:  # no tracebacks for users; METAPLUG_DEBUG=1 shows them
+        if debugging():
             raise
         fail(f"internal error: {type(exc).__name__}: {exc} (set METAPLUG_DEBUG=1 for the traceback)")

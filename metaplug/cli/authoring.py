@@ -12,9 +12,12 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import click
 
@@ -22,21 +25,66 @@ from metaplug import ENTRY_POINT_GROUP, PROJECT_NAME
 from metaplug.cli import cli, fail
 from metaplug.cli.discovery import format_table
 from metaplug.errors import ConfigError, MetaplugError, suggest
+from metaplug.plugins.discovery import canonical
 
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def canonical(name: str) -> str:
-    """A distribution name normalised as in PEP 503 (``Metaplug_Foo`` -> ``metaplug-foo``)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+_EXTRAS = re.compile(r"^(?P<path>.+?)(?P<extras>\[[A-Za-z0-9._,\s-]*\])$")
 
 
 def installed() -> dict[str, str]:
     """``{canonical distribution name: version}`` of this environment, read afresh."""
+    return {name: dist.version for name, dist in _distributions().items()}
+
+
+def _distributions() -> dict[str, metadata.Distribution]:
+    """The distributions Python imports from, by canonical name (the first on the path wins)."""
     import importlib
 
     importlib.invalidate_caches()
-    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    found: dict[str, metadata.Distribution] = {}
+    for dist in metadata.distributions():
+        if dist.metadata["Name"]:
+            found.setdefault(canonical(dist.metadata["Name"]), dist)
+    return found
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One installed distribution and how pip could install exactly it again."""
+
+    version: str
+    source: str | None
+    """A pip argument that reinstalls this version, or None when pip cannot re-fetch it (a folder)."""
+    folder: str | None = None
+    editable: bool = False
+    record: str = ""
+    """The installed files with their hashes (``RECORD``): a reinstall of the same version shows here."""
+
+
+def snapshot() -> dict[str, Installed]:
+    """Every installed distribution with its origin."""
+    return {name: _origin(name, dist) for name, dist in _distributions().items()}
+
+
+def _origin(name: str, dist: metadata.Distribution) -> Installed:
+    """How ``dist`` was installed (PEP 610 ``direct_url.json``): what reinstalls it, or its folder."""
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except json.JSONDecodeError:
+        direct = {}
+    url = direct.get("url") if isinstance(direct, dict) else None
+    record = dist.read_text("RECORD") or ""
+    if not isinstance(url, str):  # from an index: pip finds it by its version
+        return Installed(dist.version, f"{name}=={dist.version}", record=record)
+    local = unquote(urlparse(url).path) if url.startswith("file:") else None
+    if "vcs_info" in direct:
+        vcs = direct["vcs_info"]
+        source = f"{name} @ {vcs.get('vcs', 'git')}+{url}@{vcs.get('commit_id', '')}"
+        return Installed(dist.version, source, record=record)
+    if "archive_info" in direct and (local is None or Path(local).is_file()):
+        return Installed(dist.version, f"{name} @ {url}", record=record)
+    editable = bool(direct.get("dir_info", {}).get("editable"))
+    return Installed(dist.version, None, local or url, editable, record)
 
 
 def pip(*args: str) -> int:
@@ -45,9 +93,17 @@ def pip(*args: str) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def split_extras(spec: str) -> tuple[str, str]:
+    """``("./pkg", "[test]")`` for ``"./pkg[test]"``; ``(spec, "")`` when there are none or ``spec`` exists."""
+    match = _EXTRAS.match(spec)
+    if match is None or Path(spec).exists():
+        return spec, ""
+    return match["path"], match["extras"]
+
+
 def distribution_of(spec: str) -> str | None:
     """The distribution name that ``spec`` (a requirement, a project folder or a wheel) installs."""
-    path = Path(spec)
+    path = Path(split_extras(spec)[0])
     if path.is_dir():
         pyproject = path / "pyproject.toml"
         if pyproject.is_file():
@@ -72,8 +128,10 @@ def looks_like_path(spec: str) -> bool:
 def discovered_in_fresh_process(distributions: list[str]) -> list[dict[str, Any]]:
     """Discovery's view of the plugins from ``distributions``, run in a new interpreter
     (so that newly installed ``.pth`` files and entry points are seen)."""
-    code = "import json, sys; from metaplug.cli.authoring import describe_plugins; " \
-           "print(json.dumps(describe_plugins(sys.argv[1:])))"
+    code = (
+        "import json, sys; from metaplug.cli.authoring import describe_plugins; "
+        "print(json.dumps(describe_plugins(sys.argv[1:])))"
+    )
     result = subprocess.run([sys.executable, "-c", code, *distributions], capture_output=True, text=True)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no output"]
@@ -105,34 +163,71 @@ def describe_plugins(distributions: list[str]) -> list[dict[str, Any]]:
 def show_plugins(plugins: list[dict[str, Any]]) -> None:
     """Print each plugin's components as a table."""
     for plugin in plugins:
-        click.echo(f"plugin {plugin['name']!r} ({plugin['distribution']} {plugin['version']}), "
-                   f"module {plugin['module']}:")
-        rows = [[r["kind"][:-1], r["name"], ", ".join(r["backends"]) or "-",
-                 ", ".join(r["problems"]) or r["role"] or "-", r["summary"]] for r in plugin["records"]]
+        click.echo(
+            f"plugin {plugin['name']!r} ({plugin['distribution']} {plugin['version']}), module {plugin['module']}:"
+        )
+        rows = [
+            [
+                r["kind"][:-1],
+                r["name"],
+                ", ".join(r["backends"]) or "-",
+                ", ".join(r["problems"]) or r["role"] or "-",
+                r["summary"],
+            ]
+            for r in plugin["records"]
+        ]
         if rows:
             table = format_table(["kind", "name", "backends", "problems/role", "summary"], rows)
             click.echo("\n".join("  " + line for line in table.splitlines()))
         else:
             click.echo("  (no components)")
+        for warning in plugin["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
 
 
-def roll_back(before: dict[str, str]) -> str:
-    """Uninstall the distributions that appeared since ``before``; say what was done."""
-    after = installed()
+def roll_back(before: dict[str, Installed], pip_args: Sequence[str] = (), targets: Sequence[str] = ()) -> str:
+    """Undo an install: uninstall what is new, reinstall what was replaced (``pip_args`` reach
+    that pip call too). Return what was done and what the environment holds now, including
+    the ``targets`` that were installed before and were left as they were."""
+    after = snapshot()
     added = sorted(set(after) - set(before))
+    replaced = sorted(n for n in before if after.get(n) != before[n])
     if added:
         pip("uninstall", "--yes", "--quiet", *added)
-    left = [n for n in added if n in installed()]
-    changed = [f"{n} {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after)) if before[n] != after[n]]
-    removed = [n for n in added if n not in left]
-    done = f"removed {', '.join(removed)} again" if removed else "nothing new was installed"
-    if left:
-        done += f"; could not remove {', '.join(left)}"
-    if changed:
-        done += f"; pip changed versions ({'; '.join(changed)}), reinstall the old ones by hand"
-    elif not left:
-        done += ", the environment is as it was"
-    return done
+    sources = [s for s in (before[n].source for n in replaced) if s]
+    if sources:
+        pip("install", "--quiet", "--no-deps", *sources, *pip_args)
+    now = installed()
+    restored = {n for n in replaced if before[n].source and now.get(n) == before[n].version}
+    done = [f"removed {n} {after[n].version}" for n in added if n not in now]
+    done += [f"reinstalled {n} {before[n].version}" for n in sorted(restored)]
+    left = [f"{n} {now[n]} is still installed (pip could not remove it)" for n in added if n in now]
+    left += [_not_restored(n, before[n], now.get(n)) for n in replaced if n not in restored]
+    kept = [
+        f"{n} {before[n].version} was installed before and stays installed"
+        for n in targets
+        if n in before and n not in replaced
+    ]
+    summary = ", ".join(done) or "nothing was changed"
+    if not left:
+        summary += ", the environment is as it was"
+    return "; ".join([summary, *left, *kept])
+
+
+def _not_restored(name: str, old: Installed, now: str | None) -> str:
+    """What is installed instead of ``old`` and how to get it back."""
+    if now is None:
+        state = f"{name} {old.version} is gone"
+    else:
+        state = f"{name} {now} is installed in place of {'the previous ' if now == old.version else ''}{old.version}"
+    if old.source is not None:
+        return f"{state} (pip could not reinstall it: run 'pip install {old.source}')"
+    option = "-e " if old.editable else ""
+    return (
+        f"{state}, which was installed from the folder {old.folder}{' (editable)' if old.editable else ''} "
+        f"and cannot be fetched again; run 'metaplug install {option}{old.folder}' once that folder holds "
+        f"a working version, or 'metaplug uninstall {name}'"
+    )
 
 
 @cli.command("install")
@@ -142,33 +237,41 @@ def roll_back(before: dict[str, str]) -> str:
 def install_command(spec: str, editable: bool, pip_args: tuple[str, ...]) -> None:
     """Install a plugin with pip into metaplug's environment and show its components.
 
-    NAME|PATH is a requirement (metaplug-foo, metaplug-foo==1.2) or a project folder or
-    wheel. Options after '--' go to pip. If pip fails, or the installed package is not
-    a working metaplug plugin, what was installed is removed again.
+    NAME|PATH is a requirement (metaplug-foo, metaplug-foo==1.2, metaplug-foo[extra]) or a
+    project folder or wheel, with optional extras (./metaplug-foo[test]). Options after '--'
+    go to pip. If pip fails, or the installed package is not a working metaplug plugin, what
+    was installed is removed again and a version it replaced is reinstalled.
     """
     is_path = looks_like_path(spec)
-    if is_path and not Path(spec).exists():
-        raise ConfigError(f"no such file or folder: {spec}")
-    if editable and not (is_path and Path(spec).is_dir()):
+    path, extras = split_extras(spec) if is_path else (spec, "")
+    if is_path and not Path(path).expanduser().exists():
+        raise ConfigError(f"no such file or folder: {path}")
+    if editable and not (is_path and Path(path).expanduser().is_dir()):
         raise ConfigError(f"-e installs a project folder in development mode; {spec!r} is not a folder")
-    expected = distribution_of(spec)
+    expected = distribution_of(str(Path(path).expanduser()) if is_path else spec)
     if expected == canonical(PROJECT_NAME):
         raise ConfigError("metaplug itself is not a plugin; upgrade it with pip")
-    before = installed()
-    target = str(Path(spec).resolve()) if is_path else spec
+    before = snapshot()
+    target = f"{Path(path).expanduser().resolve()}{extras}" if is_path else spec
     code = pip("install", *(["--editable"] if editable else []), target, *pip_args)
     if code != 0:
-        fail(f"pip could not install {spec} (exit status {code}; its messages are above); {roll_back(before)}")
+        fail(
+            f"pip could not install {spec} (exit status {code}; its messages are above); "
+            f"{roll_back(before, pip_args, [expected] if expected else [])}"
+        )
     after = installed()
-    changed = {n for n in after if before.get(n) != after[n]}
+    changed = {n for n in after if n not in before or before[n].version != after[n]}
     candidates = sorted({expected} & set(after) if expected else changed) or sorted(changed)
     plugins = discovered_in_fresh_process(candidates) if candidates else []
     broken = [p for p in plugins if p["error"]]
     if not plugins or broken:
-        why = (f"plugin {broken[0]['name']!r} does not load: {broken[0]['error']}" if broken else
-               f"{', '.join(candidates) or spec} is not a metaplug plugin "
-               f"(no entry point in group {ENTRY_POINT_GROUP!r})")
-        fail(f"{why}; {roll_back(before)}")
+        why = (
+            f"plugin {broken[0]['name']!r} does not load: {broken[0]['error']}"
+            if broken
+            else f"{', '.join(candidates) or spec} is not a metaplug plugin "
+            f"(no entry point in group {ENTRY_POINT_GROUP!r})"
+        )
+        fail(f"{why}; {roll_back(before, pip_args, candidates)}")
     for plugin in plugins:
         click.echo(f"installed {plugin['distribution']} {plugin['version']}")
     show_plugins(plugins)
@@ -193,19 +296,25 @@ def uninstall_command(name: str, yes: bool) -> None:
     versions = installed()
     if distribution not in versions:
         known = sorted(set(by_plugin) | set(by_plugin.values()))
-        raise ConfigError(f"no installed plugin or distribution named {name!r}.{suggest(name, known)}"
-                          + (f" Installed plugins: {', '.join(sorted(by_plugin))}." if by_plugin else ""))
+        raise ConfigError(
+            f"no installed plugin or distribution named {name!r}.{suggest(name, known)}"
+            + (f" Installed plugins: {', '.join(sorted(by_plugin))}." if by_plugin else "")
+        )
     if not any(ep.group == ENTRY_POINT_GROUP for ep in metadata.distribution(distribution).entry_points):
-        raise ConfigError(f"{distribution} is not a metaplug plugin (no entry point in group "
-                          f"{ENTRY_POINT_GROUP!r}); refusing to uninstall it, use pip")
+        raise ConfigError(
+            f"{distribution} is not a metaplug plugin (no entry point in group "
+            f"{ENTRY_POINT_GROUP!r}); refusing to uninstall it, use pip"
+        )
     removed = [p for p in plugins if canonical(p.distribution) == distribution]
     code = pip("uninstall", "--yes", distribution)
     if code != 0:
         fail(f"pip could not uninstall {distribution} (exit status {code}; its messages are above)")
     still = discovered_in_fresh_process([distribution])
     if still:
-        fail(f"{distribution} was uninstalled but discovery still finds plugin {still[0]['name']!r} "
-             f"(another copy on the path?)")
+        fail(
+            f"{distribution} was uninstalled but discovery still finds plugin {still[0]['name']!r} "
+            f"(another copy on the path?)"
+        )
     for plugin in removed:
         counts = ", ".join(f"{k}: {', '.join(v)}" for k, v in plugin.components.items()) or "no components"
         click.echo(f"uninstalled {distribution} {versions[distribution]}: plugin {plugin.name!r} ({counts})")
@@ -223,6 +332,8 @@ def uninstall_command(name: str, yes: bool) -> None:
 def new_plugin_command(name: str, kind: str, backend: str, directory: str | None) -> None:
     """Write a ready-to-install plugin package: pyproject, hooks, a working
     implementation, conformance tests, README and LICENSE."""
+    import shlex
+
     from metaplug.templates import PluginNames, render
 
     names = PluginNames.from_name(name, kind, backend)
@@ -233,4 +344,6 @@ def new_plugin_command(name: str, kind: str, backend: str, directory: str | None
     click.echo(f"wrote {names.kind} plugin {names.distribution!r} to {destination}/:")
     for path in written:
         click.echo(f"  {path.relative_to(destination)}")
-    click.echo(f"next: metaplug install -e {destination} && pytest {destination}")
+    folder = str(destination) if destination.is_absolute() or str(destination).startswith(".") else f"./{destination}"
+    click.echo(f"next: metaplug install -e {shlex.quote(folder + '[test]')} && cd {shlex.quote(str(destination))} "
+               f"&& python -m pytest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import traceback
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ import click
 from metaplug.experiment.components import describe_options
 from metaplug.experiment.tomlio import format_value
 
-from metaplug.cli import cli
+from metaplug.cli import cli, debugging
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
 from metaplug.contract.records import KINDS
 from metaplug.plugins.registry import normalize_kind
@@ -31,19 +32,31 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(as_json: bool) -> None:
-    """List installed plugins, their components and load errors."""
+    """List installed plugins, their components, load errors and warnings."""
     found = discovery()
     if as_json:
         echo_json([p.as_dict() for p in found.plugins])
-        return
-    rows = []
-    for p in found.plugins:
-        status = "disabled" if p.disabled else ("error" if p.error else "ok")
-        counts = ", ".join(f"{len(v)} {k}" for k, v in p.components.items()) or "-"
-        rows.append([p.name, p.distribution, p.version, status, counts])
-    click.echo(format_table(["plugin", "distribution", "version", "status", "components"], rows))
-    for p in found.errors:
-        click.echo(f"error: plugin {p.name!r} ({p.distribution} {p.version}): {p.error}", err=True)
+    else:
+        rows = []
+        for p in found.plugins:
+            status = "disabled" if p.disabled else ("error" if p.error else "ok")
+            counts = ", ".join(f"{len(v)} {k}" for k, v in p.components.items()) or "-"
+            rows.append([p.name, p.distribution, p.version, status, counts])
+        click.echo(format_table(["plugin", "distribution", "version", "status", "components"], rows))
+    echo_errors(lines=not as_json)
+    if not as_json:
+        for p in found.plugins:
+            for warning in p.warnings:
+                click.echo(f"warning: {p.describe()}: {warning}", err=True)
+
+
+def echo_errors(lines: bool = True) -> None:
+    """On stderr, each plugin error as one ``error:`` line, after its traceback with ``METAPLUG_DEBUG=1``."""
+    for p in discovery().errors:
+        if debugging() and p.exception is not None:
+            click.echo("".join(traceback.format_exception(p.exception)).rstrip(), err=True)
+        if lines:
+            click.echo(f"error: {p.describe()}: {p.error}", err=True)
 
 
 @cli.command("list")
@@ -72,6 +85,7 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
                 "plugins": sorted({r.plugin for r in records}),
             })
         listing[k] = entries
+    echo_errors()
     if as_json:
         echo_json(listing if kind is None else listing[kinds[0]])
         return

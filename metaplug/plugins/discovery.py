@@ -9,24 +9,26 @@ Environment variables:
     Comma-separated plugin names to skip.
 
 A plugin that fails to import, breaks a hook spec or raises in a hook is
-recorded with its error and skipped; every other plugin keeps working.
+recorded with its whole error (and the exception, for ``METAPLUG_DEBUG=1``) and
+skipped; every other plugin keeps working. First-party plugins load first, so a
+third-party component that reuses a first-party name is the one reported and dropped.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from metaplug import ENTRY_POINT_GROUP, PROJECT_NAME, __version__
 from metaplug.contract import hookspecs
-from metaplug.contract.records import KINDS, Component, _first_line, validate
-from metaplug.errors import PluginError
+from metaplug.contract.records import KINDS, Component, validate
+from metaplug.errors import PluginError, suggest
 from metaplug.plugins import builtin
 from metaplug.plugins.registry import Registry
 
@@ -38,6 +40,21 @@ HOOK_FOR_KIND: dict[str, str] = {
 }
 
 BUILTIN_PLUGIN = "metaplug"
+
+FIRST_PARTY: frozenset[str] = frozenset({PROJECT_NAME, "metaplug-torch", "metaplug-tensorflow"})
+"""Distributions (canonical names) whose components win a name clash with any other plugin's."""
+
+
+def canonical(name: str) -> str:
+    """A distribution name normalised as in PEP 503 (``Metaplug_Foo`` -> ``metaplug-foo``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line: every line of the message (and its notes) kept, joined by ``"; "``."""
+    lines = [*str(exc).splitlines(), *getattr(exc, "__notes__", ())]
+    text = "; ".join(line.strip() for line in lines if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -52,10 +69,33 @@ class PluginInfo:
     components: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     disabled: bool = False
+    warnings: list[str] = field(default_factory=list)
+    loaded: bool = False
+    """Its hooks ran without error (its components were collected, or dropped only for a clash)."""
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    """The exception behind :attr:`error`, if one was raised (its traceback is kept)."""
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.disabled
+
+    @property
+    def failed(self) -> bool:
+        """The plugin has an error and registered nothing: it failed to import, validate or run its hooks."""
+        return self.error is not None and not self.loaded
+
+    @property
+    def first_party(self) -> bool:
+        return canonical(self.distribution) in FIRST_PARTY
+
+    def describe(self) -> str:
+        """``plugin 'torch' (metaplug-torch 0.1.0)``."""
+        return f"plugin {self.name!r} ({self.distribution} {self.version})"
+
+    def fail(self, message: str, exc: BaseException | None = None) -> None:
+        """Record an error (appended to an earlier one) and the exception behind it."""
+        self.error = message if self.error is None else f"{self.error}; {message}"
+        self.exception = self.exception or exc
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +106,7 @@ class PluginInfo:
             "hooks": self.hooks,
             "components": self.components,
             "error": self.error,
+            "warnings": self.warnings,
             "disabled": self.disabled,
         }
 
@@ -91,21 +132,22 @@ def _names_from_env(variable: str) -> set[str] | None:
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
+    """The group's entry points, first-party distributions first, then by distribution name."""
     seen: set[tuple[str, str]] = set()
     found = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             found.append(ep)
-    return sorted(found, key=lambda ep: (_dist_name(ep).lower(), ep.name))
+    return sorted(found, key=lambda ep: (canonical(_dist_name(ep)) not in FIRST_PARTY, _dist_name(ep).lower(), ep.name))
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:
-    return ep.dist.metadata["Name"] if ep.dist is not None else "unknown"
+    return (ep.dist.metadata["Name"] if ep.dist is not None else None) or "unknown"
 
 
 def _dist_version(ep: metadata.EntryPoint) -> str:
-    return ep.dist.version if ep.dist is not None else "unknown"
+    return (ep.dist.version if ep.dist is not None else None) or "unknown"
 
 
 def discover() -> Discovery:
@@ -116,9 +158,7 @@ def discover() -> Discovery:
     disabled = _names_from_env("METAPLUG_DISABLE_PLUGINS") or set()
 
     plugins = [PluginInfo(BUILTIN_PLUGIN, PROJECT_NAME, __version__, builtin.__name__)]
-    modules: dict[str, ModuleType] = {BUILTIN_PLUGIN: builtin}
     manager.register(builtin, name=BUILTIN_PLUGIN)
-
     for ep in _entry_points():
         info = PluginInfo(ep.name, _dist_name(ep), _dist_version(ep), ep.value)
         plugins.append(info)
@@ -126,43 +166,67 @@ def discover() -> Discovery:
         if (only is not None and not names & only) or names & disabled:
             info.disabled = True
             continue
-        if ep.name in modules:
-            info.error = f"plugin name {ep.name!r} is already used by {modules[ep.name].__name__}"
+        if manager.has_plugin(ep.name):
+            other = next(p for p in plugins if p.name == ep.name and p.ok)
+            info.fail(f"plugin name {ep.name!r} is already used by {other.describe()}")
             continue
         try:
             module = ep.load()
+            info.warnings = _unmarked_hooks(manager, module)
             manager.register(module, name=ep.name)
-        except Exception as exc:  # noqa: BLE001  (a broken plugin must not break the host)
-            info.error = f"{type(exc).__name__}: {_first_line(exc)}"
-            continue
-        modules[ep.name] = module
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin must not break the host
+            info.fail(describe_exception(exc), exc)
 
     _reject_unknown_hooks(manager, plugins)
-    registry = Registry()
+    registry = Registry(plugins)
     for info in plugins:
         if info.ok:
-            _collect(manager, info, registry)
+            _collect(manager, info, registry, plugins)
     return Discovery(manager, plugins, registry)
+
+
+def _hook_names(manager: pluggy.PluginManager) -> list[str]:
+    return sorted(n for n in vars(hookspecs) if manager.parse_hookspec_opts(hookspecs, n) is not None)
+
+
+def _unmarked_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Warnings for functions named like a hook but not marked with ``@metaplug.hookimpl``."""
+    return [
+        f"{name}() is not marked with @metaplug.hookimpl, so metaplug never calls it"
+        for name in _hook_names(manager)
+        if callable(getattr(plugin, name, None)) and manager.parse_hookimpl_opts(plugin, name) is None
+    ]
 
 
 def _reject_unknown_hooks(manager: pluggy.PluginManager, plugins: list[PluginInfo]) -> None:
     """Like ``check_pending()``, but unregisters the offending plugin instead of failing."""
     by_name = {p.name: p for p in plugins}
+    known = _hook_names(manager)
     while True:
         try:
             manager.check_pending()
             return
         except pluggy.PluginValidationError as exc:
-            name = manager.get_name(exc.plugin)
+            name = manager.get_name(exc.plugin) or ""
+            unknown = [c.name for c in manager.get_hookcallers(exc.plugin) or [] if not c.has_spec()]
             manager.unregister(exc.plugin)
-            by_name[name].error = f"PluginValidationError: {_first_line(exc)}"
+            hook = unknown[0] if unknown else "?"
+            hint = suggest(hook, known) or f" Known hooks: {', '.join(known)}."
+            by_name[name].fail(f"PluginValidationError: unknown hook {hook!r}.{hint}", exc)
 
 
-def _collect(manager: pluggy.PluginManager, info: PluginInfo, registry: Registry) -> None:
+def _collect(manager: pluggy.PluginManager, info: PluginInfo, registry: Registry, plugins: list[PluginInfo]) -> None:
     """Call the plugin's hooks; register its components only if every hook succeeds."""
     plugin = manager.get_plugin(info.name)
     staged: list[Component] = []
     info.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+    if not info.hooks and not info.warnings:
+        info.warnings.append(
+            f"module {info.module} has no function marked with @metaplug.hookimpl; "
+            "does the entry point name the module that holds the hooks?"
+        )
     try:
         for kind, hook_name in HOOK_FOR_KIND.items():
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
@@ -173,15 +237,40 @@ def _collect(manager: pluggy.PluginManager, info: PluginInfo, registry: Registry
                     staged.append(validate(component, _kind))
 
                 impl.function(*[{"register": register}[a] for a in impl.argnames])
-    except Exception as exc:  # noqa: BLE001
-        info.error = f"{type(exc).__name__}: {_first_line(exc)}"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        info.fail(describe_exception(exc), exc)
         return
+    info.loaded = True
     for component in staged:
-        component = _stamp(component, info)
-        clash = registry.add(component)
+        _add(_stamp(component, info), info, registry, plugins)
+
+
+def _add(component: Component, info: PluginInfo, registry: Registry, plugins: list[PluginInfo]) -> None:
+    """Register ``component`` unless a first-party record holds its slot; report clashes.
+
+    A third-party record that clashes with a first-party one is dropped and reported on its
+    plugin; when neither is first-party both are kept (looking the name up names both
+    plugins) and the clash is reported on both.
+    """
+    clash = registry.clash(component)
+    if clash is None:
+        registry.add(component)
         info.components.setdefault(component.kind, []).append(component.name)
-        if clash is not None:
-            info.error = f"PluginError: {component.describe()} duplicates {clash.describe()}"
+        return
+    owner = next(p for p in plugins if p.name == clash.plugin)
+    if owner.first_party and not info.first_party:
+        info.fail(
+            f"PluginError: {component.describe()} duplicates {clash.describe()}; "
+            f"the first-party one is used and this one is ignored: rename it"
+        )
+        return
+    registry.add(component)
+    info.components.setdefault(component.kind, []).append(component.name)
+    advice = "neither is usable until one is renamed, uninstalled or disabled with METAPLUG_DISABLE_PLUGINS"
+    info.fail(f"PluginError: {component.describe()} duplicates {clash.describe()}; {advice}")
+    owner.fail(f"PluginError: {clash.describe()} duplicates {component.describe()}; {advice}")
 
 
 def _stamp(component: Component, info: PluginInfo) -> Component:
@@ -206,17 +295,40 @@ def reset() -> None:
 
 
 def add_commands(cli: Any) -> list[PluginInfo]:
-    """Let plugins add CLI commands; return the plugins whose hook failed."""
+    """Let plugins add CLI commands; return the plugins whose hook failed.
+
+    A hook that raises adds no command, and none may replace a command that exists already.
+    """
     found = discovery()
     failed = []
     for impl in found.manager.hook.register_commands.get_hookimpls():
+        before = dict(cli.commands)
         try:
             impl.function(*[{"cli": cli}[a] for a in impl.argnames])
-        except Exception as exc:  # noqa: BLE001
+            replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
+            if replaced:
+                raise PluginError(f"register_commands may not replace the command(s) {', '.join(replaced)}")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            cli.commands.clear()
+            cli.commands.update(before)
             info = next(p for p in found.plugins if p.name == impl.plugin_name)
-            info.error = f"{type(exc).__name__} in register_commands: {_first_line(exc)}"
+            info.fail(f"in register_commands: {describe_exception(exc)}", exc)
             failed.append(info)
     return failed
 
 
-__all__ = ["Discovery", "PluginError", "PluginInfo", "discover", "discovery", "registry", "reset", "KINDS"]
+__all__ = [
+    "FIRST_PARTY",
+    "KINDS",
+    "Discovery",
+    "PluginError",
+    "PluginInfo",
+    "canonical",
+    "describe_exception",
+    "discover",
+    "discovery",
+    "registry",
+    "reset",
+]

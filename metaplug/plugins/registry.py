@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from metaplug.contract.records import KINDS, Component
 from metaplug.errors import (
     BackendNotSupportedError,
     ConfigError,
@@ -12,7 +14,9 @@ from metaplug.errors import (
     UnknownComponentError,
     suggest,
 )
-from metaplug.contract.records import KINDS, Component
+
+if TYPE_CHECKING:
+    from metaplug.plugins.discovery import PluginInfo
 
 _KIND_ALIASES = {
     "backend": "backends",
@@ -41,21 +45,25 @@ def _singular(kind: str) -> str:
 
 
 class Registry:
-    """Every component that discovery found, keyed by kind, name and backend."""
+    """Every component that discovery found, keyed by kind, name and backend.
 
-    def __init__(self) -> None:
+    ``plugins`` are the plugins discovery saw: a failed look-up names those that failed
+    to load (and chains the first one's exception), since the component may be theirs.
+    """
+
+    def __init__(self, plugins: Sequence[PluginInfo] = ()) -> None:
         self._records: dict[str, dict[str, list[Component]]] = {k: defaultdict(list) for k in KINDS}
+        self._plugins = plugins
 
-    def add(self, component: Component) -> Component | None:
-        """Add a validated record; return the record it clashes with, if any.
+    def clash(self, component: Component) -> Component | None:
+        """The registered record with ``component``'s kind, name and a shared backend, if any."""
+        return next(
+            (c for c in self._records[component.kind].get(component.name, []) if _same_slot(c, component)), None
+        )
 
-        A clash (same kind, name and a shared backend) keeps both records so
-        that looking the name up reports both plugins.
-        """
-        existing = self._records[component.kind][component.name]
-        clash = next((c for c in existing if _same_slot(c, component)), None)
-        existing.append(component)
-        return clash
+    def add(self, component: Component) -> None:
+        """Add a validated record. Clashing records are all kept: looking the name up names every plugin."""
+        self._records[component.kind][component.name].append(component)
 
     def names(self, kind: str) -> list[str]:
         """Sorted component names of ``kind``."""
@@ -78,18 +86,18 @@ class Registry:
         candidates = self._records[kind].get(name)
         if not candidates:
             known = self.names(kind)
-            listing = f" Available: {', '.join(known)}." if known else f" No {kind} are installed."
+            listing = f" Available: {', '.join(known)}" if known else f" No {kind} are installed"
             raise UnknownComponentError(
-                f"unknown {_singular(kind)} {name!r}.{suggest(name, known)}{listing}"
-            )
+                f"unknown {_singular(kind)} {name!r}.{suggest(name, known)}{listing}{self._failures('.')}"
+            ) from self._failure_cause()
         if backend is not None and kind in ("algorithms", "optimizers"):
             supported = self.backends_for(kind, name)
             candidates = [c for c in candidates if backend in c.backends]
             if not candidates:
                 raise BackendNotSupportedError(
                     f"{_singular(kind)} {name!r} is not available for backend {backend!r}; "
-                    f"it supports: {', '.join(supported)}"
-                )
+                    f"it supports: {', '.join(supported)}{self._failures('')}"
+                ) from self._failure_cause()
         clash = _first_clash(candidates)
         if clash:
             first, second = clash
@@ -107,6 +115,16 @@ class Registry:
     def load(self, kind: str, name: str, backend: str | None = None) -> Any:
         """Import and return the implementation behind :meth:`get`."""
         return self.get(kind, name, backend).load()
+
+    def _failed(self) -> list[PluginInfo]:
+        return [p for p in self._plugins if p.failed]
+
+    def _failures(self, end: str) -> str:
+        """``"; plugin 'x' (dist 1.0) failed to load: Error: ..."`` for each failed plugin, else ``end``."""
+        return "".join(f"; {p.describe()} failed to load: {p.error}" for p in self._failed()) or end
+
+    def _failure_cause(self) -> BaseException | None:
+        return next((p.exception for p in self._failed() if p.exception is not None), None)
 
 
 def _same_slot(a: Component, b: Component) -> bool:
