@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metaplug.tasks.datasets import data_dir
 from metaplug.errors import ConfigError
+from metaplug.tasks.datasets import data_dir
 from metaplug.testing import PrototypeSampler, build_algorithm
 
 SCALE = 10.0
@@ -30,7 +30,7 @@ def numpy_log_probabilities(weights: dict[str, np.ndarray], sx, sy, x, ways: int
 
 def numpy_loss(weights, batch, ways):
     losses = [-numpy_log_probabilities(weights, sx, sy, qx, ways)[np.arange(len(qy)), qy].mean()
-              for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y)]
+              for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True)]
     return float(np.mean(losses))
 
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
 
 
@@ -44,7 +43,7 @@ def test_reptile_moves_to_the_mean_of_the_adapted_weights():
         for _ in range(3):
             loss = F.mse_loss(torch.func.functional_call(algorithm.model.module, phi, (sx,)), sy)
             grads = torch.autograd.grad(loss, list(phi.values()))
-            phi = {k: (v - 0.02 * g).detach().requires_grad_() for (k, v), g in zip(phi.items(), grads)}
+            phi = {k: (v - 0.02 * g).detach().requires_grad_() for (k, v), g in zip(phi.items(), grads, strict=True)}
         adapted.append(phi)
     algorithm.meta_train_step(batch)  # SGD with lr 1: theta <- theta - (theta - mean phi) = mean phi
     for name, value in algorithm.params.items():

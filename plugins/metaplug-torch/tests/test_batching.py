@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, image_batch, regression_batch
 
 CASES = [(name, spec) for name in ALGORITHMS for spec in (SINUSOID, IMAGES)
@@ -22,12 +21,12 @@ def run(name, spec, batching):
 
 
 @pytest.mark.parametrize("name,spec", CASES, ids=[f"{n}-{s.problem}" for n, s in CASES])
-def test_vmap_equals_loop_and_reference(name, spec):
-    results = {mode: run(name, spec, mode) for mode in ("vmap", "loop", "reference")}
+def test_vectorized_equals_loop_and_reference(name, spec):
+    results = {mode: run(name, spec, mode) for mode in ("vectorized", "loop", "reference")}
     metrics, state, evaluation = results["loop"]
-    for mode in ("vmap", "reference"):
+    for mode in ("vectorized", "reference"):
         other_metrics, other_state, other_evaluation = results[mode]
-        for a, b in zip(metrics, other_metrics):
+        for a, b in zip(metrics, other_metrics, strict=True):
             assert a.keys() == b.keys()
             np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-9, atol=1e-12)
         assert state.keys() == other_state.keys()
@@ -37,28 +36,29 @@ def test_vmap_equals_loop_and_reference(name, spec):
             np.testing.assert_allclose(other_evaluation[key], evaluation[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-def test_auto_picks_vmap_for_the_mlp_and_loop_for_conv4_on_the_cpu():
-    assert build("maml", SINUSOID).mode == "vmap"
+def test_auto_picks_vectorized_for_the_mlp_and_loop_for_conv4_on_the_cpu():
+    assert build("maml", SINUSOID).mode == "vectorized"
     conv4 = build("maml", IMAGES)
-    assert conv4.mode == ("loop" if conv4.device.type == "cpu" else "vmap")
+    assert conv4.mode == ("loop" if conv4.device.type == "cpu" else "vectorized")
 
 
-def test_auto_picks_vmap_for_conv4_on_a_gpu_and_loop_for_native_batch_norm():
+def test_auto_picks_vectorized_for_conv4_on_a_gpu_and_loop_for_native_batch_norm():
     from metaplug_torch.batching import resolve
     from metaplug_torch.functional import FunctionalModel
 
     conv4 = build("maml", IMAGES).model
-    assert resolve("auto", conv4, "cuda") == "vmap"
+    assert resolve("auto", conv4, "cuda") == "vectorized"
     assert resolve("auto", conv4, "cpu") == "loop"
-    native = FunctionalModel(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3, track_running_stats=False)))
+    norm = torch.nn.BatchNorm1d(3, track_running_stats=False)
+    native = FunctionalModel(torch.nn.Sequential(torch.nn.Linear(2, 3), norm))
     assert resolve("auto", native, "cuda") == "loop"
     assert resolve("loop", conv4, "cuda") == "loop"
 
 
-def test_chunked_vmap_equals_one_vmap():
+def test_chunked_vmap_equals_one_vmap_call():
     batch = image_batch(tasks=3)
-    whole = build("maml", IMAGES, batching="vmap")
-    chunked = build("maml", IMAGES, batching="vmap")
+    whole = build("maml", IMAGES, batching="vectorized")
+    chunked = build("maml", IMAGES, batching="vectorized")
     chunked.vmap_chunk = 2
     for algorithm in (whole, chunked):
         algorithm.meta_train_step(batch)

@@ -17,11 +17,11 @@ def test_bench_reports_the_resolved_mode_and_times_a_chosen_one():
     default, chosen = bench("--json"), bench("--json", "--batching", "loop")
     assert default.returncode == 0 and chosen.returncode == 0, default.stderr + chosen.stderr
     row, loop = json.loads(default.stdout), json.loads(chosen.stdout)
-    assert (row["batching"], row["batching_used"]) == ("auto", "vmap")  # the MLP
+    assert (row["batching"], row["batching_used"]) == ("auto", "vectorized")  # the MLP
     assert (loop["batching"], loop["batching_used"]) == ("loop", "loop") and loop["median_ms"] > 0
 
 
 def test_bench_with_an_unknown_mode_reports_it_in_the_row():
-    done = bench("--json", "--batching", "vmapp")
+    done = bench("--json", "--batching", "vmap")
     assert done.returncode == 0, done.stderr
-    assert "batching must be one of auto, vmap, loop, reference" in json.loads(done.stdout)["error"]
+    assert "batching must be one of auto, vectorized, loop, reference, got 'vmap'" in json.loads(done.stdout)["error"]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, meta_gradient, regression_batch
 
 
@@ -38,10 +37,10 @@ def independent_maml_gradient(forward, params, batch, loss, lr, steps, head_only
         names = [k for k in fast if k.startswith("head.")] if head_only else list(fast)
         for _ in range(steps):
             grads = torch.autograd.grad(loss(forward(fast, sx), sy), [fast[k] for k in names], create_graph=True)
-            fast.update({k: fast[k] - lr * g for k, g in zip(names, grads)})
+            fast.update({k: fast[k] - lr * g for k, g in zip(names, grads, strict=True)})
         total = total + loss(forward(fast, qx), qy) / batch.num_tasks
     grads = torch.autograd.grad(total, list(theta.values()))
-    return {k: g.numpy() for k, g in zip(theta, grads)}
+    return {k: g.numpy() for k, g in zip(theta, grads, strict=True)}
 
 
 def assert_close(ours: dict[str, np.ndarray], expected: dict[str, np.ndarray], rtol: float = 1e-6) -> None:
@@ -57,7 +56,7 @@ def model_params(algorithm) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in algorithm.params.items()}
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop", "reference"])
+@pytest.mark.parametrize("batching", ["vectorized", "loop", "reference"])
 @pytest.mark.parametrize("name", ["maml", "anil"])
 def test_mlp_meta_gradient_matches_independent_loop(batching, name):
     batch = regression_batch()
@@ -67,7 +66,7 @@ def test_mlp_meta_gradient_matches_independent_loop(batching, name):
     assert_close(meta_gradient(algorithm, batch), expected)
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop", "reference"])
+@pytest.mark.parametrize("batching", ["vectorized", "loop", "reference"])
 def test_conv4_with_batch_norm_meta_gradient_matches_independent_loop(batching):
     batch = image_batch()
     algorithm = build("maml", IMAGES, inner_steps=2, batching=batching)
@@ -110,8 +109,8 @@ def test_metasgd_rates_get_the_gradient_of_the_inner_step():
         sx, sy, qx, qy = (torch.from_numpy(a[t]).double() for a in
                           (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
         grads = torch.autograd.grad(F.mse_loss(mlp_forward(theta, sx), sy), list(theta.values()), create_graph=True)
-        fast = {k: theta[k] - rates[k] * g for k, g in zip(theta, grads)}
+        fast = {k: theta[k] - rates[k] * g for k, g in zip(theta, grads, strict=True)}
         total = total + F.mse_loss(mlp_forward(fast, qx), qy) / batch.num_tasks
     expected = torch.autograd.grad(total, [*theta.values(), *rates.values()])
     names = [*theta, *(f"inner.{k}" for k in rates)]
-    assert_close(gradient, {k: g.numpy() for k, g in zip(names, expected)})
+    assert_close(gradient, {k: g.numpy() for k, g in zip(names, expected, strict=True)})

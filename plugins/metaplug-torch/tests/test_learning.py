@@ -6,22 +6,22 @@ import functools
 
 import pytest
 
-from metaplug.errors import DatasetError
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.errors import DatasetError
 from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 from metaplug_torch import optimizers
-from metaplug_torch.backend import TorchBackend
+from metaplug_torch.backend import Backend
 
 
 def train(name, sampler, steps, meta_batch, lr=1e-3, model_options=None, **hyperparameters):
-    backend = TorchBackend("cpu")
+    backend = Backend("cpu")
     backend.seed(0)
     spec = sampler.spec
     model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
                                           model_options or {}))
     algorithm = registry().load("algorithms", name, backend="torch")(
-        backend=backend, model=model, spec=spec, optimizer=functools.partial(optimizers.adam, lr=lr),
+        backend=backend, model=model, spec=spec, optimizer=functools.partial(optimizers.Adam, lr=lr),
         **hyperparameters)
     for _ in range(steps):
         algorithm.meta_train_step(sampler.sample(meta_batch))

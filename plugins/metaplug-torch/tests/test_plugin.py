@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import ModelSpec
-from metaplug.plugins.discovery import registry
-from metaplug_torch.backend import TorchBackend
-from metaplug_torch.inner import InnerRule
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, regression_batch
+
+from metaplug.contract.interfaces import InnerRule, ModelSpec
+from metaplug.errors import ConfigError
+from metaplug.plugins.discovery import registry
+from metaplug_torch.backend import Backend
+from metaplug_torch.inner import InnerMetaSGD, InnerSGD
 
 
 def test_every_component_is_registered_for_torch():
@@ -42,7 +42,7 @@ def test_discovery_imports_no_torch():
 
 
 def test_standard_models_have_the_documented_layout():
-    backend = TorchBackend("cpu")
+    backend = Backend("cpu")
     mlp = backend.build_model(ModelSpec("mlp", (1,), 1))
     assert {k: tuple(v.shape) for k, v in mlp.state_dict().items()} == {
         "features.0.weight": (40, 1), "features.0.bias": (40,), "features.1.weight": (40, 40),
@@ -60,7 +60,7 @@ def test_standard_models_have_the_documented_layout():
 
 
 def test_batch_norm_uses_batch_statistics():
-    conv = TorchBackend("cpu").build_model(ModelSpec("conv4", (1, 16, 16), 3, {"filters": 4}))
+    conv = Backend("cpu").build_model(ModelSpec("conv4", (1, 16, 16), 3, {"filters": 4}))
     block = conv.features[0]
     x = torch.randn(6, 1, 16, 16) * 3 + 2
     normed = block.norm(block.conv(x))
@@ -74,16 +74,25 @@ def test_protonet_on_regression_is_a_config_error():
 
 
 def test_unknown_inner_rule_suggests_the_right_name():
-    with pytest.raises(ConfigError, match="inner_rule 'inner-sdg'.*Did you mean 'inner-sgd'"):
+    with pytest.raises(ConfigError, match="inner_rule: unknown optimizer 'inner-sdg'.*Did you mean 'inner-sgd'"):
         build("maml", SINUSOID, inner_rule="inner-sdg")
-    with pytest.raises(ConfigError, match="'adam' is an outer optimizer; inner rules: inner-metasgd, inner-sgd"):
+    with pytest.raises(ConfigError, match="'adam' is an outer optimizer; inner rules for torch: inner-metasgd, "):
         build("maml", SINUSOID, inner_rule="adam")
 
 
+def test_built_directly_an_algorithm_finds_only_the_builtin_rules():
+    maml = registry().load("algorithms", "metasgd", backend="torch")(spec=SINUSOID, backend=Backend("cpu"))
+    assert isinstance(maml.rule, InnerMetaSGD) and set(maml.extra) == {f"inner.{n}" for n in maml.params}
+    with pytest.raises(ConfigError, match="inner_rule 'inner-sign' is not built into metaplug-torch .*pass rule="):
+        registry().load("algorithms", "maml", backend="torch")(spec=SINUSOID, inner_rule="inner-sign")
+    with pytest.raises(ConfigError, match="reptile has no inner_rule option; it takes no rule="):
+        build("reptile", SINUSOID, rule=InnerSGD())
+
+
 @pytest.mark.parametrize("options,message", [
-    ({"batching": "fast"}, "batching must be one of auto, vmap, loop, reference"),
-    ({"inner_lr": -1.0}, "inner_lr must be a positive number"),
-    ({"inner_steps": 0}, "inner_steps must be an integer >= 1"),
+    ({"batching": "fast"}, "batching must be one of auto, vectorized, loop, reference, got 'fast'"),
+    ({"inner_lr": -1.0}, "inner_lr must be greater than 0, got -1.0"),
+    ({"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
 ])
 def test_bad_hyperparameters_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -91,7 +100,7 @@ def test_bad_hyperparameters_are_config_errors(options, message):
 
 
 def test_bad_models_are_config_errors():
-    backend = TorchBackend("cpu")
+    backend = Backend("cpu")
     with pytest.raises(ConfigError, match="unknown model 'conv5'.*Did you mean 'conv4'"):
         backend.build_model(ModelSpec("conv5", (1, 28, 28), 5))
     with pytest.raises(ConfigError, match="unknown option 'width' for model 'conv4'"):
@@ -123,7 +132,7 @@ def test_third_party_inner_rule_instance():
         def step(self, params, grads, learnables, lr):
             return {n: p - lr * grads[n].sign() for n, p in params.items()}
 
-    algorithm = build("maml", SINUSOID, inner_rule=SignSGD(), inner_lr=0.5)
+    algorithm = build("maml", SINUSOID, rule=SignSGD(), inner_lr=0.5)
     batch = regression_batch()
     result = algorithm.evaluate(batch, steps=1)
     assert np.all(result["loss"] != result["loss_before"])
@@ -148,6 +157,21 @@ def test_readme_example_runs():
 def test_read_only_arrays_become_tensors_without_warnings(recwarn):
     array = np.arange(6.0).reshape(2, 3)
     array.flags.writeable = False  # e.g. arrays loaded from a read-only cache
-    tensor = TorchBackend("cpu").tensor(array)
+    tensor = Backend("cpu").tensor(array)
     assert tensor.dtype == torch.float32 and tensor.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_outer_optimizers_are_torch_optimizers_with_the_host_options():
+    from metaplug_torch import optimizers
+
+    params = [torch.nn.Parameter(torch.ones(2))]
+    adam = optimizers.Adam(params, lr=0.1, betas=[0.5, 0.9], amsgrad=True, weight_decay=0.01)
+    assert isinstance(adam, torch.optim.Adam) and adam.options.betas == (0.5, 0.9)
+    assert adam.param_groups[0] | {"betas": (0.5, 0.9), "amsgrad": True, "weight_decay": 0.01} == adam.param_groups[0]
+    rmsprop = optimizers.RMSprop(params, lr=0.1, centered=True, momentum=0.5)
+    assert rmsprop.param_groups[0]["centered"] and rmsprop.param_groups[0]["momentum"] == 0.5
+    with pytest.raises(ConfigError, match="nesterov needs a positive momentum"):
+        optimizers.SGD(params, lr=0.1, nesterov=True)
+    with pytest.raises(ConfigError, match="lr must be greater than 0, got 0"):
+        optimizers.SGD(params, lr=0)

@@ -9,16 +9,16 @@ import functools
 import numpy as np
 import pytest
 import torch
-
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
-from metaplug.errors import ConfigError, DatasetError
+
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
 from metaplug.contract.minibatches import draw_generator, mini_batches
+from metaplug.errors import ConfigError, DatasetError
 from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 from metaplug_torch import optimizers
 from metaplug_torch.algorithms.reptile import AdamState, adam_step
-from metaplug_torch.backend import TorchBackend
+from metaplug_torch.backend import Backend
 
 
 def numpy_adam(p, grads, lr, b1, b2, eps):
@@ -39,7 +39,7 @@ def test_adam_step_is_tf1_adam(beta1):
     expected = numpy_adam(p0, grads, 0.01, beta1, 0.999, 1e-8)
     params = {"w": torch.tensor(p0)}
     state = AdamState({"w": torch.zeros(3, 2, dtype=torch.float64)}, {"w": torch.zeros(3, 2, dtype=torch.float64)}, 0)
-    for t, (g, want) in enumerate(zip(grads, expected), start=1):
+    for t, (g, want) in enumerate(zip(grads, expected, strict=True), start=1):
         params, state = adam_step(params, {"w": torch.tensor(g)}, state, 0.01, beta1, 0.999, 1e-8)
         assert state.t == t
         np.testing.assert_allclose(params["w"].numpy(), want, rtol=1e-13, atol=1e-15)
@@ -63,20 +63,20 @@ def adam_reptile(spec=SINUSOID, **options):
     return build("reptile", spec, optimizer="sgd", lr=1.0, inner_optimizer="adam", inner_lr=0.01, **options)
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("batching", ["vectorized", "loop"])
 def test_adam_state_runs_through_the_tasks_in_order_and_evaluation_leaves_it(batching):
     batch = regression_batch(tasks=3, shots=6)
     reptile = adam_reptile(batching=batching)
     start = {n: p.detach().clone() for n, p in reptile.params.items()}
     reptile.meta_train_step(batch)
-    assert reptile.inner_adam.t == 3 * reptile.inner_steps
+    assert reptile.inner_adam.t == 3 * reptile.options.inner_steps
 
     # the same three tasks by hand, one after another, each continuing the Adam state
     manual = adam_reptile(batching=batching)
     state, adapted = manual.inner_adam, []
     for i in range(3):
         sx, sy = (torch.from_numpy(a[i]).double() for a in (batch.support_x, batch.support_y))
-        fast, state = manual.adapt_with(start, sx, sy, manual.inner_steps, None, state)
+        fast, state = manual.adapt_with(start, sx, sy, manual.options.inner_steps, None, state)
         adapted.append(fast)
     for n, p in reptile.params.items():
         expected = start[n] - (start[n] - torch.stack([f[n] for f in adapted]).mean(0))
@@ -152,11 +152,11 @@ def test_non_transductive_predictions_are_one_pass_per_query_with_the_support_se
 
 def test_new_options_are_checked():
     for options, message in [({"inner_optimizer": "rmsprop"}, "inner_optimizer must be one of sgd, adam"),
-                             ({"inner_batch_size": 0}, "inner_batch_size must be an integer >= 1"),
+                             ({"inner_batch_size": 0}, "inner_batch_size must be at least 1, got 0"),
                              ({"test_inner_batch_size": 2.5}, "test_inner_batch_size must be an integer"),
-                             ({"adam_beta1": 1.0}, r"adam_beta1 must be a number in \[0, 1\)"),
+                             ({"adam_beta1": 1.0}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
                              ({"adam_beta2": -0.1}, "adam_beta2"), ({"adam_epsilon": 0}, "adam_epsilon"),
-                             ({"transductive": "no"}, "transductive must be true or false")]:
+                             ({"transductive": "no"}, "transductive must be true or false, got 'no'")]:
         with pytest.raises(ConfigError, match=message):
             build("reptile", SINUSOID, **options)
     default = build("reptile", SINUSOID).state_dict()
@@ -165,7 +165,7 @@ def test_new_options_are_checked():
 
 def test_linear_annealing_schedule_and_resume():
     params = [torch.nn.Parameter(torch.ones(2))]
-    optimizer = optimizers.sgd(params, lr=1.0, final_lr=0.0, anneal_steps=4)
+    optimizer = optimizers.SGD(params, lr=1.0, final_lr=0.0, anneal_steps=4)
     seen = []
     for _ in range(6):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -176,12 +176,12 @@ def test_linear_annealing_schedule_and_resume():
     lrs = []
     for resume_at in (None, 3):
         p = [torch.nn.Parameter(torch.ones(2))]
-        opt = optimizers.adam(p, lr=0.1, final_lr=0.02, anneal_steps=5)
+        opt = optimizers.Adam(p, lr=0.1, final_lr=0.02, anneal_steps=5)
         for i in range(7):
             if i == resume_at:
                 state = optimizers.optimizer_state(opt)
                 p = [torch.nn.Parameter(p[0].detach().clone())]
-                opt = optimizers.adam(p, lr=0.1, final_lr=0.02, anneal_steps=5)
+                opt = optimizers.Adam(p, lr=0.1, final_lr=0.02, anneal_steps=5)
                 optimizers.load_optimizer_state(opt, state)
             p[0].grad = torch.full((2,), float(i + 1))
             opt.step()
@@ -189,7 +189,7 @@ def test_linear_annealing_schedule_and_resume():
     assert lrs[0][0] == lrs[1][0] == pytest.approx(0.02)
     np.testing.assert_array_equal(lrs[0][1], lrs[1][1])
     expected = [min(i / 5, 1) * 0.02 + (1 - min(i / 5, 1)) * 0.1 for i in range(7)]
-    opt = optimizers.rmsprop([torch.nn.Parameter(torch.ones(1))], lr=0.1, final_lr=0.02, anneal_steps=5)
+    opt = optimizers.RMSprop([torch.nn.Parameter(torch.ones(1))], lr=0.1, final_lr=0.02, anneal_steps=5)
     got = []
     for _ in range(7):
         got.append(opt.param_groups[0]["lr"])
@@ -199,27 +199,27 @@ def test_linear_annealing_schedule_and_resume():
 
 def test_annealing_options_are_checked():
     params = [torch.nn.Parameter(torch.ones(1))]
-    with pytest.raises(ConfigError, match="anneal_steps must be an integer >= 1"):
-        optimizers.sgd(params, lr=1.0, final_lr=0.0)
+    with pytest.raises(ConfigError, match="anneal_steps must be at least 1 with final_lr, got 0"):
+        optimizers.SGD(params, lr=1.0, final_lr=0.0)
     with pytest.raises(ConfigError, match="cannot be combined"):
-        optimizers.adam(params, lr=1.0, final_lr=0.0, anneal_steps=10, decay_every=5)
-    with pytest.raises(ConfigError, match="final_lr must be a non-negative number"):
-        optimizers.rmsprop(params, lr=1.0, final_lr=-1.0, anneal_steps=10)
+        optimizers.Adam(params, lr=1.0, final_lr=0.0, anneal_steps=10, decay_every=5)
+    with pytest.raises(ConfigError, match="final_lr must be at least 0, got -1.0"):
+        optimizers.RMSprop(params, lr=1.0, final_lr=-1.0, anneal_steps=10)
     with pytest.raises(ConfigError, match="anneal_steps .* needs final_lr"):
-        optimizers.sgd(params, lr=1.0, anneal_steps=10)
+        optimizers.SGD(params, lr=1.0, anneal_steps=10)
 
 
 def published_reptile(sampler, steps, **options):
     """Reptile with Adam (beta1 = 0) on mini-batches, the outer SGD step 1.0 annealed to 0
     over ``steps`` meta-batches of 5 tasks, and non-transductive evaluation."""
-    backend = TorchBackend("cpu")
+    backend = Backend("cpu")
     backend.seed(0)
     spec = sampler.spec
     model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
                                           {"filters": 32} if spec.default_model == "conv4" else {}))
     reptile = registry().load("algorithms", "reptile", backend="torch")(
         backend=backend, model=model, spec=spec,
-        optimizer=functools.partial(optimizers.sgd, lr=1.0, final_lr=0.0, anneal_steps=steps),
+        optimizer=functools.partial(optimizers.SGD, lr=1.0, final_lr=0.0, anneal_steps=steps),
         inner_optimizer="adam", inner_steps=5, transductive=False, **options)
     for _ in range(steps):
         reptile.meta_train_step(sampler.sample(5))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, image_batch, regression_batch
+
 from metaplug.errors import ConfigError
 
 CASES = [(name, SINUSOID if name != "protonet" else IMAGES) for name in ALGORITHMS] + [("maml", IMAGES)]
@@ -61,17 +61,16 @@ def test_state_holds_the_documented_entries():
 
 def test_learning_rate_schedule_is_saved_and_restored():
     data = batches(SINUSOID, 5)
-    algorithm = build("maml", SINUSOID, optimizer="adam", lr=0.1)
-    algorithm.optimizer.metaplug_schedule.every = 2
+    algorithm = build("maml", SINUSOID, optimizer="adam", lr=0.1, optimizer_options={"decay_every": 2})
     for batch in data:
         algorithm.meta_train_step(batch)
     state = algorithm.state_dict()
     assert float(state["optimizer.lr.0"]) == pytest.approx(0.1 * 0.5 ** 2)
     assert int(state["optimizer.steps"]) == 5
-    restored = build("maml", SINUSOID, optimizer="adam", lr=0.1)
+    restored = build("maml", SINUSOID, optimizer="adam", lr=0.1, optimizer_options={"decay_every": 2})
     restored.load_state_dict(state)
     assert restored.optimizer.param_groups[0]["lr"] == algorithm.optimizer.param_groups[0]["lr"]
-    assert restored.optimizer.metaplug_schedule.steps == 5
+    assert restored.optimizer.steps_taken == 5
 
 
 def test_mismatched_state_is_a_clear_error():

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.experiment.components import host_arguments
 from metaplug.plugins.discovery import registry
-from metaplug_torch.backend import TorchBackend
+from metaplug_torch.backend import Backend
 
 SINUSOID = TaskSpec("regression", (1,), 1, None, "mlp")
 IMAGES = TaskSpec("classification", (1, 16, 16), 3, 12, "conv4")
@@ -40,19 +41,24 @@ def image_batch(tasks: int = 2, ways: int = 3, shots: int = 2, queries: int = 2,
 
 
 def build(name: str, spec: TaskSpec, *, seed: int = 0, dtype: torch.dtype = torch.float64,
-          lr: float = 1e-3, optimizer: str = "adam", model: torch.nn.Module | None = None, **options):
-    """Algorithm ``name`` on a freshly seeded standard model (16x16 conv4 with 8 filters)."""
-    backend = TorchBackend("cpu")
+          lr: float = 1e-3, optimizer: str = "adam", optimizer_options: dict | None = None,
+          model: torch.nn.Module | None = None, **options):
+    """Algorithm ``name`` on a freshly seeded standard model (16x16 conv4 with 8 filters), built
+    as the host builds it (the rule its ``inner_rule`` names as ``rule=``, unless given)."""
+    backend = Backend("cpu")
     backend.seed(seed)
     if model is None:
         model_options = {"filters": 8} if spec.default_model == "conv4" else {"hidden": (16, 16)}
         model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
                                               model_options))
     model = model.to(dtype)
-    factory = functools.partial(registry().load("optimizers", optimizer, backend="torch"), lr=lr)
-    algorithm = registry().load("algorithms", name, backend="torch")
+    reg = registry()
+    factory = functools.partial(reg.load("optimizers", optimizer, backend="torch"), lr=lr, **(optimizer_options or {}))
+    algorithm = reg.load("algorithms", name, backend="torch")
     if name != "protonet" and "inner_lr" not in options:
         options["inner_lr"] = 0.1 if spec.problem == "classification" else 0.01
+    if "rule" not in options:
+        options.update(host_arguments(reg, algorithm, options, "torch"))
     return algorithm(backend=backend, model=model, spec=spec, optimizer=factory, **options)
 
 

@@ -7,36 +7,48 @@ the cosine similarities between the query's embedding and each support embedding
 
     p(y | x, S) = sum_i softmax_i(scale * cos(f(x), f(x_i))) * onehot(y_i)
 
-Built on metaplug-torch's helpers only: ``TorchAlgorithm`` supplies construction,
-the outer step, batching over tasks and the state; ``FunctionalModel.embed`` runs
-``features`` on explicit weights.
+Built on metaplug-torch's helpers only: ``MetaLearner`` supplies construction (the
+options validated into ``self.options``), the outer step, batching over tasks and the
+state; ``FunctionalModel.embed`` runs ``features`` on explicit weights.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metaplug import option
+from metaplug.contract.hyperparameters import BatchingOptions
+from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
-from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_rate
-from metaplug_torch.backend import TorchBackend, TorchEpisodes
+from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
+from metaplug_torch.backend import Episodes
 from metaplug_torch.functional import Params, one_hot
 
 
-class MatchingNetworks(TorchAlgorithm):
+@dataclass(frozen=True)
+class MatchingNetOptions(BatchingOptions):
+    """``batching`` (metaplug-torch's modes) and the attention's ``scale``."""
+
+    scale: float = option(10.0, minimum=0, exclusive=True,
+                          help="multiplies the cosine similarities before the softmax (the paper: 1)")
+
+
+class MatchingNetworks(MetaLearner):
     """Matching Networks without full-context embeddings: cosine attention over the
     support embeddings (``features``) gives each query a distribution over the ways.
     Classification only; the model's ``head`` is built but unused.
 
-    :param scale: multiplies the cosine similarities before the softmax. Vinyals et
-        al. use 1; a larger value sharpens the attention and trains much faster on
-        small budgets (10 is the common choice of later re-implementations).
-    :param batching: how tasks are batched: ``auto``, ``vmap``, ``loop`` or ``reference``.
+    Options (:class:`MatchingNetOptions`): ``scale`` multiplies the cosine similarities
+    before the softmax. Vinyals et al. use 1; a larger value sharpens the attention and
+    trains much faster on small budgets (10 is the common choice of later
+    re-implementations). ``batching``: how tasks are batched, ``auto``, ``vectorized``,
+    ``loop`` or ``reference``.
 
     Support and query examples of a task are embedded in one batch (batch norm sees
     the whole episode); ``predict(x)`` likewise embeds ``x`` with the support set and
@@ -45,14 +57,12 @@ class MatchingNetworks(TorchAlgorithm):
 
     name = "matchingnet"
     problems = ("classification",)
+    Options = MatchingNetOptions
+    options: MatchingNetOptions
 
-    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer: Any = None, *, scale: float = 10.0,
-                 batching: str = "auto") -> None:
-        self.scale = check_rate("scale", scale)
-        super().__init__(backend, model, spec, optimizer, batching)
+    def setup(self) -> None:
+        """The embedding is the model's ``features``: it needs ``features`` and ``head`` parts."""
         self.model.require_parts(self.name)
-        self.ways = self.spec.output_size
 
     def log_probabilities(self, params: Params, sx: torch.Tensor, sy: torch.Tensor,
                           x: torch.Tensor) -> torch.Tensor:
@@ -61,8 +71,8 @@ class MatchingNetworks(TorchAlgorithm):
         embedded = self.model.embed(params, torch.cat([sx, x]))
         support = F.normalize(embedded[:shots], dim=-1)
         query = F.normalize(embedded[shots:], dim=-1)
-        attention = torch.softmax(self.scale * query @ support.T, dim=-1)
-        probabilities = attention @ one_hot(sy, self.ways, attention.dtype)
+        attention = torch.softmax(self.options.scale * query @ support.T, dim=-1)
+        probabilities = attention @ one_hot(sy, self.spec.output_size, attention.dtype)
         return torch.log(probabilities.clamp_min(1e-12))
 
     def _task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
@@ -70,7 +80,7 @@ class MatchingNetworks(TorchAlgorithm):
         # cross-entropy of log-probabilities is their negative log-likelihood (they sum to 1)
         return self.loss_and_accuracy(self.log_probabilities(params, sx, sy, qx), qy)
 
-    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
         return self.map_tasks(self._task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
@@ -79,7 +89,7 @@ class MatchingNetworks(TorchAlgorithm):
         loss, accuracy = self._task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), accuracy
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
         """Remember the support set; ``predict(x)`` gives log-probabilities. ``steps`` is ignored."""
         support_y = np.asarray(support_y)
         if support_y.ndim != 1 or not np.issubdtype(support_y.dtype, np.integer):
@@ -88,4 +98,4 @@ class MatchingNetworks(TorchAlgorithm):
         params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y)
-        return TorchAdapted(lambda x: self.log_probabilities(params, sx, sy, x), self.backend, self.dtype)
+        return AdaptedModel(lambda x: self.log_probabilities(params, sx, sy, x), self.backend, self.dtype)

@@ -7,23 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug.errors import ConfigError
 from metaplug_torch import models
 
 
 @dataclass(frozen=True)
-class TorchEpisodes:
+class Episodes:
     """An :class:`~metaplug.contract.interfaces.EpisodeBatch` as tensors on one device."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
-    problem: str
 
 
-class TorchBackend:
+class Backend:
     """PyTorch on ``device`` (default: ``cuda`` when available, else ``cpu``)."""
 
     name = "torch"
@@ -56,12 +55,10 @@ class TorchBackend:
             t = t.to(dtype or torch.float32)
         return t.to(self.device)
 
-    def to_tensors(self, batch: EpisodeBatch, dtype: torch.dtype | None = None) -> TorchEpisodes:
+    def to_tensors(self, batch: EpisodeBatch, dtype: torch.dtype | None = None) -> Episodes:
         """The batch on the device: inputs and regression targets as ``dtype``, labels int64."""
-        return TorchEpisodes(
-            *(self.tensor(a, dtype) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)),
-            problem=batch.problem,
-        )
+        return Episodes(*(self.tensor(a, dtype) for a in (batch.support_x, batch.support_y, batch.query_x,
+                                                          batch.query_y)))
 
     def build_model(self, spec: ModelSpec) -> torch.nn.Module:
         """A freshly initialised standard model (``mlp`` or ``conv4``) on the device."""

@@ -1,8 +1,9 @@
-"""Running a per-task function over a batch of tasks: ``vmap``, per-task loops, chunks.
+"""Running a per-task function over a batch of tasks: vectorized, per-task loops, chunks.
 
-Modes (the ``batching`` hyper-parameter of every torch algorithm):
+Modes (the ``batching`` option of every torch algorithm, declared by the host as
+:data:`metaplug.contract.hyperparameters.BATCHING`):
 
-``"vmap"``
+``"vectorized"``
     ``torch.func.vmap`` over the tasks (in chunks of ``chunk`` tasks when set);
     batch norm switches to elementary ops, whose second-order gradients are exact
     under ``vmap`` (the native op's are not, as of torch 2.13).
@@ -16,11 +17,11 @@ Modes (the ``batching`` hyper-parameter of every torch algorithm):
     checking and as the benchmarks' baseline.
 ``"auto"``
     ``"loop"`` for models with native batch norm (whose second-order gradients
-    ``vmap`` gets wrong) and, on the CPU, for convolutional models; ``"vmap"``
+    ``vmap`` gets wrong) and, on the CPU, for convolutional models; ``"vectorized"``
     otherwise: the MLP everywhere, conv4 on a GPU. Measured fastest
-    (docs/benchmarks.md): on 2 CPU cores ``vmap`` is 10x faster on the MLP and
+    (docs/benchmarks.md): on 2 CPU cores ``vectorized`` is 10x faster on the MLP and
     2.5-5x slower on conv4; on an H200 the per-task loop is launch-bound (about
-    0.5 s per 32-task conv4 step) and ``vmap`` runs the 32 tasks as one batch.
+    0.5 s per 32-task conv4 step) and ``vectorized`` runs the 32 tasks as one batch.
 """
 
 from __future__ import annotations
@@ -30,24 +31,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from metaplug.errors import ConfigError
 from metaplug_torch.functional import FunctionalModel
 from metaplug_torch.models import execution_style
-
-MODES: tuple[str, ...] = ("auto", "vmap", "loop", "reference")
 
 TaskFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
 def resolve(mode: str, model: FunctionalModel, device: torch.device | str = "cpu") -> str:
     """The concrete mode for ``mode`` (``"auto"`` picks per model and device)."""
-    if mode not in MODES:
-        raise ConfigError(f"batching must be one of {', '.join(MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
     if model.has_native_batch_norm or (model.has_conv and torch.device(device).type == "cpu"):
         return "loop"
-    return "vmap"
+    return "vectorized"
 
 
 def map_tasks(
@@ -67,21 +63,21 @@ def map_tasks(
     bounded. Returned outputs are detached.
     """
     num_tasks = int(tasks[0].shape[0])
-    if mode == "vmap":
+    if mode == "vectorized":
         size = chunk or num_tasks
         mapped = torch.func.vmap(fn, in_dims=(None,) + (0,) * len(tasks), randomness="error")
         pieces = []
-        with execution_style("vmap"):
+        with execution_style("vectorized"):
             for start in range(0, num_tasks, size):
                 out = mapped(shared, *(t[start:start + size] for t in tasks))
                 pieces.append(_finish(out, backward_scale, lambda loss: loss.sum()))
-        return tuple(torch.cat(parts) for parts in zip(*pieces))
+        return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
     pieces = []
     with execution_style(mode):
         for index in range(num_tasks):
             out = fn(shared, *(t[index] for t in tasks))
             pieces.append(_finish(out, backward_scale, lambda loss: loss))
-    return tuple(torch.stack(parts) for parts in zip(*pieces))
+    return tuple(torch.stack(parts) for parts in zip(*pieces, strict=True))
 
 
 def _finish(out: tuple[torch.Tensor, ...], scale: float | None,

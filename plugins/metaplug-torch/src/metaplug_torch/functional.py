@@ -1,11 +1,10 @@
-"""Any ``torch.nn.Module`` as a pure function of its parameters, plus the task losses."""
+"""Any ``torch.nn.Module`` as a pure function of its parameters, and ``one_hot`` for ``vmap``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -48,11 +47,11 @@ class FunctionalModel:
         """``features(x)``; the whole output for a module without ``features``/``head``."""
         if not self.has_parts:
             return self(params, x)
-        return _call_part(self.module.features, "features.", params, x)
+        return _call_part(self.module.get_submodule("features"), "features.", params, x)
 
     def head(self, params: Params, z: torch.Tensor) -> torch.Tensor:
         """``head(z)`` with the ``head.*`` entries of ``params``."""
-        return _call_part(self.module.head, "head.", params, z)
+        return _call_part(self.module.get_submodule("head"), "head.", params, z)
 
     def require_parts(self, algorithm: str) -> None:
         if not self.has_parts:
@@ -63,18 +62,6 @@ class FunctionalModel:
 def _call_part(part: nn.Module, prefix: str, params: Params, x: torch.Tensor) -> torch.Tensor:
     sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
     return functional_call(part, sub, (x,))
-
-
-def task_loss(problem: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy (classification) or mean squared error (regression), averaged."""
-    if problem == "classification":
-        return F.cross_entropy(output, target)
-    return F.mse_loss(output, target)
-
-
-def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose highest score is the target class."""
-    return (output.argmax(-1) == target).to(output.dtype).mean()
 
 
 def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:

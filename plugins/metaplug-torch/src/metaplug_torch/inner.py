@@ -1,11 +1,13 @@
 """Inner-loop update rules (the ``role="inner"`` optimizers) and the inner loop itself.
 
-An inner rule is a class constructed with no arguments that implements
-:class:`InnerRule`. Register it under the ``optimizers`` kind with
-``role="inner"`` and ``backends=("torch",)``; ``maml``, ``anil`` and ``metasgd``
-take its name as ``inner_rule``. Rules must be pure functions of their inputs
-(no in-place updates, no randomness) so that they work under ``torch.func.vmap``
-and can be differentiated through::
+A rule implements :class:`metaplug.contract.interfaces.InnerRule`: a class constructed
+with no arguments, with ``init(params, lr)`` and ``step(params, grads, learnables, lr)``
+on name-keyed mappings of tensors. Register it under the ``optimizers`` kind with
+``role="inner"`` and ``backends=("torch",)``; ``maml``, ``fomaml``, ``anil`` and
+``metasgd`` name it in their ``inner_rule`` option, and the host passes the instance as
+``rule=``. Rules must be pure functions of their inputs (no in-place updates, no
+randomness) so that they work under ``torch.func.vmap`` and can be differentiated
+through::
 
     class InnerSignSGD:
         def init(self, params, lr):
@@ -17,25 +19,13 @@ and can be differentiated through::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol, runtime_checkable
 
 import torch
 
+from metaplug.contract.interfaces import InnerRule
+from metaplug.errors import ConfigError
+
 Params = Mapping[str, torch.Tensor]
-
-
-@runtime_checkable
-class InnerRule(Protocol):
-    """How the inner loop turns gradients into adapted parameters."""
-
-    def init(self, params: Params, lr: float) -> dict[str, torch.Tensor]:
-        """Learnable tensors of the rule for the adapted ``params`` (meta-learned in the
-        outer loop and saved as ``inner.<name>``); ``{}`` when nothing is learned."""
-        ...
-
-    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, torch.Tensor]:
-        """The parameters after one inner step."""
-        ...
 
 
 class InnerSGD:
@@ -59,8 +49,31 @@ class InnerMetaSGD:
         return {n: p - learnables[n] * grads[n] for n, p in params.items()}
 
 
+BUILTIN_RULES: dict[str, type[InnerRule]] = {"inner-sgd": InnerSGD, "inner-metasgd": InnerMetaSGD}
+"""The rules an algorithm built directly in Python (without ``rule=``) finds by name."""
+
+
+def resolve_rule(rule: InnerRule | None, name: str | None, algorithm: str) -> InnerRule:
+    """The inner rule of an algorithm whose ``inner_rule`` option is ``name`` (``None``: it has
+    no such option, and its inner loop is :class:`InnerSGD`): ``rule`` as the host passes it,
+    else the built-in rule of that name."""
+    if name is None:
+        if rule is not None:
+            raise ConfigError(f"{algorithm} has no inner_rule option; it takes no rule=")
+        return InnerSGD()
+    if rule is None:
+        if name not in BUILTIN_RULES:
+            raise ConfigError(f"inner_rule {name!r} is not built into metaplug-torch ({', '.join(BUILTIN_RULES)}); "
+                              f"pass rule=<the rule instance>, or run through metaplug, which loads registered rules")
+        return BUILTIN_RULES[name]()
+    if not isinstance(rule, InnerRule):
+        raise ConfigError(f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), "
+                          f"got {type(rule).__name__}")
+    return rule
+
+
 def inner_loop(
-    loss: Callable[[Params], torch.Tensor],
+    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     params: Params,
     rule: InnerRule,
     learnables: Params,
@@ -74,7 +87,7 @@ def inner_loop(
 
     ``functional`` computes gradients with ``torch.func.grad`` (works under
     ``vmap``); otherwise with ``torch.autograd.grad`` on tensors that require
-    gradients (the per-task reference). With ``second_order`` the result stays
+    gradients (the per-task loops). With ``second_order`` the result stays
     differentiable through the gradients; otherwise they are constants
     (first-order approximation; the rule's learnables still get gradients).
     """
@@ -87,7 +100,7 @@ def inner_loop(
             with torch.enable_grad():
                 values = list(fast.values())
                 found = torch.autograd.grad(loss(fast), values, create_graph=second_order)
-            grads = dict(zip(fast, found))
+            grads = dict(zip(fast, found, strict=True))
         if not second_order:
             grads = {n: g.detach() for n, g in grads.items()}
         fast = rule.step(fast, grads, learnables, lr)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+import inspect
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaplug.errors import ConfigError, suggest
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.errors import ConfigError, suggest
 
 BATCH_NORM_EPS = 1e-5
 
@@ -30,7 +32,7 @@ but PyTorch's channels_last batch-norm kernels are about 10x less accurate in fl
 Omniglot's binary images and to break float32 parity with the TensorFlow plugin. Off by
 default; set ``metaplug_torch.models.CHANNELS_LAST_ON_CPU = True`` for speed."""
 
-EXECUTION_STYLES = ("vmap", "loop", "reference")
+EXECUTION_STYLES = ("vectorized", "loop", "reference")
 _STYLE = contextvars.ContextVar("metaplug_torch_execution_style", default="loop")
 
 
@@ -39,7 +41,7 @@ def execution_style(style: str) -> Iterator[None]:
     """How the standard models run while active (the batching engine sets it).
 
     ``"loop"`` (the default): native ops (and, with :data:`CHANNELS_LAST_ON_CPU`,
-    ``channels_last`` memory order on CPU). ``"vmap"``: only ops that are exact
+    ``channels_last`` memory order on CPU). ``"vectorized"``: only ops that are exact
     under ``torch.func.vmap``: :class:`BatchNorm` uses elementary ops (the native
     batch-norm op's batching rule gives wrong second-order gradients, torch 2.13),
     and convolutions keep the default memory order (``vmap`` does not support
@@ -59,7 +61,7 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
                elementary: bool | None = None) -> torch.Tensor:
     """Normalise ``x`` (N, C, ...) over every axis but the channels with its own statistics."""
     if elementary is None:
-        elementary = _STYLE.get() == "vmap"
+        elementary = _STYLE.get() == "vectorized"
     axes = (0, *range(2, x.dim()))
     if not elementary:
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
@@ -158,7 +160,7 @@ def mlp(input_shape: Sequence[int], output_size: int, hidden: Sequence[int] = (4
     sizes = [_flat_size(input_shape), *[int(h) for h in hidden]]
     if any(s < 1 for s in sizes):
         raise ConfigError(f"mlp hidden sizes must be positive, got {tuple(hidden)}")
-    layers = DenseStack(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+    layers = DenseStack(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
     return FeaturesAndHead(layers, nn.Linear(sizes[-1], output_size))
 
 
@@ -177,7 +179,7 @@ def conv4(input_shape: Sequence[int], output_size: int, filters: int = 64, pooli
     return FeaturesAndHead(blocks, nn.Linear(filters * height * width, output_size))
 
 
-BUILDERS = {"mlp": mlp, "conv4": conv4}
+BUILDERS: dict[str, Callable[..., FeaturesAndHead]] = {"mlp": mlp, "conv4": conv4}
 
 
 def build(spec: ModelSpec) -> FeaturesAndHead:
@@ -187,7 +189,7 @@ def build(spec: ModelSpec) -> FeaturesAndHead:
                           f"Models: {', '.join(BUILDERS)}")
     builder = BUILDERS[spec.name]
     options: Mapping[str, Any] = dict(spec.options)
-    allowed = builder.__code__.co_varnames[2:builder.__code__.co_argcount]
+    allowed = tuple(inspect.signature(builder).parameters)[2:]
     unknown = [k for k in options if k not in allowed]
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for model {spec.name!r}; options: {', '.join(allowed)}")

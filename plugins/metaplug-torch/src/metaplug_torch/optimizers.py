@@ -1,116 +1,98 @@
-"""Outer optimizers (``sgd``, ``adam``, ``rmsprop``) with a step-decay or linear schedule,
-and their state as plain numpy arrays.
+"""Outer optimizers (``sgd``, ``adam``, ``rmsprop``): ``torch.optim`` with the host's
+options and learning-rate schedule, and their state as plain numpy arrays.
 
-Each factory is ``factory(params, *, lr, **options)`` and returns a
-``torch.optim.Optimizer``. ``decay_every=N`` multiplies the learning rate by
-``decay_rate`` after every ``N`` steps (ProtoNets: halve every 2000 episodes).
-``final_lr=F, anneal_steps=N`` anneals it linearly from ``lr`` to ``F`` over ``N`` steps
-(Reptile: step size 1.0 annealed to 0 over training).
+Each class is constructed as ``Cls(params, lr=..., **options)`` with the options the host
+declares once for every backend (:mod:`metaplug.contract.hyperparameters`); before every
+step the rate is :func:`metaplug.contract.schedules.learning_rate` of the steps taken
+(step decay or linear annealing), so a resumed run continues the schedule exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from metaplug.contract.hyperparameters import AdamOptions, RMSpropOptions, ScheduleOptions, SGDOptions
+from metaplug.contract.options import checked
+from metaplug.contract.schedules import learning_rate
 from metaplug.errors import ConfigError
 
 PREFIX = "optimizer."
 
 
-class StepDecay:
-    """Multiplies every group's learning rate by ``rate`` after each ``every`` steps."""
+class Scheduled:
+    """Mixed into a ``torch.optim`` optimizer: validated ``options`` and the schedule.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, every: int, rate: float) -> None:
-        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-            raise ConfigError(f"decay_every must be a non-negative integer, got {every!r}")
-        if not 0.0 < float(rate) <= 1.0:
-            raise ConfigError(f"decay_rate must be in (0, 1], got {rate!r}")
-        self.every, self.rate, self.steps = every, float(rate), 0
-        optimizer.register_step_post_hook(self._after_step)
+    ``steps_taken`` counts the steps; after each, every group's ``lr`` is set to the rate
+    of the next step (so ``param_groups`` always shows the rate in use).
+    """
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        self.steps += 1
-        if self.every and self.steps % self.every == 0:
-            for group in optimizer.param_groups:
-                group["lr"] *= self.rate
+    Options: ClassVar[type[ScheduleOptions]] = ScheduleOptions
+    param_groups: list[dict[str, Any]]
 
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **options: Any) -> None:
+        self.options = self.Options(**options)
+        self.initial_lr = checked("lr", lr, float, minimum=0, exclusive=True)
+        self.steps_taken = 0
+        super().__init__(params, lr=self.initial_lr, weight_decay=self.options.weight_decay,  # type: ignore[call-arg]
+                         **self.torch_options())
 
-class LinearAnneal:
-    """Sets every group's learning rate before step ``i`` (0-based) to
-    ``frac * final + (1 - frac) * lr`` with ``frac = min(i / every, 1)``, as Nichol et al.'s
-    ``train.py`` anneals the meta step size (``lr`` is the group's initial rate)."""
+    def torch_options(self) -> dict[str, Any]:
+        """The ``torch.optim`` keywords besides ``lr`` and ``weight_decay``."""
+        return {}
 
-    def __init__(self, optimizer: torch.optim.Optimizer, final: float, every: int) -> None:
-        if not isinstance(final, (int, float)) or isinstance(final, bool) or final < 0:
-            raise ConfigError(f"final_lr must be a non-negative number, got {final!r}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(f"anneal_steps must be an integer >= 1 with final_lr, got {every!r}")
-        self.final, self.every, self.steps = float(final), every, 0
-        self.initial = [float(group["lr"]) for group in optimizer.param_groups]
-        optimizer.register_step_post_hook(self._after_step)
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)  # type: ignore[misc]
+        self.steps_taken += 1
+        self.schedule()
+        return loss
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        self.steps += 1
-        frac = min(self.steps / self.every, 1.0)
-        for group, lr in zip(optimizer.param_groups, self.initial):
-            group["lr"] = frac * self.final + (1 - frac) * lr
+    def schedule(self) -> None:
+        """Set every group's rate for the step after ``steps_taken``."""
+        for group in self.param_groups:
+            group["lr"] = learning_rate(self.initial_lr, self.steps_taken, self.options)
 
 
-def _scheduled(optimizer: torch.optim.Optimizer, decay_every: int, decay_rate: float,
-               final_lr: float | None, anneal_steps: int) -> torch.optim.Optimizer:
-    if final_lr is None and anneal_steps != 0:
-        raise ConfigError(f"anneal_steps ({anneal_steps!r}) needs final_lr, the learning rate to anneal to")
-    if final_lr is None:
-        schedule: StepDecay | LinearAnneal = StepDecay(optimizer, decay_every, decay_rate)
-    elif decay_every:
-        raise ConfigError("final_lr (linear annealing) and decay_every (step decay) cannot be combined")
-    else:
-        schedule = LinearAnneal(optimizer, final_lr, anneal_steps)
-    optimizer.metaplug_schedule = schedule  # type: ignore[attr-defined]
-    return optimizer
-
-
-def _check_lr(lr: float) -> float:
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
-    return float(lr)
-
-
-def sgd(params: Iterable[torch.Tensor], *, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-        weight_decay: float = 0.0, decay_every: int = 0, decay_rate: float = 0.5,
-        final_lr: float | None = None, anneal_steps: int = 0) -> torch.optim.Optimizer:
+class SGD(Scheduled, torch.optim.SGD):
     """Stochastic gradient descent, optionally with (Nesterov) momentum."""
-    optimizer = torch.optim.SGD(params, lr=_check_lr(lr), momentum=momentum, nesterov=nesterov,
-                                weight_decay=weight_decay)
-    return _scheduled(optimizer, decay_every, decay_rate, final_lr, anneal_steps)
+
+    Options = SGDOptions
+    options: SGDOptions
+
+    def torch_options(self) -> dict[str, Any]:
+        return {"momentum": self.options.momentum, "nesterov": self.options.nesterov}
 
 
-def adam(params: Iterable[torch.Tensor], *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-         eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, decay_every: int = 0,
-         decay_rate: float = 0.5, final_lr: float | None = None, anneal_steps: int = 0) -> torch.optim.Optimizer:
-    """Adam (Kingma and Ba 2015)."""
-    optimizer = torch.optim.Adam(params, lr=_check_lr(lr), betas=tuple(betas), eps=eps,
-                                 weight_decay=weight_decay, amsgrad=amsgrad, foreach=False)
-    return _scheduled(optimizer, decay_every, decay_rate, final_lr, anneal_steps)
+class Adam(Scheduled, torch.optim.Adam):
+    """Adam (Kingma and Ba 2015), optionally AMSGrad."""
+
+    Options = AdamOptions
+    options: AdamOptions
+
+    def torch_options(self) -> dict[str, Any]:
+        return {"betas": self.options.betas, "eps": self.options.eps, "amsgrad": self.options.amsgrad,
+                "foreach": False}
 
 
-def rmsprop(params: Iterable[torch.Tensor], *, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8,
-            momentum: float = 0.0, centered: bool = False, weight_decay: float = 0.0, decay_every: int = 0,
-            decay_rate: float = 0.5, final_lr: float | None = None, anneal_steps: int = 0) -> torch.optim.Optimizer:
-    """RMSprop (Hinton's lecture 6e; PyTorch's formulation)."""
-    optimizer = torch.optim.RMSprop(params, lr=_check_lr(lr), alpha=alpha, eps=eps, momentum=momentum,
-                                    centered=centered, weight_decay=weight_decay, foreach=False)
-    return _scheduled(optimizer, decay_every, decay_rate, final_lr, anneal_steps)
+class RMSprop(Scheduled, torch.optim.RMSprop):
+    """RMSprop (Hinton's lecture 6e; PyTorch's formulation), optionally centred and with momentum."""
+
+    Options = RMSpropOptions
+    options: RMSpropOptions
+
+    def torch_options(self) -> dict[str, Any]:
+        return {"alpha": self.options.alpha, "eps": self.options.eps, "momentum": self.options.momentum,
+                "centered": self.options.centered, "foreach": False}
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
     """The optimizer's state as ``optimizer.*`` numpy arrays (no pickled objects).
 
-    Keys: ``optimizer.state.<param index>.<name>``, ``optimizer.lr.<group>`` and,
-    for the factories here, ``optimizer.steps`` (the schedule's step count).
+    Keys: ``optimizer.state.<param index>.<name>``, ``optimizer.lr.<group>`` and, for
+    the optimizers here, ``optimizer.steps`` (the schedule's step count).
     """
     saved = optimizer.state_dict()
     arrays: dict[str, np.ndarray] = {}
@@ -122,9 +104,8 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
             arrays[f"{PREFIX}state.{index}.{key}"] = np.array(value, order="C", copy=True)
     for g, group in enumerate(optimizer.param_groups):
         arrays[f"{PREFIX}lr.{g}"] = np.asarray(group["lr"], dtype=np.float64)
-    schedule = getattr(optimizer, "metaplug_schedule", None)
-    if schedule is not None:
-        arrays[f"{PREFIX}steps"] = np.asarray(schedule.steps, dtype=np.int64)
+    if isinstance(optimizer, Scheduled):
+        arrays[f"{PREFIX}steps"] = np.asarray(optimizer.steps_taken, dtype=np.int64)
     return arrays
 
 
@@ -143,6 +124,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, arrays: Mapping[str, 
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"optimizer state does not fit this optimizer: {exc}") from None
-    schedule = getattr(optimizer, "metaplug_schedule", None)
-    if schedule is not None and f"{PREFIX}steps" in arrays:
-        schedule.steps = int(arrays[f"{PREFIX}steps"])
+    if isinstance(optimizer, Scheduled) and f"{PREFIX}steps" in arrays:
+        optimizer.steps_taken = int(arrays[f"{PREFIX}steps"])
+        optimizer.schedule()

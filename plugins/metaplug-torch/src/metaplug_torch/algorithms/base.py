@@ -8,19 +8,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaplug.contract.hyperparameters import BatchingOptions
+from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
+from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
-from metaplug_torch import batching, optimizers
-from metaplug_torch.backend import TorchBackend, TorchEpisodes
-from metaplug_torch.functional import FunctionalModel, accuracy, task_loss
+from metaplug_torch import batching, inner, optimizers
+from metaplug_torch.backend import Backend, Episodes
+from metaplug_torch.functional import FunctionalModel
+from metaplug_torch.losses import accuracy, task_loss
 
 MODEL_PREFIX = "model."
 
 
-class TorchAdapted:
+class AdaptedModel:
     """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients."""
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: TorchBackend,
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: Backend,
                  dtype: torch.dtype) -> None:
         self._forward, self._backend, self._dtype = forward, backend, dtype
 
@@ -29,38 +32,45 @@ class TorchAdapted:
             return self._forward(self._backend.tensor(np.asarray(x), self._dtype)).cpu().numpy()
 
 
-class TorchAlgorithm:
-    """Base class of torch algorithms (the extension API: see "Writing a torch algorithm"
-    in metaplug-torch's README).
+class MetaLearner:
+    """Base class of torch algorithms (the extension API: see "Writing an algorithm for
+    this backend" in metaplug-torch's README).
 
-    Subclasses implement :meth:`meta_gradients`, :meth:`evaluate_task` and :meth:`adapt`,
-    and may override :meth:`extra_parameters`, :meth:`evaluation_parameters` and
-    :meth:`evaluation_tasks`. They call the helpers :meth:`map_tasks`,
-    :meth:`loss_and_accuracy`, :meth:`detached_parameters`, :meth:`evaluation_steps` and
-    :meth:`episode_tensors`.
+    Subclasses set ``name``, ``problems`` and ``Options`` (a
+    :class:`~metaplug.contract.options.Options` dataclass; the constructor validates the
+    keyword options into ``self.options``), implement :meth:`meta_gradients`,
+    :meth:`evaluate_task` and :meth:`adapt`, and may override :meth:`extra_parameters`,
+    :meth:`setup`, :meth:`evaluation_parameters` and :meth:`evaluation_tasks`. They call
+    the helpers :meth:`map_tasks`, :meth:`loss_and_accuracy`,
+    :meth:`detached_parameters`, :meth:`evaluation_steps` and :meth:`episode_tensors`.
 
-    Set by ``__init__``: ``self.spec`` (the task spec), ``self.backend``, ``self.model``
-    (a :class:`~metaplug_torch.functional.FunctionalModel`), ``self.params`` (name ->
-    ``nn.Parameter``, the model's meta-parameters), ``self.extra`` (the meta-parameters
-    of :meth:`extra_parameters`), ``self.dtype``, ``self.device``, ``self.mode`` (the
-    resolved batching mode) and ``self.optimizer`` (the outer optimizer over both).
+    Set by ``__init__``: ``self.options``, ``self.spec`` (the task spec),
+    ``self.backend``, ``self.model`` (a :class:`~metaplug_torch.functional.FunctionalModel`),
+    ``self.params`` (name -> ``nn.Parameter``, the model's meta-parameters), ``self.rule``
+    (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option names, or
+    :class:`~metaplug_torch.inner.InnerSGD` without that option), ``self.extra`` (the
+    meta-parameters of :meth:`extra_parameters`), ``self.dtype``, ``self.device``,
+    ``self.mode`` (the resolved batching mode) and ``self.optimizer`` (the outer
+    optimizer over both).
     """
 
     name = ""
     problems: tuple[str, ...] = ("regression", "classification")
+    Options: type[BatchingOptions] = BatchingOptions
     vmap_chunk: int | None = None
-    """Tasks per ``vmap`` call (``None``: the whole batch)."""
+    """Tasks per ``torch.func.vmap`` call in ``vectorized`` mode (``None``: the whole batch)."""
 
-    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
+    def __init__(self, backend: Backend | None = None, model: torch.nn.Module | None = None,
                  spec: TaskSpec | None = None, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 batching_mode: str = "auto") -> None:
+                 rule: InnerRule | None = None, **options: Any) -> None:
+        self.options = self.Options(**options)
         if spec is None:
             raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
             raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
                               f"not {spec.problem} tasks")
         self.spec = spec
-        self.backend = backend if backend is not None else TorchBackend()
+        self.backend = backend if backend is not None else Backend()
         if model is None:
             model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
         if not isinstance(model, torch.nn.Module):
@@ -71,25 +81,32 @@ class TorchAlgorithm:
             raise ConfigError("the model has no parameters to meta-learn")
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
-        self.mode = batching.resolve(batching_mode, self.model, self.device)
+        self.mode = batching.resolve(self.options.batching, self.model, self.device)
+        self.rule = inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
         self.extra: dict[str, torch.nn.Parameter] = {
             k: torch.nn.Parameter(v.detach().clone()) for k, v in self.extra_parameters().items()
         }
-        factory = optimizer if optimizer is not None else optimizers.adam
+        factory = optimizer if optimizer is not None else optimizers.Adam
         self.optimizer = factory([*self.params.values(), *self.extra.values()])
+        self.setup()
 
     # -- what subclasses implement or override --------------------------------------
     def extra_parameters(self) -> dict[str, torch.Tensor]:
         """Initial values of meta-learned tensors besides the model's, keyed by their
         ``state_dict`` name (default: none).
 
-        Called once by ``__init__`` after ``self.model``, ``self.params``, ``self.dtype``
-        and ``self.device`` are set; the values are copied into ``nn.Parameter`` objects in
-        ``self.extra``, which the outer optimizer updates and the state saves.
+        Called once by ``__init__`` after ``self.options``, ``self.model``, ``self.params``,
+        ``self.rule``, ``self.dtype`` and ``self.device`` are set; the values are copied into
+        ``nn.Parameter`` objects in ``self.extra``, which the outer optimizer updates and the
+        state saves.
         """
         return {}
 
-    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def setup(self) -> None:
+        """Called once at the end of ``__init__``, with everything set: create further state
+        (say, what ``state_dict`` saves besides parameters). Default: nothing."""
+
+    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         """Fill ``.grad`` of the meta-parameters (``self.params`` and ``self.extra``) with
         the gradient of the batch's mean query loss; return per-task ``(loss, accuracy)``.
 
@@ -107,18 +124,22 @@ class TorchAlgorithm:
         """One task's query ``(loss, loss_before, accuracy)``, scalar tensors, after adapting
         to its support set ``(sx, sy)`` with ``steps`` inner steps.
 
-        ``shared`` is :meth:`evaluation_parameters`; the tensors have no task axis.
+        ``shared`` is :meth:`evaluation_parameters`; the tensors have no task axis. An
+        algorithm whose :meth:`evaluation_tasks` appends per-task tensors receives them
+        after ``steps``: declare ``(..., steps, *extra)``.
         ``loss_before`` is the query loss before adaptation (NaN where undefined);
-        accuracy is zero for regression. Runs inside :meth:`map_tasks`, under
-        ``torch.no_grad`` in ``vmap`` mode and with gradients enabled otherwise (so an
+        accuracy is zero for regression. Runs inside :meth:`map_tasks` (under
+        ``torch.func.vmap`` in ``vectorized`` mode: write it functionally), under
+        ``torch.no_grad`` in ``vectorized`` mode and with gradients enabled otherwise (so an
         inner loop can use ``torch.autograd.grad``); results come back detached.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement evaluate_task()")
 
-    def evaluation_tasks(self, data: TorchEpisodes, steps: int) -> tuple[torch.Tensor, ...]:
+    def evaluation_tasks(self, data: Episodes, steps: int) -> tuple[torch.Tensor, ...]:
         """The per-task tensors (task axis first) that :meth:`evaluate` maps
         :meth:`evaluate_task` over, after ``shared``: ``(sx, sy, qx, qy)`` by default.
-        Override to append more (they arrive after ``qy``), e.g. Reptile's mini-batch indices."""
+        Override to append more (they arrive after ``steps``), e.g. Reptile's mini-batch
+        indices."""
         return data.support_x, data.support_y, data.query_x, data.query_y
 
     def evaluation_parameters(self) -> Any:
@@ -140,17 +161,19 @@ class TorchAlgorithm:
         """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
         data = self.episode_tensors(batch)
         steps = self.evaluation_steps(steps)
-        with batching.no_grad_unless(self.mode != "vmap"):
+        with batching.no_grad_unless(self.mode != "vectorized"):
             loss, before, acc = self.map_tasks(
-                lambda shared, *t: self.evaluate_task(shared, *t, steps=steps),
+                lambda shared, sx, sy, qx, qy, *extra: self.evaluate_task(shared, sx, sy, qx, qy, steps, *extra),
                 self.evaluation_parameters(), self.evaluation_tasks(data, steps))
         result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
         if self.spec.problem == "classification":
             result["accuracy"] = _numpy(acc)
         return result
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
-        raise NotImplementedError
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
+        """Adapt to one task's support set (numpy, no task axis) with ``steps`` inner steps
+        (``None``: :meth:`evaluation_steps`); an :class:`AdaptedModel`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adapt()")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """``model.*`` (layout of docs/models.md), extra meta-parameters and ``optimizer.*``."""
@@ -180,7 +203,7 @@ class TorchAlgorithm:
             self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)})
 
     # -- helpers for subclasses ---------------------------------------------------------
-    def episode_tensors(self, batch: EpisodeBatch) -> TorchEpisodes:
+    def episode_tensors(self, batch: EpisodeBatch) -> Episodes:
         """``batch`` as tensors on this algorithm's device (inputs in ``self.dtype``, labels
         int64); a :class:`~metaplug.errors.ConfigError` if its problem is not the spec's."""
         if batch.problem != self.spec.problem:
@@ -193,8 +216,8 @@ class TorchAlgorithm:
 
         ``tasks`` are tensors with a task axis first (e.g. ``(sx, sy, qx, qy)``); ``fn``
         sees one task's slices and returns a tuple of tensors. How tasks are batched
-        (``vmap``, a loop, ...) is ``self.mode``, with at most ``vmap_chunk`` tasks per
-        ``vmap`` call. With ``backward_scale`` the first output (the per-task loss) is
+        (``vectorized``, a loop, ...) is ``self.mode``, with at most ``vmap_chunk`` tasks per
+        ``torch.func.vmap`` call. With ``backward_scale`` the first output (the per-task loss) is
         back-propagated, scaled by it, into the leaves ``shared`` depends on (accumulating
         in ``.grad``), so ``backward_scale=1/T`` leaves the mean loss's gradient there.
         Returned outputs are detached.
@@ -204,17 +227,17 @@ class TorchAlgorithm:
 
     def detached_parameters(self) -> dict[str, torch.Tensor]:
         """The model's parameters cut from the meta-gradient (requiring gradients of their
-        own outside ``vmap``, where the inner loop uses ``torch.autograd.grad``)."""
-        if self.mode != "vmap":
+        own outside ``vectorized`` mode, where the inner loop uses ``torch.autograd.grad``)."""
+        if self.mode != "vectorized":
             return {k: v.detach().requires_grad_() for k, v in self.params.items()}
         return {k: v.detach() for k, v in self.params.items()}
 
     def evaluation_steps(self, steps: int | None) -> int:
         """Inner steps for ``evaluate``/``adapt``: ``steps``, checked (an integer >= 0), or
-        ``self.test_inner_steps`` (0 if the algorithm has none) when ``None``."""
+        ``self.options.evaluation_steps`` (0 for options without it) when ``None``."""
         if steps is None:
-            return getattr(self, "test_inner_steps", 0)
-        return check_count("steps", steps, minimum=0)
+            return getattr(self.options, "evaluation_steps", 0)
+        return checked("steps", steps, int, minimum=0)
 
     def _metrics(self, loss: torch.Tensor, acc: torch.Tensor) -> dict[str, float]:
         metrics = {"loss": float(loss.mean())}
@@ -230,20 +253,6 @@ class TorchAlgorithm:
         if self.spec.problem == "classification":
             return loss, accuracy(output, target)
         return loss, torch.zeros((), dtype=loss.dtype, device=loss.device)
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int if it is an integer >= ``minimum``, else a one-line ConfigError."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_rate(name: str, value: Any) -> float:
-    """``value`` as a float if it is a positive number, else a one-line ConfigError."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

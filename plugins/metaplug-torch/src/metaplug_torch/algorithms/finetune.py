@@ -8,18 +8,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metaplug.contract.hyperparameters import FineTuneOptions
+from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
-from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
-from metaplug_torch.backend import TorchBackend, TorchEpisodes
-from metaplug_torch.functional import Params, task_loss
-from metaplug_torch.inner import InnerSGD, inner_loop
+from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
+from metaplug_torch.backend import Episodes
+from metaplug_torch.functional import Params
+from metaplug_torch.inner import inner_loop
+from metaplug_torch.losses import task_loss
 
-MODES = ("all", "head")
 PRETRAIN = "pretrain.head."
 
 
-class Finetune(TorchAlgorithm):
+class FineTune(MetaLearner):
     """Pre-train on all meta-training tasks, then fine-tune on each task's support set.
 
     ``meta_train_step`` is ordinary training. Classification: ``features`` and a head
@@ -32,30 +33,25 @@ class Finetune(TorchAlgorithm):
     """
 
     name = "finetune"
+    Options = FineTuneOptions
+    options: FineTuneOptions
 
-    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01,
-                 test_inner_steps: int = 10, finetune: str = "all", batching: str = "auto") -> None:
-        if finetune not in MODES:
-            raise ConfigError(f"finetune must be one of {', '.join(MODES)}, got {finetune!r}")
-        if spec is not None and spec.problem == "classification" and not spec.num_classes:
-            raise ConfigError("finetune needs spec.num_classes (the training split's class count)")
-        self.inner_lr = check_rate("inner_lr", inner_lr)
-        self.test_inner_steps = check_count("test_inner_steps", test_inner_steps, minimum=0)
-        self.finetune = finetune
-        self.rule = InnerSGD()
-        self.classification = spec is not None and spec.problem == "classification"
-        super().__init__(backend, model, spec, optimizer, batching)
-        self.model.require_parts(self.name)
+    @property
+    def classification(self) -> bool:
+        return self.spec.problem == "classification"
 
     def extra_parameters(self) -> dict[str, torch.Tensor]:
+        """Classification: the pre-training head over all training classes (``pretrain.head.*``)."""
+        self.model.require_parts(self.name)
         if not self.classification:
             return {}
-        self.model.require_parts(self.name)
+        classes = self.spec.num_classes
+        if not classes:
+            raise ConfigError("finetune needs spec.num_classes (the training split's class count)")
         with torch.no_grad():
             probe = torch.zeros((2, *self.spec.input_shape), dtype=self.dtype, device=self.device)
             self.width = int(self.model.embed(self.params, probe).shape[-1])
-        head = torch.nn.Linear(self.width, int(self.spec.num_classes), dtype=self.dtype, device=self.device)
+        head = torch.nn.Linear(self.width, classes, dtype=self.dtype, device=self.device)
         return {PRETRAIN + "weight": head.weight, PRETRAIN + "bias": head.bias}
 
     # -- pre-training -------------------------------------------------------------------
@@ -67,11 +63,11 @@ class Finetune(TorchAlgorithm):
             return self.loss_and_accuracy(F.linear(z, head[PRETRAIN + "weight"], head[PRETRAIN + "bias"]), y)
         return self.loss_and_accuracy(self.model(params, x), y)
 
-    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         if self.classification:
             if batch.classes is None:
                 raise ConfigError("finetune pre-training needs batch.classes (split-wide class ids)")
-            if int(np.max(batch.classes)) >= int(self.spec.num_classes) or int(np.min(batch.classes)) < 0:
+            if int(np.max(batch.classes)) >= (self.spec.num_classes or 0) or int(np.min(batch.classes)) < 0:
                 raise ConfigError(f"class id {int(np.max(batch.classes))} is outside the "
                                   f"{self.spec.num_classes} training classes")
             classes = self.backend.tensor(batch.classes)
@@ -87,36 +83,37 @@ class Finetune(TorchAlgorithm):
     # -- fine-tuning --------------------------------------------------------------------
     def _start(self, params: Params) -> Params:
         """The parameters that fine-tuning changes, at their initial values."""
-        start = {} if self.finetune == "head" else {n: p for n, p in params.items() if n.startswith("features.")}
+        features = {n: p for n, p in params.items() if n.startswith("features.")}
+        start = {} if self.options.finetune == "head" else features
         if self.classification:
             zeros = params[self.model.names[0]].new_zeros
             ways = self.spec.output_size
             start.update({"head.weight": zeros((ways, self.width)), "head.bias": zeros((ways,))})
         else:
             start.update({n: p for n, p in params.items() if n.startswith("head.")})
-        if self.mode != "vmap":  # torch.autograd.grad needs leaves that require gradients
+        if self.mode != "vectorized":  # torch.autograd.grad needs leaves that require gradients
             start = {n: p.detach().clone().requires_grad_() for n, p in start.items()}
         return start
 
     def _inputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(params, x) if self.finetune == "head" else x
+        return self.model.embed(params, x) if self.options.finetune == "head" else x
 
     def _output(self, params: Params, fast: Params, h: torch.Tensor) -> torch.Tensor:
-        z = h if self.finetune == "head" else self.model.embed({**params, **fast}, h)
+        z = h if self.options.finetune == "head" else self.model.embed({**params, **fast}, h)
         if self.classification:
             return F.linear(z, fast["head.weight"], fast["head.bias"])
         return self.model.head(fast, z)
 
     def _finetune(self, params: Params, sx: torch.Tensor, sy: torch.Tensor,
-                  steps: int) -> tuple[Params, torch.Tensor]:
+                  steps: int) -> tuple[Params, dict[str, torch.Tensor]]:
         h_support = self._inputs(params, sx)
         start = self._start(params)
 
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
 
-        fast = inner_loop(support_loss, start, self.rule, {}, self.inner_lr, steps, second_order=False,
-                          functional=self.mode == "vmap")
+        fast = inner_loop(support_loss, start, self.rule, {}, self.options.inner_lr, steps, second_order=False,
+                          functional=self.mode == "vectorized")
         return start, fast
 
     def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
@@ -127,8 +124,9 @@ class Finetune(TorchAlgorithm):
         loss, acc = self.loss_and_accuracy(self._output(shared, fast, h_query), qy)
         return loss.detach(), before.detach(), acc.detach()
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
-        """Fine-tune on one support set for ``steps`` (default ``test_inner_steps``) steps."""
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
+        """Fine-tune on one support set for ``steps`` (default ``options.evaluation_steps``,
+        that is ``test_inner_steps``) steps."""
         steps = self.evaluation_steps(steps)
         params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
@@ -136,4 +134,4 @@ class Finetune(TorchAlgorithm):
         _, fast = self._finetune(params, sx, sy, steps)
         fast = {n: p.detach() for n, p in fast.items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return TorchAdapted(lambda x: self._output(frozen, fast, self._inputs(frozen, x)), self.backend, self.dtype)
+        return AdaptedModel(lambda x: self._output(frozen, fast, self._inputs(frozen, x)), self.backend, self.dtype)

@@ -6,39 +6,17 @@ from typing import Any
 
 import torch
 
-from metaplug.errors import ConfigError, MetaplugError
-from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm, check_count, check_rate
-from metaplug_torch.functional import task_loss
-from metaplug_torch.inner import InnerRule, inner_loop
+from metaplug.contract.hyperparameters import InnerLoopOptions
+from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
+from metaplug_torch.inner import inner_loop
+from metaplug_torch.losses import task_loss
 
 Params = dict[str, torch.Tensor]
 
 
-def load_inner_rule(name: str | InnerRule) -> InnerRule:
-    """The inner rule registered as ``name`` for torch, instantiated (an instance passes through)."""
-    from metaplug.plugins.discovery import registry
-
-    if not isinstance(name, str):
-        if not isinstance(name, InnerRule):
-            raise ConfigError(f"inner_rule must be a rule name or an object with init() and step(), "
-                              f"got {type(name).__name__}")
-        return name
-    try:
-        record = registry().get("optimizers", name, backend="torch")
-    except MetaplugError as exc:
-        raise ConfigError(f"inner_rule {name!r}: {exc}") from None
-    if record.role != "inner":
-        inner = sorted(c.name for c in registry().records("optimizers") if c.role == "inner" and "torch" in c.backends)
-        raise ConfigError(f"inner_rule {name!r} is an outer optimizer; inner rules: {', '.join(inner)}")
-    rule = record.load()()
-    if not isinstance(rule, InnerRule):
-        raise ConfigError(f"inner_rule {name!r} does not implement init() and step()")
-    return rule
-
-
-class GradientAdaptation(TorchAlgorithm):
+class GradientMetaLearner(MetaLearner):
     """Adapts the parameters named by :meth:`adapted_names` with ``inner_steps`` steps of
-    an inner rule on the support loss.
+    the inner rule (``self.rule``) on the support loss, at ``inner_lr``.
 
     With ``transductive=False``, ``evaluate`` and ``adapt`` predict each query example with
     one forward pass over the support examples and that example (batch norm then sees the
@@ -49,20 +27,10 @@ class GradientAdaptation(TorchAlgorithm):
     the adapted parameters), so the inner loop only recomputes what changes.
     """
 
+    Options: type[InnerLoopOptions] = InnerLoopOptions
+    options: InnerLoopOptions
     head_only = False
-
-    def __init__(self, backend: Any, model: Any, spec: Any, optimizer: Any, *, inner_lr: float,
-                 inner_steps: int, test_inner_steps: int | None, rule: InnerRule, batching: str,
-                 transductive: bool = True) -> None:
-        if not isinstance(transductive, bool):
-            raise ConfigError(f"transductive must be true or false, got {transductive!r}")
-        self.transductive = transductive
-        self.inner_lr = check_rate("inner_lr", inner_lr)
-        self.inner_steps = check_count("inner_steps", inner_steps)
-        self.test_inner_steps = self.inner_steps if test_inner_steps is None else check_count(
-            "test_inner_steps", test_inner_steps, minimum=0)
-        self.rule = rule
-        super().__init__(backend, model, spec, optimizer, batching)
+    """Adapt only ``head.*`` (ANIL)."""
 
     # -- which parameters adapt, and how the model splits around them -------------------
     def adapted_names(self) -> list[str]:
@@ -76,7 +44,7 @@ class GradientAdaptation(TorchAlgorithm):
     def extra_parameters(self) -> dict[str, torch.Tensor]:
         """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
         adapted = {n: self.params[n] for n in self.adapted_names()}
-        return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.inner_lr).items()}
+        return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.options.inner_lr).items()}
 
     def inner_learnables(self) -> Params:
         """The inner rule's meta-learned tensors (``self.extra``), keyed by parameter name."""
@@ -99,7 +67,7 @@ class GradientAdaptation(TorchAlgorithm):
         """The model's output on the query inputs ``qx`` with ``fast`` in place: one batch of
         queries (``h_query``, when given, is ``task_inputs(params, qx)``) when transductive,
         else row ``j`` is the last output of a pass over ``cat(sx, qx[j:j+1])``."""
-        if self.transductive:
+        if self.options.transductive:
             return self.task_output(params, fast, self.task_inputs(params, qx) if h_query is None else h_query)
         rows = [self.task_output(params, fast, self.task_inputs(params, torch.cat([sx, qx[j:j + 1]])))[-1]
                 for j in range(qx.shape[0])]
@@ -118,8 +86,8 @@ class GradientAdaptation(TorchAlgorithm):
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
 
-        return inner_loop(support_loss, start, self.rule, learnables, self.inner_lr, steps,
-                          second_order=second_order, functional=self.mode == "vmap")
+        return inner_loop(support_loss, start, self.rule, learnables, self.options.inner_lr, steps,
+                          second_order=second_order, functional=self.mode == "vectorized")
 
     def evaluation_parameters(self) -> Any:
         """``(detached model parameters, detached inner learnables)``."""
@@ -129,24 +97,24 @@ class GradientAdaptation(TorchAlgorithm):
                       qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         params, learnables = shared
         h_support = self.task_inputs(params, sx)
-        h_query = self.task_inputs(params, qx) if self.transductive else None
+        h_query = self.task_inputs(params, qx) if self.options.transductive else None
         start = {n: params[n] for n in self.adapted_names()}
         before, _ = self.loss_and_accuracy(self.query_output(params, start, sx, qx, h_query), qy)
         fast = self.adapt_task(params, learnables, h_support, sy, steps, second_order=False)
         loss, acc = self.loss_and_accuracy(self.query_output(params, fast, sx, qx, h_query), qy)
         return loss.detach(), before.detach(), acc.detach()
 
-    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None) -> TorchAdapted:
-        """Adapt to one task's support set with ``steps`` (default ``test_inner_steps``) inner
-        steps; the model predicts as :meth:`query_output` (with the support set when not
-        transductive)."""
+    def adapt(self, support_x: Any, support_y: Any, steps: int | None = None) -> AdaptedModel:
+        """Adapt to one task's support set with ``steps`` (default
+        ``options.evaluation_steps``) inner steps; the model predicts as
+        :meth:`query_output` (with the support set when not transductive)."""
         steps = self.evaluation_steps(steps)
         params, learnables = self.evaluation_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y, self.dtype)
         fast = {n: p.detach() for n, p in self.adapt_support(params, learnables, sx, sy, steps).items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return TorchAdapted(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
+        return AdaptedModel(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
 
     def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
                       steps: int) -> Params:

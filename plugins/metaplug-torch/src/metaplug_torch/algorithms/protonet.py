@@ -9,16 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
-from metaplug_torch.algorithms.base import TorchAdapted, TorchAlgorithm
-from metaplug_torch.backend import TorchBackend, TorchEpisodes
+from metaplug.contract.hyperparameters import ProtoNetOptions
+from metaplug.contract.interfaces import EpisodeBatch
+from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
+from metaplug_torch.backend import Episodes
 from metaplug_torch.functional import Params, one_hot
 
-DISTANCES = ("euclidean", "cosine")
 
-
-class ProtoNet(TorchAlgorithm):
+class ProtoNet(MetaLearner):
     """Prototypical Networks: each class's prototype is the mean embedding (``features``)
     of its support examples; logits are minus the squared Euclidean distance (or the
     cosine similarity) of a query embedding to each prototype. Classification only.
@@ -31,24 +29,17 @@ class ProtoNet(TorchAlgorithm):
 
     name = "protonet"
     problems = ("classification",)
-
-    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, distance: str = "euclidean",
-                 batching: str = "auto") -> None:
-        if distance not in DISTANCES:
-            raise ConfigError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
-        self.distance = distance
-        super().__init__(backend, model, spec, optimizer, batching)
-        self.ways = self.spec.output_size
+    Options = ProtoNetOptions
+    options: ProtoNetOptions
 
     def _logits(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shots = sx.shape[0]
         embedded = self.model.embed(params, torch.cat([sx, x]))
         support, query = embedded[:shots], embedded[shots:]
-        member = one_hot(sy, self.ways, support.dtype)
+        member = one_hot(sy, self.spec.output_size, support.dtype)
         counts = member.sum(0)
         prototypes = (member.T @ support) / counts.clamp(min=1).unsqueeze(-1)
-        if self.distance == "cosine":
+        if self.options.distance == "cosine":
             logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
         else:
             logits = -(query.unsqueeze(1) - prototypes.unsqueeze(0)).square().sum(-1)
@@ -60,7 +51,7 @@ class ProtoNet(TorchAlgorithm):
                     qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss_and_accuracy(self._logits(params, sx, sy, qx), qy)
 
-    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
         return self.map_tasks(self._train_task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
@@ -69,9 +60,9 @@ class ProtoNet(TorchAlgorithm):
         loss, acc = self._train_task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), acc
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TorchAdapted:
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
         """Prototypes of the support set; ``steps`` is ignored (no inner loop)."""
         params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y)
-        return TorchAdapted(lambda x: self._logits(params, sx, sy, x), self.backend, self.dtype)
+        return AdaptedModel(lambda x: self._logits(params, sx, sy, x), self.backend, self.dtype)

@@ -14,17 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, OptimizerFactory, TaskSpec
+from metaplug.contract.hyperparameters import ReptileOptions
+from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws
+from metaplug.errors import ConfigError
 from metaplug_torch import batching
-from metaplug_torch.algorithms.base import _numpy, check_count, check_rate
-from metaplug_torch.algorithms.gradient import GradientAdaptation, Params
-from metaplug_torch.backend import TorchBackend, TorchEpisodes
-from metaplug_torch.functional import task_loss
-from metaplug_torch.inner import InnerSGD
-
-INNER_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+from metaplug_torch.algorithms.base import _numpy
+from metaplug_torch.algorithms.gradient import GradientMetaLearner, Params
+from metaplug_torch.backend import Episodes
+from metaplug_torch.losses import task_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,10 @@ class AdamState:
     m: dict[str, torch.Tensor]
     v: dict[str, torch.Tensor]
     t: int
+
+    def detached(self) -> AdamState:
+        """The same state cut from any autograd graph."""
+        return AdamState({n: m.detach() for n, m in self.m.items()}, {n: v.detach() for n, v in self.v.items()}, self.t)
 
 
 def adam_step(params: Params, grads: Params, state: AdamState, lr: float, beta1: float, beta2: float,
@@ -48,7 +50,7 @@ def adam_step(params: Params, grads: Params, state: AdamState, lr: float, beta1:
     return {n: p - lr_t * m[n] / (v[n].sqrt() + epsilon) for n, p in params.items()}, AdamState(m, v, t)
 
 
-class Reptile(GradientAdaptation):
+class Reptile(GradientMetaLearner):
     """Reptile: ``inner_steps`` inner steps on each support set give ``phi_i``; the outer
     optimizer gets ``theta - mean_i(phi_i)`` as its gradient (with SGD at rate ``eps``, the
     update ``theta + eps (mean phi - theta)``). The reported loss is the query loss at ``phi_i``.
@@ -59,36 +61,25 @@ class Reptile(GradientAdaptation):
     another (whatever ``batching`` says), each continuing the state the previous task left;
     ``evaluate`` and ``adapt`` start every task from that state and leave it unchanged.
 
-    ``inner_batch_size`` (``test_inner_batch_size`` in ``evaluate``/``adapt``, default the
-    same) makes each inner step use that many support examples, drawn by
-    :class:`metaplug.contract.minibatches.MiniBatchDraws` (``None``: the whole support set) from
-    ``torch.initial_seed()`` at construction (the run's seed); the counters are in the
-    state, so resuming is exact.
+    ``inner_batch_size`` (in ``evaluate``/``adapt``: ``options.evaluation_batch_size``,
+    ``test_inner_batch_size`` or else the same) makes each inner step use that many support
+    examples, drawn by :class:`metaplug.contract.minibatches.MiniBatchDraws` (``None``: the
+    whole support set) from ``torch.initial_seed()`` at construction (the run's seed); the
+    counters are in the state, so resuming is exact.
     """
 
     name = "reptile"
+    Options = ReptileOptions
+    options: ReptileOptions
 
-    def __init__(self, backend: TorchBackend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer: OptimizerFactory | None = None, *, inner_lr: float = 0.01,
-                 inner_steps: int = 5, test_inner_steps: int | None = None, inner_optimizer: str = "sgd",
-                 inner_batch_size: int | None = None, test_inner_batch_size: int | None = None,
-                 adam_beta1: float = 0.0, adam_beta2: float = 0.999, adam_epsilon: float = 1e-8,
-                 transductive: bool = True, batching: str = "auto") -> None:
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ConfigError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {inner_optimizer!r}")
-        self.inner_batch_size = None if inner_batch_size is None else check_count("inner_batch_size", inner_batch_size)
-        self.test_inner_batch_size = self.inner_batch_size if test_inner_batch_size is None else check_count(
-            "test_inner_batch_size", test_inner_batch_size)
-        self.adam_beta1, self.adam_beta2 = _check_beta("adam_beta1", adam_beta1), _check_beta("adam_beta2", adam_beta2)
-        self.adam_epsilon = check_rate("adam_epsilon", adam_epsilon)
-        super().__init__(backend, model, spec, optimizer, inner_lr=inner_lr, inner_steps=inner_steps,
-                         test_inner_steps=test_inner_steps, rule=InnerSGD(), batching=batching,
-                         transductive=transductive)
+    def setup(self) -> None:
+        """The inner Adam's state (with ``inner_optimizer="adam"``) and the mini-batch draws."""
         self.inner_adam: AdamState | None = None
-        if inner_optimizer == "adam":
+        if self.options.inner_optimizer == "adam":
             zeros = {n: torch.zeros_like(p.detach()) for n, p in self.params.items()}
             self.inner_adam = AdamState(zeros, dict(zeros), 0)
-        self.batches = MiniBatchDraws(torch.initial_seed(), self.inner_batch_size, self.test_inner_batch_size)
+        self.batches = MiniBatchDraws(torch.initial_seed(), self.options.inner_batch_size,
+                                      self.options.evaluation_batch_size)
 
     # -- the inner loop ------------------------------------------------------------------
     def adapt_with(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int,
@@ -98,27 +89,27 @@ class Reptile(GradientAdaptation):
         (``(steps, batch)`` indices) picks each step's examples; ``None``: all of them."""
         if batches is None and adam is None:
             return self.adapt_task(params, {}, sx, sy, steps, second_order=False), None
+        o = self.options
         fast = {n: params[n] for n in self.model.names}
         for step in range(steps):
             x, y = (sx, sy) if batches is None else (sx[batches[step]], sy[batches[step]])
             grads = self._gradients(params, fast, x, y)
             if adam is None:
-                fast = {n: p - self.inner_lr * grads[n] for n, p in fast.items()}
+                fast = {n: p - o.inner_lr * grads[n] for n, p in fast.items()}
             else:
-                fast, adam = adam_step(fast, grads, adam, self.inner_lr, self.adam_beta1, self.adam_beta2,
-                                       self.adam_epsilon)
+                fast, adam = adam_step(fast, grads, adam, o.inner_lr, o.adam_beta1, o.adam_beta2, o.adam_epsilon)
         return fast, adam
 
     def _gradients(self, params: Params, fast: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
         def loss(point: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self.task_output(params, point, x), y)
 
-        if self.mode == "vmap":
+        if self.mode == "vectorized":
             return torch.func.grad(loss)({n: p.detach() for n, p in fast.items()})
         with torch.enable_grad():
             point = {n: p.detach().requires_grad_() for n, p in fast.items()}
             found = torch.autograd.grad(loss(point), list(point.values()))
-        return dict(zip(point, found))
+        return dict(zip(point, found, strict=True))
 
     def draws(self, stream: int, tasks: int, steps: int, size: int) -> torch.Tensor | None:
         """``(tasks, steps, batch)`` mini-batch indices for the next ``tasks`` tasks of
@@ -130,34 +121,36 @@ class Reptile(GradientAdaptation):
     def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
                     qy: torch.Tensor, batches: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         params, _ = shared
-        fast, adam = self.adapt_with(params, sx, sy, self.inner_steps, batches, self.inner_adam)
+        fast, adam = self.adapt_with(params, sx, sy, self.options.inner_steps, batches, self.inner_adam)
         if adam is not None:  # tasks run one after another: the next one continues this state
-            self.inner_adam = AdamState(*({n: t.detach() for n, t in d.items()} for d in (adam.m, adam.v)), adam.t)
+            self.inner_adam = adam.detached()
         loss, acc = self.loss_and_accuracy(self.task_output(params, fast, qx), qy)
         return (loss.detach(), acc.detach(), *(fast[n].detach() for n in self.model.names))
 
-    def meta_gradients(self, data: TorchEpisodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks: tuple[torch.Tensor, ...] = (data.support_x, data.support_y, data.query_x, data.query_y)
-        draws = self.draws(TRAIN, len(data.support_x), self.inner_steps, data.support_x.shape[1])
+        draws = self.draws(TRAIN, len(data.support_x), self.options.inner_steps, data.support_x.shape[1])
         tasks += () if draws is None else (draws,)
         shared = self.evaluation_parameters()
         if self.inner_adam is None:
             outputs = self.map_tasks(self._train_task, shared, tasks)
         else:
-            mode = "loop" if self.mode == "vmap" else self.mode
+            mode = "loop" if self.mode == "vectorized" else self.mode
             outputs = batching.map_tasks(self._train_task, shared, tasks, mode)
-        for (name, param), adapted in zip(self.params.items(), outputs[2:]):
+        for param, adapted in zip(self.params.values(), outputs[2:], strict=True):
             param.grad = param.detach() - adapted.mean(0)
         return outputs[:2]
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluation_tasks(self, data: TorchEpisodes, steps: int) -> tuple[torch.Tensor, ...]:
+    def evaluation_tasks(self, data: Episodes, steps: int) -> tuple[torch.Tensor, ...]:
         draws = self.draws(EVAL, len(data.support_x), steps, data.support_x.shape[1])
         return super().evaluation_tasks(data, steps) + (() if draws is None else (draws,))
 
     def evaluate_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, batches: torch.Tensor | None = None, *,
-                      steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      qy: torch.Tensor, steps: int,
+                      batches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As the base's; ``batches`` (from :meth:`evaluation_tasks`) are the task's
+        mini-batch indices, when there are any."""
         params, _ = shared
         start = {n: params[n] for n in self.model.names}
         before, _ = self.loss_and_accuracy(self.query_output(params, start, sx, qx), qy)
@@ -203,9 +196,3 @@ class Reptile(GradientAdaptation):
                      for n in self.model.names} for slot in ("m", "v"))
             self.inner_adam = AdamState(m, v, int(state["inner_adam.t"]))
         self.batches.load_state(state)
-
-
-def _check_beta(name: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
