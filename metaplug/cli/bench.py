@@ -20,8 +20,8 @@ COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "ta
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed meta-steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--reference", is_flag=True, help="Also time the plain per-task loop (batching='reference').")
-@click.option("--batching", help="Time this batching mode instead of the default, e.g. vmap or loop "
-                                 "(torch: auto|vmap|loop|reference; tensorflow: auto|vectorized|loop).")
+@click.option("--batching", help="Time this batching mode instead of the default: auto, vectorized, loop "
+                                 "or (torch only) reference.")
 @click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR).")
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")

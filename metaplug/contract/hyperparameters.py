@@ -29,6 +29,11 @@ class BatchingOptions(Options):
 
     batching: str = option("auto", choices=BATCHING, help="how the tasks of a meta-batch run: " + ", ".join(BATCHING))
 
+    @property
+    def evaluation_steps(self) -> int:
+        """Inner steps in ``evaluate`` and ``adapt``: none for an algorithm without an inner loop."""
+        return 0
+
 
 @dataclass(frozen=True)
 class InnerLoopOptions(BatchingOptions):
