@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from authoring_env import make_env, run
+
 from metaplug.cli.authoring import split_extras
-from metaplug.templates import PluginNames, host_range, render
+from metaplug.templates import BACKENDS, PluginNames, host_range, render
 
 NO_ISOLATION = ("--", "--no-build-isolation", "--no-index")
 
@@ -44,15 +44,57 @@ def test_host_range_is_the_current_minor_series():
 def test_new_plugin_writes_a_complete_package(tmp_path):
     result = run(Path(sys.executable), "new-plugin", "polyreg", "--kind", "task-sampler", "--dir", str(tmp_path / "p"))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"next: metaplug install -e '{tmp_path / 'p'}[test]' && cd {tmp_path / 'p'} && python -m pytest")
     files = {str(p.relative_to(tmp_path / "p")) for p in (tmp_path / "p").rglob("*") if p.is_file()}
     assert {"pyproject.toml", "README.md", "LICENSE", "src/metaplug_polyreg/plugin.py",
             "tests/test_conformance.py"} <= files
     pyproject = (tmp_path / "p" / "pyproject.toml").read_text()
     assert '"metaplug>=0.1,<0.2"' in pyproject and 'polyreg = "metaplug_polyreg.plugin"' in pyproject
+    assert 'test = ["pytest>=7.4"]' in pyproject
     assert "MIT License" in (tmp_path / "p" / "LICENSE").read_text()
     for path in (tmp_path / "p").rglob("*"):
         if path.is_file():
             assert "{{" not in path.read_text(), f"unrendered placeholder in {path}"
+
+
+def test_the_install_hint_matches_the_readmes(tmp_path):
+    """new-plugin's closing hint, the generated README and the root README's "Writing a plugin"
+    give the same commands: install editable with the test extra, then pytest in the folder."""
+    result = run(Path(sys.executable), "new-plugin", "myalgo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hint = result.stdout.splitlines()[-1]
+    assert hint == "next: metaplug install -e './metaplug-myalgo[test]' && cd metaplug-myalgo && python -m pytest"
+    commands = hint.removeprefix("next: ").split(" && ")
+    generated = (tmp_path / "metaplug-myalgo" / "README.md").read_text()
+    root = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    writing = root[root.index("## Writing a plugin"):]
+    for command in commands:
+        assert command in writing, f"README.md's 'Writing a plugin' lacks {command!r}"
+        assert command in generated, f"the generated README lacks {command!r}"
+
+
+IMPLEMENTATIONS = {
+    "algorithm": {"src/metaplug_shared/algorithm.py"},
+    "optimizer": {"src/metaplug_shared/optimizer.py", "tests/test_metaplug_shared.py"},
+    "backend": {"src/metaplug_shared/backend.py"},
+}
+"""Per kind, the generated files that differ between backends beyond the backend's name."""
+
+
+@pytest.mark.parametrize("kind", sorted(IMPLEMENTATIONS))
+def test_one_template_per_kind_with_the_backend_as_a_parameter(tmp_path, kind):
+    rendered = {}
+    for backend in BACKENDS:
+        project = tmp_path / backend
+        rendered[backend] = {p.relative_to(project).as_posix(): p.read_text()
+                             for p in render(PluginNames.from_name("shared", kind, backend), project)}
+    torch, tensorflow = rendered["torch"], rendered["tensorflow"]
+    assert torch.keys() == tensorflow.keys()
+    differing = {name for name in torch if torch[name] != tensorflow[name].replace("tensorflow", "torch")}
+    assert differing == IMPLEMENTATIONS[kind]
+    assert not any("tensorflow" in text for text in torch.values())
+    assert not any("metaplug_torch" in text or "import torch" in text for text in tensorflow.values())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,9 +113,9 @@ TEMPLATES = [
     pytest.param("task-sampler", "torch", None, id="task-sampler"),
     pytest.param("algorithm", "torch", "metaplug_torch", id="algorithm-torch"),
     pytest.param("algorithm", "tensorflow", "metaplug_tensorflow", id="algorithm-tensorflow", marks=pytest.mark.slow),
-    pytest.param("optimizer", "torch", "metaplug_torch", id="optimizer-torch", marks=pytest.mark.slow),
+    pytest.param("optimizer", "torch", "metaplug_torch", id="optimizer-torch"),
     pytest.param("optimizer", "tensorflow", "metaplug_tensorflow", id="optimizer-tensorflow", marks=pytest.mark.slow),
-    pytest.param("backend", "torch", "metaplug_torch", id="backend-torch", marks=pytest.mark.slow),
+    pytest.param("backend", "torch", "metaplug_torch", id="backend-torch"),
     pytest.param("backend", "tensorflow", "metaplug_tensorflow", id="backend-tensorflow", marks=pytest.mark.slow),
 ]
 
@@ -149,7 +191,8 @@ def installed_version(python: Path, name: str) -> str:
 
 
 def distribution_present(python: Path, name: str) -> bool:
-    code = f"import importlib.metadata as m\ntry: m.distribution({name!r}); print('yes')\nexcept m.PackageNotFoundError: print('no')"
+    code = (f"import importlib.metadata as m\ntry: m.distribution({name!r}); print('yes')\n"
+            "except m.PackageNotFoundError: print('no')")
     return run(python, "-c", code).stdout.strip() == "yes"
 
 
@@ -255,21 +298,41 @@ def test_bad_requests_fail_in_one_line_without_touching_pip(env, args, message):
     assert message in one_error_line(run(env, *args))
 
 
-def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path):
-    """The guide's path (docs/plugin-authors.md): generate, edit, install -e, see it, train it, test it."""
-    pytest.importorskip("metaplug_torch", reason="the algorithm template builds on metaplug-torch")
-    project = tmp_path / "metaplug-myalgo"
-    assert run(env, "new-plugin", "myalgo", "--dir", str(project)).returncode == 0
-    plugin = project / "src" / "metaplug_myalgo" / "plugin.py"
+INNER = ["--set", "algorithm.inner_rule=inner-NAME"]
+WORKFLOWS = [  # kind, backend, what 'metaplug train' is told to use the new components (NAME)
+    pytest.param("algorithm", "torch", ["--algorithm", "NAME", "--backend", "torch"], id="algorithm-torch"),
+    pytest.param("task-sampler", "torch", ["--tasks", "NAME", "--algorithm", "fomaml", "--backend", "torch"],
+                 id="task-sampler", marks=pytest.mark.slow),
+    pytest.param("optimizer", "torch", ["--optimizer", "NAME", *INNER, "--backend", "torch"], id="optimizer-torch",
+                 marks=pytest.mark.slow),
+    pytest.param("backend", "torch", ["--backend", "NAME"], id="backend-torch", marks=pytest.mark.slow),
+    pytest.param("algorithm", "tensorflow", ["--algorithm", "NAME", "--backend", "tensorflow"],
+                 id="algorithm-tensorflow", marks=pytest.mark.slow),
+    pytest.param("optimizer", "tensorflow", ["--optimizer", "NAME", *INNER, "--backend", "tensorflow"],
+                 id="optimizer-tensorflow", marks=pytest.mark.slow),
+    pytest.param("backend", "tensorflow", ["--backend", "NAME"], id="backend-tensorflow", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("kind, backend, uses", WORKFLOWS)
+def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path, kind, backend, uses):
+    """The guide's path (docs/plugin-authors.md): generate, edit, install with the test extra as
+    new-plugin's hint says, see it, train with it, run its tests."""
+    pytest.importorskip(f"metaplug_{backend}", reason=f"the {kind} template builds on metaplug-{backend}")
+    name = f"my{kind.split('-')[-1]}"
+    created = run(env, "new-plugin", name, "--kind", kind, "--backend", backend, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    project = tmp_path / f"metaplug-{name}"
+    plugin = project / "src" / f"metaplug_{name}" / "plugin.py"
     plugin.write_text(plugin.read_text().replace("(template)", "(edited)"))
 
-    installed = run(env, "install", "-e", str(project), *NO_ISOLATION)
+    installed = run(env, "install", "-e", f"./metaplug-{name}[test]", *NO_ISOLATION, cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
     try:
-        listing = run(env, "list", "algorithms")
-        assert re.search(r"^myalgo\s+torch\s+.*\(edited\)", listing.stdout, re.MULTILINE), listing.stdout
+        listing = run(env, "list", f"{kind}s")
+        assert re.search(rf"^{name}\s.*\(edited\)", listing.stdout, re.MULTILINE), listing.stdout
 
-        trained = run(env, "train", "--algorithm", "myalgo", "--backend", "torch", "--tasks", "sinusoid",
+        trained = run(env, "train", *[u.replace("NAME", name) for u in uses],
                       "--iterations", "3", "--meta-batch-size", "2", "--test-tasks", "2", "--val-every", "0",
                       "--run-dir", str(tmp_path / "run"), "-q")
         assert trained.returncode == 0, trained.stderr
@@ -278,7 +341,7 @@ def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path):
         tests = run(env, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not meta_training", cwd=project)
         assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     finally:
-        assert run(env, "uninstall", "metaplug-myalgo").returncode == 0
+        assert run(env, "uninstall", f"metaplug-{name}").returncode == 0
 
 
 def test_host_wheel_ships_every_template_file(tmp_path):

@@ -16,13 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from plugin_factory import write_plugin
 
 ALGORITHM_HOOKS = '''
 from metaplug import Component, hookimpl
 
-NAMES = ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager"]
+NAMES = ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager", "loose"]
 
 @hookimpl
 def register_algorithms(register):
@@ -32,7 +31,11 @@ def register_algorithms(register):
 '''
 
 ALGORITHM_IMPL = '''
+from dataclasses import dataclass
+
 import numpy as np
+from metaplug import option
+from metaplug.contract.hyperparameters import MAMLOptions
 from metaplug_torch.algorithms.maml import MAML
 
 
@@ -81,6 +84,14 @@ class Flat(Good):  # averages over tasks instead of reporting each
 
 class Overeager(Good):  # declares regression only, but accepts classification silently
     problems = ("regression", "classification")
+
+
+class LooseOptions(MAMLOptions):  # no @dataclass: 'momentum' is no option, describe() omits it
+    momentum: float = option(0.0, minimum=0)
+
+
+class Loose(Good):
+    Options = LooseOptions
 '''
 
 HEAVY_ENTRY = '''
@@ -175,7 +186,7 @@ class Base(AlgorithmConformance):
     tasks = 2
 
 ''' + "\n".join(f'class Test{n.capitalize()}(Base):\n    algorithm = "{n}"\n' for n in
-                ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager"])
+                ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager", "loose"])
 
 
 def run_suite(site: Path, tests: str, select: str | None = None) -> dict[str, str]:
@@ -226,6 +237,7 @@ CAUGHT_BY = {
     "TestAliasing": {"test_state_round_trips_through_npz[regression]"},
     "TestFlat": {"test_vectorized_batch_shapes[regression]"},
     "TestOvereager": {"test_rejects_unsupported_problems"},
+    "TestLoose": {"test_declared_options_have_working_defaults"},
 }
 
 
@@ -246,3 +258,67 @@ def test_algorithm_checks_catch_each_defect(tmp_path):
 def _k(test_id: str) -> str:
     """A ``-k`` term for one test id (``-k`` cannot take brackets)."""
     return test_id.split("[")[0]
+
+
+CONV4_HOOKS = '''
+from metaplug import Component, hookimpl
+
+@hookimpl
+def register_algorithms(register):
+    register(Component(name="blind", summary="MAML double: adapts to vectors, not to images.",
+                       target="conv4_impl:Blind", backends=("torch",), problems=("regression", "classification")))
+    register(Component(name="faceless", summary="ProtoNet double: tells no images apart.",
+                       target="conv4_impl:Faceless", backends=("torch",), problems=("classification",)))
+'''
+
+CONV4_IMPL = '''
+import numpy as np
+from metaplug_torch.algorithms.maml import MAML
+from metaplug_torch.algorithms.protonet import ProtoNet
+
+
+def images(batch):
+    return batch.support_x.ndim > 3
+
+
+class Blind(MAML):  # correct on the mlp; on conv4 the loss after adaptation is the loss before
+    def evaluate(self, batch, steps=None):
+        return super().evaluate(batch, 0 if images(batch) else steps)
+
+
+class Faceless(ProtoNet):  # a metric learner that learns nothing on images: every class scores alike
+    def evaluate(self, batch, steps=None):
+        result = super().evaluate(batch, steps)
+        if images(batch):
+            ways = int(batch.support_y.max()) + 1
+            result["loss"] = np.full_like(result["loss"], np.log(ways))
+            result["accuracy"] = np.full_like(result["accuracy"], 1.0 / ways)
+        return result
+'''
+
+CONV4_TESTS = '''
+from metaplug.testing import AlgorithmConformance
+
+class TestBlind(AlgorithmConformance):
+    algorithm, backend = "blind", "torch"
+
+class TestFaceless(AlgorithmConformance):
+    algorithm, backend = "faceless", "torch"
+
+class TestMAML(AlgorithmConformance):
+    algorithm, backend = "maml", "torch"
+'''
+
+CONV4_CHECK = "test_learns_on_omniglot_shaped_tasks_with_conv4"
+
+
+def test_conv4_check_fails_algorithms_that_do_nothing_on_images(tmp_path):
+    """Both doubles pass every check on the mlp and fail the conv4 one, which MAML passes."""
+    pytest.importorskip("metaplug_torch.algorithms.maml", reason="needs the PyTorch plugin")
+    site = tmp_path / "site"
+    write_plugin(site, "conv4_doubles", CONV4_HOOKS, distribution="metaplug-conv4-doubles")
+    (site / "conv4_impl.py").write_text(CONV4_IMPL)
+    outcomes = run_suite(site, CONV4_TESTS, f"TestBlind or TestFaceless or (TestMAML and {CONV4_CHECK})")
+    assert failed(outcomes, "TestBlind") == {CONV4_CHECK}, outcomes
+    assert failed(outcomes, "TestFaceless") == {CONV4_CHECK}, outcomes
+    assert outcomes[f"TestMAML::{CONV4_CHECK}"] == "passed"

@@ -1,9 +1,11 @@
 """Template files for ``metaplug new-plugin`` and the code that renders them.
 
-Each template is a folder (``algorithm-torch``, ``task-sampler``, ...) laid over
-``common``; in file contents and paths, ``{{key}}`` is replaced by the value of
-:class:`PluginNames`'s field ``key`` and a trailing ``.tmpl`` is dropped (so that
-template sources are never imported or collected as tests).
+One folder per plugin kind (``algorithm``, ``optimizer``, ``backend``, ``task-sampler``),
+laid over ``common``. A file serves every backend, which it names as ``{{backend}}``, unless
+its name ends in ``.<backend>.tmpl`` (``algorithm.py.torch.tmpl``): then it is rendered for
+that backend only, without the suffix. In file contents and paths, ``{{key}}`` is replaced
+by the value of :class:`PluginNames`'s field ``key`` and the trailing ``.tmpl`` is dropped
+(so that template sources are never imported or collected as tests).
 """
 
 from __future__ import annotations
@@ -22,15 +24,6 @@ PLUGIN_KINDS: tuple[str, ...] = ("algorithm", "task-sampler", "optimizer", "back
 BACKENDS: tuple[str, ...] = ("torch", "tensorflow")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 _KEY = re.compile(r"\{\{(\w+)\}\}")
-
-
-def template_folder(kind: str, backend: str) -> Path:
-    """The folder holding the files specific to ``kind`` (on ``backend``)."""
-    if kind not in PLUGIN_KINDS:
-        raise ConfigError(f"unknown plugin kind {kind!r}; choose one of {', '.join(PLUGIN_KINDS)}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return HERE / (kind if kind == "task-sampler" else f"{kind}-{backend}")
 
 
 def host_range(version: str = __version__) -> str:
@@ -62,6 +55,10 @@ class PluginNames:
 
     @classmethod
     def from_name(cls, name: str, kind: str = "algorithm", backend: str = "torch") -> PluginNames:
+        if kind not in PLUGIN_KINDS:
+            raise ConfigError(f"unknown plugin kind {kind!r}; choose one of {', '.join(PLUGIN_KINDS)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         name = name.strip().lower()
         name = name[len("metaplug-"):] if name.startswith("metaplug-") else name
         if not _NAME.match(name) or "--" in name:
@@ -90,13 +87,17 @@ def _dependencies(kind: str, backend: str) -> str:
 
 def render(names: PluginNames, destination: Path) -> list[Path]:
     """Write the plugin package ``names`` describes into ``destination``; return the files written."""
-    folders = [HERE / "common", template_folder(names.kind, names.backend)]
     values = dataclasses.asdict(names)
     planned: dict[Path, str] = {}
-    for folder in folders:
-        for source in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            relative = _substitute(str(source.relative_to(folder)), values).removesuffix(".tmpl")
-            planned[destination / relative] = _substitute(source.read_text(), values)
+    for folder in (HERE / "common", HERE / names.kind):
+        for source in sorted(p for p in folder.rglob("*.tmpl") if "__pycache__" not in p.parts):
+            relative = str(source.relative_to(folder)).removesuffix(".tmpl")
+            shared, _, only = relative.rpartition(".")
+            if only in BACKENDS:
+                if only != names.backend:
+                    continue
+                relative = shared
+            planned[destination / _substitute(relative, values)] = _substitute(source.read_text(), values)
     for path, text in planned.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

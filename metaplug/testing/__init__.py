@@ -10,7 +10,9 @@ Name your component and inherit every check that components of its kind must pas
 
 Importing this package imports nothing heavy; its classes import pytest and numpy,
 never a deep-learning framework (the framework is imported when a test first
-uses a component). ``docs/plugin-authors.md`` lists every class attribute.
+uses a component) and never a plugin: components are reached through the registry
+and the host's interfaces only. ``docs/plugin-authors.md`` lists every check and
+class attribute.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _EXPORTS = {
     "ComponentConformance": "metaplug.testing.components",
     "OptimizerConformance": "metaplug.testing.optimizers",
     "TaskSamplerConformance": "metaplug.testing.samplers",
+    "GlyphSampler": "metaplug.testing.tasks",
     "PrototypeSampler": "metaplug.testing.tasks",
     "build_algorithm": "metaplug.testing.harness",
     "FRAMEWORKS": "metaplug.testing.probe",

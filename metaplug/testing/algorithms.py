@@ -1,4 +1,5 @@
-"""Conformance checks for algorithms: learning, determinism, state, batch shapes, errors."""
+"""Conformance checks for algorithms: learning (mlp and conv4), determinism, state, batch
+shapes, errors, declared options."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.contract.records import PROBLEMS
+from metaplug.errors import ConfigError
 from metaplug.testing.components import ComponentConformance
 from metaplug.testing.harness import build_algorithm
 from metaplug.testing.layouts import mlp_layout, model_weights
-from metaplug.testing.tasks import easy_sampler
+from metaplug.testing.tasks import GlyphSampler, easy_sampler
 
 
 @dataclass
@@ -47,7 +48,9 @@ class AlgorithmConformance(ComponentConformance):
 
     The checks build the algorithm with :func:`metaplug.testing.build_algorithm` on
     easy tasks: sinusoids (regression) and :class:`metaplug.testing.PrototypeSampler`
-    (classification), on the standard ``mlp``.
+    (classification) on the standard ``mlp``; and, for classification, Omniglot-shaped
+    5-way 1-shot episodes (:class:`metaplug.testing.GlyphSampler`) on ``conv4``, batch norm
+    included.
     """
 
     kind: ClassVar[str] = "algorithms"
@@ -65,6 +68,12 @@ class AlgorithmConformance(ComponentConformance):
     min_accuracy_gain: ClassVar[float | None] = None
     """Classification: if set, mean query accuracy after adaptation (from the initial
     weights, without meta-training) must exceed chance by this much."""
+    conv4_meta_steps: ClassVar[int] = 3
+    """conv4 check: meta-training steps, on 2 episodes each, before the evaluation."""
+    conv4_accuracy_gain: ClassVar[float] = 0.2
+    """conv4 check: query accuracy after adaptation that passes, above chance (0.2)..."""
+    conv4_loss_drop: ClassVar[float] = 0.03
+    """...or the fraction of the query loss before adaptation that adapting must remove."""
 
     @classmethod
     def component_name(cls) -> str:
@@ -75,7 +84,7 @@ class AlgorithmConformance(ComponentConformance):
         sampler = easy_sampler(problem, seed=seed)
         options = {**self.hyperparameters, **overrides}
         algorithm = build_algorithm(
-            self.algorithm, self.backend, sampler.spec, seed=seed, optimizer=self.optimizer, lr=self.lr, **options
+            self.algorithm, str(self.backend), sampler.spec, seed=seed, optimizer=self.optimizer, lr=self.lr, **options
         )
         return algorithm, sampler
 
@@ -106,6 +115,31 @@ class AlgorithmConformance(ComponentConformance):
                 f"query accuracy {accuracy:.3f} after adaptation is not clearly above chance ({chance:.2f})"
             )
 
+    def test_learns_on_omniglot_shaped_tasks_with_conv4(self) -> None:
+        """A few meta-steps on conv4, then 4 unseen 5-way 1-shot episodes: the query accuracy
+        is clearly above chance, or adapting clearly lowers the query loss."""
+        self.supported("classification")
+        sampler = GlyphSampler("train", seed=0)
+        algorithm = build_algorithm(self.algorithm, str(self.backend), sampler.spec, seed=0, optimizer=self.optimizer,
+                                    lr=self.lr, **self.hyperparameters)
+        for _ in range(self.conv4_meta_steps):
+            metrics = algorithm.meta_train_step(sampler.sample(2))
+            assert all(np.isfinite(v) for v in metrics.values()), f"meta_train_step on conv4 returned {metrics}"
+        result = algorithm.evaluate(GlyphSampler("val", seed=0).sample(4), steps=self.adapt_steps)
+        loss, before = float(np.mean(result["loss"])), float(np.mean(result["loss_before"]))
+        accuracy, chance = float(np.mean(result["accuracy"])), 1.0 / sampler.spec.output_size
+        accurate = accuracy >= chance + self.conv4_accuracy_gain
+        adapted = np.isfinite(before) and loss <= (1 - self.conv4_loss_drop) * before
+        assert accurate or adapted, (
+            f"on Omniglot-shaped 5-way 1-shot tasks with conv4, query accuracy {accuracy:.3f} is not clearly above "
+            f"chance ({chance:.2f}) and the query loss after adaptation ({loss:.4f}) is not clearly below "
+            f"the loss before it ({before:.4f})"
+        )
+
+    def build_with_defaults(self) -> None:
+        build_algorithm(self.algorithm, str(self.backend), easy_sampler(self.record().problems[0]).spec,
+                        optimizer=self.optimizer, lr=self.lr)
+
     def scenario(self, problem: str) -> Scenario:
         """One shared run per class and problem (the checks below read it): two algorithms
         built from one seed take a step; the first's state is saved, reloaded into a third
@@ -127,7 +161,7 @@ class AlgorithmConformance(ComponentConformance):
         run.evaluation = first.evaluate(batches[1])
 
         buffer = io.BytesIO()
-        np.savez(buffer, **run.state)
+        np.savez(buffer, **run.state)  # type: ignore[arg-type]
         buffer.seek(0)
         with np.load(buffer, allow_pickle=False) as saved:
             loaded = {k: saved[k] for k in saved.files}
@@ -164,7 +198,8 @@ class AlgorithmConformance(ComponentConformance):
                 f"state_dict()[{key!r}] changed when training went on: return copies, not views of live tensors"))
         np.testing.assert_array_equal(run.restored_prediction, run.prediction,
                                       err_msg="predictions differ after load_state_dict(state_dict())")
-        assert run.restored_next_metrics == run.next_metrics, "training does not continue identically after load_state_dict()"
+        assert run.restored_next_metrics == run.next_metrics, (
+            "training does not continue identically after load_state_dict()")
         assert run.restored_next_state.keys() == run.next_state.keys()
         for key, value in run.next_state.items():
             np.testing.assert_array_equal(run.restored_next_state[key], value, err_msg=(

@@ -57,7 +57,8 @@ class BackendConformance(ComponentConformance):
     def test_standard_models_follow_the_documented_layout(self) -> None:
         sinusoid = easy_sampler("regression").spec
         assert model_weights(self.state(sinusoid, 0)) == mlp_layout(1, 1), "mlp weights differ from docs/models.md"
-        assert model_weights(self.state(IMAGES, 0)) == conv4_layout(1, 28, 5), "conv4 weights differ from docs/models.md"
+        assert model_weights(self.state(IMAGES, 0)) == conv4_layout(1, 28, 5), (
+            "conv4 weights differ from docs/models.md")
 
     def test_seed_makes_initialisation_reproducible(self) -> None:
         spec = easy_sampler("regression").spec

@@ -1,12 +1,17 @@
-"""Checks every component passes, whatever its kind: record, light entry point, lazy loading."""
+"""Checks every component passes, whatever its kind: record, light entry point, lazy loading,
+declared options."""
 
 from __future__ import annotations
 
 import sys
+import typing
 from typing import Any, ClassVar
 
-from metaplug.plugins.discovery import discovery, registry
+import pytest
+
+from metaplug.contract.options import options_of
 from metaplug.contract.records import Component, validate
+from metaplug.plugins.discovery import discovery, registry
 from metaplug.testing.probe import FRAMEWORKS, run_probe
 
 
@@ -69,3 +74,25 @@ class ComponentConformance:
         assert callable(implementation), f"target {self.record().target!r} is not callable"
         if report["target_module"]:
             assert report["target_module"] in sys.modules, "record.load() did not import the target module"
+
+    def build_with_defaults(self) -> None:
+        """Build the component with no options (algorithms: through ``build_algorithm``);
+        nothing for kinds whose defaults other checks already use."""
+
+    def test_declared_options_have_working_defaults(self) -> None:
+        declared = options_of(self.load())
+        if declared is None:
+            pytest.skip("the component declares no Options (its options are the keyword parameters of __init__)")
+        annotated = [name for name, hint in typing.get_type_hints(declared).items()
+                     if typing.get_origin(hint) is not ClassVar]
+        described = [option.name for option in declared.describe()]
+        assert sorted(described) == sorted(annotated), (
+            f"{declared.__name__}.describe() lists {described}, the class annotates {annotated}: "
+            f"decorate every Options subclass with @dataclass(frozen=True) and make fields with option()"
+        )
+        defaults = declared()  # validates every default
+        assert declared.parse({}) == defaults
+        assert {o.name: o.default for o in declared.describe()} == defaults.as_dict(), (
+            "describe() shows defaults other than the ones the options take"
+        )
+        self.build_with_defaults()

@@ -7,8 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from metaplug.contract.interfaces import ModelSpec, TaskSpec
-from metaplug.experiment.components import host_arguments
+from metaplug.experiment.components import host_arguments, keyword_parameters, make_backend
 from metaplug.plugins.discovery import registry
+
+
+def cpu_backend(name: str) -> Any:
+    """The backend ``name`` on the CPU when it takes ``device=`` (so that ``np.asarray`` reads
+    its tensors on any machine), else as its constructor makes it."""
+    record = registry().get("backends", name)
+    parameters = keyword_parameters(record.load(), set())
+    return make_backend(record, "cpu" if parameters is None or "device" in parameters else None)
 
 
 def build_algorithm(

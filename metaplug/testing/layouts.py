@@ -6,7 +6,7 @@ from __future__ import annotations
 def mlp_layout(inputs: int, outputs: int, hidden: tuple[int, ...] = (40, 40)) -> dict[str, tuple[int, ...]]:
     """``mlp``: ``features.{i}.weight`` ``(out, in)`` and ``.bias`` per hidden layer, then ``head.*``."""
     layout: dict[str, tuple[int, ...]] = {}
-    for i, (fan_in, fan_out) in enumerate(zip((inputs, *hidden), hidden)):
+    for i, (fan_in, fan_out) in enumerate(zip((inputs, *hidden), hidden, strict=False)):
         layout[f"features.{i}.weight"], layout[f"features.{i}.bias"] = (fan_out, fan_in), (fan_out,)
     layout["head.weight"], layout["head.bias"] = (outputs, hidden[-1]), (outputs,)
     return layout

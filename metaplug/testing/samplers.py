@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
+from metaplug.errors import ConfigError
 from metaplug.testing.components import ComponentConformance
 
 
