@@ -34,7 +34,7 @@ class TestProtoNet(AlgorithmConformance):
     algorithm, backend = "protonet", BACKEND
 
 
-class TestFinetune(AlgorithmConformance):
+class TestFineTune(AlgorithmConformance):
     algorithm, backend = "finetune", BACKEND
 
 
