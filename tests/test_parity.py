@@ -71,7 +71,7 @@ def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str, hyp
     (SGD, rate 1, and ``sgd_options``), with ``hyper`` (default ``HYPER[name]``)."""
     import torch
 
-    from metaplug_tensorflow.backend import TensorFlowBackend
+    from metaplug_tensorflow.backend import Backend
 
     reg = registry()
     if hyper is None:
@@ -87,7 +87,7 @@ def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str, hyp
     torch_alg = reg.load("algorithms", name, backend="torch")(
         backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper)
 
-    tf_backend = TensorFlowBackend(device="cpu", dtype=dtype)
+    tf_backend = Backend(device="cpu", dtype=dtype)
     tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0, **sgd_options)
     tf_alg = reg.load("algorithms", name, backend="tensorflow")(
         backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper)

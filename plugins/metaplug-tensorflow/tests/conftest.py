@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.experiment.components import host_arguments
 from metaplug.plugins.discovery import registry
 from metaplug.tasks import LabelledArrays, NWayKShot, SinusoidSampler
-from metaplug_tensorflow.backend import TensorFlowBackend
-from metaplug_tensorflow.optimizers import sgd
+from metaplug_tensorflow.backend import Backend
+from metaplug_tensorflow.optimizers import SGD
 
 IMAGE = (1, 16, 16)
 """Small images: conv4 with max-pooling reduces 16x16 to 1x1."""
@@ -50,13 +51,15 @@ def model_spec(spec: TaskSpec) -> ModelSpec:
 
 def make_algorithm(name: str, spec: TaskSpec, *, dtype: str = "float64", seed: int = 0,
                    optimizer: Callable[..., Any] | None = None, **hyper: Any) -> Any:
-    """A TensorFlow algorithm on a small standard model (SGD at rate 1 unless told)."""
-    backend = TensorFlowBackend(dtype=dtype)
+    """A TensorFlow algorithm on a small standard model (SGD at rate 1 unless told), built as the
+    host builds it (an ``inner_rule`` option is resolved through the registry to ``rule=``)."""
+    backend = Backend(dtype=dtype)
     backend.seed(seed)
     model = backend.build_model(model_spec(spec))
-    cls = registry().load("algorithms", name, backend="tensorflow")
-    return cls(backend=backend, model=model, spec=spec,
-               optimizer=optimizer or functools.partial(sgd, lr=1.0), **hyper)
+    found = registry()
+    cls = found.load("algorithms", name, backend="tensorflow")
+    return cls(backend=backend, model=model, spec=spec, optimizer=optimizer or functools.partial(SGD, lr=1.0),
+               **host_arguments(found, cls, hyper, "tensorflow"), **hyper)
 
 
 @pytest.fixture(scope="session")

@@ -19,4 +19,5 @@ def test_bad_input_on_tensorflow_is_one_line(tmp_path):
          "--set", "algorithm.batching=weird", "--run-dir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == ["Error: batching must be one of auto, vectorized, loop, got 'weird'"]
+    assert result.stderr.strip().splitlines() == [
+        "Error: algorithm.batching must be one of auto, vectorized, loop, reference, got 'weird'"]

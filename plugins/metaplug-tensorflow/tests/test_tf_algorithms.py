@@ -78,7 +78,7 @@ def test_reptile_moves_towards_mean_adapted_weights(make, grad, sinusoid_batches
     algorithm = make("reptile", spec, inner_lr=0.05, inner_steps=3)
     batch = batches[0]
     theta = [v.numpy() for v in algorithm.model.variables]
-    phis = [algorithm.adapt(batch.support_x[t], batch.support_y[t], steps=3).weights
+    phis = [algorithm.adapt(batch.support_x[t], batch.support_y[t], steps=3).state
             for t in range(batch.num_tasks)]
     gradient = grad(algorithm, batch)
     for i, name in enumerate(algorithm.model.names):
@@ -92,9 +92,9 @@ def test_anil_adapts_only_the_head(make, image_batches):
     batch = batches[0]
     adapted = algorithm.adapt(batch.support_x[0], batch.support_y[0])
     k = algorithm.model.head_index
-    for before, after in zip(algorithm.model.variables[:k], adapted.weights[:k]):
+    for before, after in zip(algorithm.model.variables[:k], adapted.state[:k], strict=True):
         assert np.array_equal(before.numpy(), after.numpy())
-    assert not np.allclose(algorithm.model.variables[k].numpy(), adapted.weights[k].numpy())
+    assert not np.allclose(algorithm.model.variables[k].numpy(), adapted.state[k].numpy())
 
 
 def test_finetune_pretrains_over_all_training_classes(make, grad, image_batches):

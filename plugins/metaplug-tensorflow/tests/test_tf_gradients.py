@@ -70,8 +70,8 @@ def test_second_order_minus_first_order_is_the_hessian_term(request, make, grad,
     def support_gradient(delta_scale):
         shifted = {**state, **{k: state[k] + delta_scale * g1[k] for k in names}}
         second.load_state_dict(shifted)
-        phi = second.adapt(task.support_x[0], task.support_y[0], steps=1).weights
-        return {k: (shifted[k] - to_shared(p.numpy())) / lr for k, p in zip(names, phi)}
+        phi = second.adapt(task.support_x[0], task.support_y[0], steps=1).state
+        return {k: (shifted[k] - to_shared(p.numpy())) / lr for k, p in zip(names, phi, strict=True)}
 
     h = 1e-5
     plus, minus = support_gradient(h), support_gradient(-h)

@@ -13,19 +13,19 @@ import functools
 import numpy as np
 import pytest
 
-from metaplug.errors import DatasetError
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.errors import DatasetError
 from metaplug.tasks import SinusoidSampler
 from metaplug_tensorflow.algorithms import MAML, FineTune, ProtoNet
-from metaplug_tensorflow.backend import TensorFlowBackend
-from metaplug_tensorflow.optimizers import adam
+from metaplug_tensorflow.backend import Backend
+from metaplug_tensorflow.optimizers import Adam
 
 
 def train(cls, sampler, model_spec, steps, meta_batch, lr=1e-3, **hyper):
-    backend = TensorFlowBackend()
+    backend = Backend()
     backend.seed(0)
     algorithm = cls(backend=backend, model=backend.build_model(model_spec), spec=sampler.spec,
-                    optimizer=functools.partial(adam, lr=lr), **hyper)
+                    optimizer=functools.partial(Adam, lr=lr), **hyper)
     for _ in range(steps):
         metrics = algorithm.meta_train_step(sampler.sample(meta_batch))
     assert np.isfinite(metrics["loss"])

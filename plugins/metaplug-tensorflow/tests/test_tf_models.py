@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import ModelSpec
-from metaplug_tensorflow.backend import TensorFlowBackend
+from metaplug.errors import ConfigError
+from metaplug_tensorflow.backend import Backend
 from metaplug_tensorflow.layout import channels_last, to_native, to_shared
 
 
@@ -44,12 +44,12 @@ def numpy_mlp(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def shared_weights(model) -> dict[str, np.ndarray]:
-    return {n: to_shared(v.numpy()) for n, v in zip(model.names, model.variables)}
+    return {n: to_shared(v.numpy()) for n, v in zip(model.names, model.variables, strict=True)}
 
 
 @pytest.fixture(scope="module")
-def backend() -> TensorFlowBackend:
-    b = TensorFlowBackend(dtype="float64")
+def backend() -> Backend:
+    b = Backend(dtype="float64")
     b.seed(3)
     return b
 
@@ -119,13 +119,13 @@ def test_bad_model_specs_raise_config_errors(backend, name, spec, message):
 
 def test_backend_rejects_bad_settings():
     with pytest.raises(ConfigError, match="dtype"):
-        TensorFlowBackend(dtype="float16")
+        Backend(dtype="float16")
     with pytest.raises(ConfigError, match="device"):
-        TensorFlowBackend(device="tpu")
+        Backend(device="tpu")
 
 
 def test_seed_makes_initialisation_reproducible():
-    b = TensorFlowBackend()
+    b = Backend()
     spec = ModelSpec("mlp", (1,), 1)
     b.seed(7)
     first = b.build_model(spec).variables[0].numpy()

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from metaplug.errors import ConfigError, MetaplugError
 from metaplug.contract.interfaces import Algorithm, Backend
+from metaplug.errors import ConfigError, MetaplugError
 from metaplug.plugins.discovery import registry
 from metaplug.tasks import SinusoidSampler
 
@@ -54,10 +54,11 @@ def test_algorithm_satisfies_the_protocol(make):
 @pytest.mark.parametrize("name, hyper, message", [
     ("maml", {"inner_rule": "inner-sdg"}, "unknown optimizer 'inner-sdg'. Did you mean 'inner-sgd'"),
     ("maml", {"inner_rule": "adam"}, "is an outer optimizer"),
-    ("maml", {"batching": "vmap"}, "batching must be one of auto, vectorized, loop"),
-    ("maml", {"inner_lr": -1}, "inner_lr must be a positive number"),
-    ("reptile", {"inner_steps": 0}, "inner_steps must be an integer >= 1"),
-    ("finetune", {"finetune": "some"}, "finetune must be one of all, head"),
+    ("maml", {"batching": "vmap"}, "batching must be one of auto, vectorized, loop, reference, got 'vmap'"),
+    ("maml", {"batching": "reference"}, "batching 'reference' .* is torch only"),
+    ("maml", {"inner_lr": -1}, "inner_lr must be greater than 0, got -1.0"),
+    ("reptile", {"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
+    ("finetune", {"finetune": "some"}, "finetune must be one of all, head, got 'some'"),
 ])
 def test_bad_hyperparameters_are_one_line_errors(make, name, hyper, message):
     spec = SinusoidSampler("train", 0).spec
@@ -84,8 +85,8 @@ def test_batches_that_do_not_fit_the_spec_are_refused(make, image_batches):
                                              ("tpu", "device must be 'cpu', 'gpu' or 'gpu:N'"),
                                              ("gpu:x", "device must be 'cpu', 'gpu' or 'gpu:N'")])
 def test_a_device_tensorflow_would_not_use_is_a_config_error(device, message):
-    from metaplug_tensorflow.backend import TensorFlowBackend
+    from metaplug_tensorflow.backend import Backend
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        TensorFlowBackend(device=device)
-    assert TensorFlowBackend(device="CPU:0").device == "CPU:0"
+        Backend(device=device)
+    assert Backend(device="CPU:0").device == "CPU:0"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metaplug.errors import ConfigError
-from metaplug_tensorflow.optimizers import adam
+from metaplug_tensorflow.optimizers import Adam
 
 
 @pytest.mark.parametrize("name, data", [
@@ -18,7 +18,7 @@ from metaplug_tensorflow.optimizers import adam
 ])
 def test_resume_from_saved_state_continues_exactly(request, make, tmp_path, name, data):
     spec, batches = request.getfixturevalue(data)
-    optimizer = functools.partial(adam, lr=0.01, decay_every=2, decay_rate=0.5)
+    optimizer = functools.partial(Adam, lr=0.01, decay_every=2, decay_rate=0.5)
     kwargs = {"dtype": "float32", "optimizer": optimizer, "batching": "loop"}
     original = make(name, spec, **kwargs)
     for batch in batches[:2]:

@@ -22,7 +22,7 @@ _BANNER = re.compile(
 )
 
 
-def _import_quietly():  # noqa: ANN202  (returns the tensorflow module)
+def _import_quietly():
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

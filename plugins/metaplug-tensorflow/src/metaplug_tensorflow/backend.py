@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug.contract.options import checked
+from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.layout import channels_last
 from metaplug_tensorflow.models import FunctionalModel, build
@@ -27,7 +28,7 @@ class Episodes:
     query_y: tf.Tensor
 
 
-class TensorFlowBackend:
+class Backend:
     """TensorFlow 2 backend.
 
     :param device: a TensorFlow device such as ``"cpu"`` or ``"gpu:0"``; ``None``
@@ -39,8 +40,7 @@ class TensorFlowBackend:
     models: tuple[str, ...] = ("mlp", "conv4")
 
     def __init__(self, device: str | None = None, dtype: str = "float32") -> None:
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        checked("dtype", dtype, str, choices=tuple(DTYPES))
         if device is not None:
             kind, _, index = device.lower().partition(":")
             if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
@@ -77,19 +77,28 @@ class TensorFlowBackend:
             with tf.device(self.device):
                 yield
 
+    def tensor(self, array: np.ndarray, dtype: tf.DType | str | None = None) -> tf.Tensor:
+        """``array`` as a tensor on :attr:`device`, unchanged in layout: floating arrays in
+        ``dtype`` (default: the backend's), integer arrays as they are."""
+        array = np.asarray(array)
+        with self.scope():
+            if np.issubdtype(array.dtype, np.floating):
+                return tf.constant(array, dtype=self.dtype if dtype is None else tf.as_dtype(dtype))
+            return tf.constant(array)
+
     def inputs(self, x: np.ndarray, example_rank: int) -> tf.Tensor:
         """Examples as a tensor of the backend's dtype, images moved to channels last."""
-        with self.scope():
-            return tf.constant(channels_last(np.asarray(x), example_rank), dtype=self.dtype)
+        return self.tensor(channels_last(np.asarray(x), example_rank))
 
     def targets(self, y: np.ndarray, problem: str) -> tf.Tensor:
         """Labels as int64, regression targets in the backend's dtype."""
-        with self.scope():
-            if problem == "classification":
-                return tf.constant(np.asarray(y), dtype=tf.int64)
-            return tf.constant(np.asarray(y), dtype=self.dtype)
+        if problem == "classification":
+            return self.tensor(np.asarray(y, dtype=np.int64))
+        return self.tensor(y)
 
     def to_tensors(self, batch: EpisodeBatch) -> Episodes:
+        """The batch on :attr:`device`: inputs channels last and regression targets in the
+        backend's dtype, labels int64."""
         rank = batch.support_x.ndim - 2
         return Episodes(
             self.inputs(batch.support_x, rank),
@@ -99,5 +108,6 @@ class TensorFlowBackend:
         )
 
     def build_model(self, spec: ModelSpec) -> FunctionalModel:
+        """A freshly initialised standard model (``mlp`` or ``conv4``) on :attr:`device`."""
         with self.scope():
             return build(spec, self._rng, self.dtype)

@@ -22,22 +22,22 @@ from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 
 if TYPE_CHECKING:
-    from metaplug_tensorflow.algorithms.base import TFAdaptedModel
+    from metaplug_tensorflow.algorithms.base import AdaptedModel
 
 
-def save_adapted(adapted: TFAdaptedModel, path: str | Path) -> Path:
+def save_adapted(adapted: AdaptedModel, path: str | Path) -> Path:
     """Write ``adapted`` to the folder ``path`` (created; must not hold a file) and return it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"cannot export to {path}: it is a file")
     algorithm = adapted.algorithm
     module = tf.Module()
-    module.weights = [tf.Variable(w, trainable=False) for w in adapted.weights]
+    module.state = [tf.Variable(w, trainable=False) for w in adapted.state]
     spec = tf.TensorSpec([None, *adapted.input_shape], tf.float32, name="x")
 
     @tf.function(input_signature=[spec])
     def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = algorithm.predict_task(module.weights, adapted.native_inputs(x))
+        outputs = algorithm.predict_adapted(module.state, adapted.native_inputs(x))
         return {"outputs": tf.cast(outputs[0], tf.float32)}
 
     module.serve = serve

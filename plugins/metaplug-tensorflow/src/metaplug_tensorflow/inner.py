@@ -1,54 +1,72 @@
-"""Inner-loop update rules (``role="inner"`` optimizers) and their small interface.
+"""Inner-loop update rules (the ``role="inner"`` optimizers) on TensorFlow.
 
-An inner rule is a class constructed with no arguments. An algorithm calls
+A rule implements :class:`metaplug.contract.interfaces.InnerRule`: a class constructed
+with no arguments, with ``init(params, lr)`` and ``step(params, grads, learnables, lr)``
+on name-keyed mappings of tensors. Register it under the ``optimizers`` kind with
+``role="inner"`` and ``backends=("tensorflow",)``; ``maml``, ``fomaml``, ``anil`` and
+``metasgd`` name it in their ``inner_rule`` option, and the host passes the instance as
+``rule=``. ``step`` runs inside ``tf.function`` and is differentiated through: use only
+differentiable TensorFlow ops, never assign to variables. ``params`` and ``grads`` carry
+a leading task axis that the learnables lack, so write updates that broadcast::
 
-``init(params, lr) -> list[tf.Variable]``
-    once, with the meta-parameters it adapts (``tf.Variable``, TensorFlow layout)
-    and the ``inner_lr`` hyper-parameter; returns the rule's learnable
-    meta-parameters (possibly none). They are trained by the outer optimizer and
-    saved as ``inner.<param name>`` (one per adapted weight, same shape) in the
-    algorithm's state.
-``step(params, grads, learnables) -> list[tf.Tensor]``
-    inside the inner loop, with the current weights and their gradients; returns
-    the new weights as tensors. ``params`` and ``grads`` may carry a leading task
-    axis that the learnables lack (broadcast them). Must use only differentiable
-    TensorFlow ops and never assign to variables, or the meta-gradient is cut.
-
-Register a third-party rule with ``Component(name, summary, target="pkg.mod:Rule",
-backends=("tensorflow",), role="inner")``; ``maml`` and ``anil`` load it by name
-through ``inner_rule``.
+    class InnerSignSGD:
+        def init(self, params, lr):
+            return {}                              # nothing learned
+        def step(self, params, grads, learnables, lr):
+            return {n: p - lr * tf.sign(grads[n]) for n, p in params.items()}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
+from metaplug.contract.interfaces import InnerRule
+from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
+
+Params = Mapping[str, tf.Tensor]
 
 
 class InnerSGD:
-    """Plain gradient descent ``p - lr * grad``; nothing learnable."""
+    """Plain gradient descent ``p - lr * grad``."""
 
-    def __init__(self) -> None:
-        self.lr = 0.0
+    def init(self, params: Params, lr: float) -> dict[str, tf.Tensor]:
+        return {}
 
-    def init(self, params: Sequence[tf.Variable], lr: float) -> list[tf.Variable]:
-        self.lr = float(lr)
-        return []
-
-    def step(self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor],
-             learnables: Sequence[tf.Variable]) -> list[tf.Tensor]:
-        return [p - self.lr * g for p, g in zip(params, grads, strict=True)]
+    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, tf.Tensor]:
+        return {n: p - lr * grads[n] for n, p in params.items()}
 
 
 class InnerMetaSGD:
-    """Meta-SGD: ``p - alpha * grad`` with a learned rate ``alpha`` per weight element,
+    """Meta-SGD: ``p - alpha * grad`` with a learned rate ``alpha`` per parameter entry,
     initialised to ``lr`` (Li et al. 2017)."""
 
-    def init(self, params: Sequence[tf.Variable], lr: float) -> list[tf.Variable]:
-        return [tf.Variable(tf.fill(p.shape, tf.constant(lr, p.dtype)), name=f"rate_{i}")
-                for i, p in enumerate(params)]
+    def init(self, params: Params, lr: float) -> dict[str, tf.Tensor]:
+        return {n: tf.fill(p.shape, tf.constant(lr, p.dtype)) for n, p in params.items()}
 
-    def step(self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor],
-             learnables: Sequence[tf.Variable]) -> list[tf.Tensor]:
-        return [p - a * g for p, g, a in zip(params, grads, learnables, strict=True)]
+    def step(self, params: Params, grads: Params, learnables: Params, lr: float) -> dict[str, tf.Tensor]:
+        return {n: p - learnables[n] * grads[n] for n, p in params.items()}
+
+
+BUILTIN_RULES: dict[str, type[InnerRule]] = {"inner-sgd": InnerSGD, "inner-metasgd": InnerMetaSGD}
+"""The rules an algorithm built directly in Python (without ``rule=``) finds by name."""
+
+
+def resolve_rule(rule: InnerRule | None, name: str | None, algorithm: str) -> InnerRule:
+    """The inner rule of an algorithm whose ``inner_rule`` option is ``name`` (``None``: it has
+    no such option, and its inner loop is :class:`InnerSGD`): ``rule`` as the host passes it,
+    else the built-in rule of that name."""
+    if name is None:
+        if rule is not None:
+            raise ConfigError(f"{algorithm} has no inner_rule option; it takes no rule=")
+        return InnerSGD()
+    if rule is None:
+        if name not in BUILTIN_RULES:
+            raise ConfigError(f"inner_rule {name!r} is not built into metaplug-tensorflow "
+                              f"({', '.join(BUILTIN_RULES)}); pass rule=<the rule instance>, or run through "
+                              f"metaplug, which loads registered rules")
+        return BUILTIN_RULES[name]()
+    if not isinstance(rule, InnerRule):
+        raise ConfigError(f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), "
+                          f"got {type(rule).__name__}")
+    return rule

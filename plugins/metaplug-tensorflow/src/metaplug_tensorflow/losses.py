@@ -1,11 +1,11 @@
-"""Per-task losses and accuracy on outputs with a leading task axis ``(T, N, out)``."""
+"""Per-task losses and accuracy of a group of tasks: outputs ``(T, N, out)``, results ``(T,)``."""
 
 from __future__ import annotations
 
 from metaplug_tensorflow._tf import tf
 
 
-def task_losses(problem: str, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+def task_loss(problem: str, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """``(T,)`` losses: mean softmax cross-entropy over examples, or mean squared error over
     all targets.
 
@@ -19,7 +19,7 @@ def task_losses(problem: str, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tens
     return tf.reduce_mean(tf.square(outputs - targets), axis=[1, 2])
 
 
-def task_accuracy(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+def accuracy(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """``(T,)`` fraction of examples whose highest score is the label."""
     hits = tf.equal(tf.argmax(outputs, axis=-1, output_type=labels.dtype), labels)
     return tf.reduce_mean(tf.cast(hits, outputs.dtype), axis=1)

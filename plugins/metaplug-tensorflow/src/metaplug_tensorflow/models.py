@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 
 BN_EPS = 1e-5

@@ -1,7 +1,8 @@
-"""Entry point of the ``metaplug`` group: registers the TensorFlow components.
+"""The ``metaplug`` entry point: registers the TensorFlow components by name only.
 
-This module imports no TensorFlow: every record names its implementation with a
-``target`` string that is imported only when the component is used.
+This module must stay cheap to import: no TensorFlow here, every ``target`` is a
+string (relative to this package) that the host imports when the component is
+first used.
 """
 
 from __future__ import annotations
@@ -9,56 +10,47 @@ from __future__ import annotations
 from metaplug import Component, Register, hookimpl
 
 BACKEND = "tensorflow"
+PACKAGE = "metaplug_tensorflow"
 BOTH = ("regression", "classification")
 
-ALGORITHMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("maml", "maml:MAML", "Model-Agnostic Meta-Learning, second order (Finn et al. 2017).", BOTH),
-    ("fomaml", "maml:FOMAML", "First-order MAML (Finn et al. 2017).", BOTH),
-    ("reptile", "reptile:Reptile", "Reptile (Nichol et al. 2018).", BOTH),
-    ("anil", "maml:ANIL", "Almost No Inner Loop: MAML adapting only the head (Raghu et al. 2020).", BOTH),
-    ("metasgd", "maml:MetaSGD", "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017).", BOTH),
-    ("protonet", "protonet:ProtoNet", "Prototypical Networks, classification only (Snell et al. 2017).",
-     ("classification",)),
-    ("finetune", "finetune:FineTune", "Transfer baseline: pre-train jointly, fine-tune on each task.", BOTH),
+ALGORITHMS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("maml", "algorithms.maml:MAML", BOTH, "Model-Agnostic Meta-Learning, second order (Finn et al. 2017)."),
+    ("fomaml", "algorithms.maml:FOMAML", BOTH, "First-order MAML (Finn et al. 2017)."),
+    ("reptile", "algorithms.reptile:Reptile", BOTH, "Reptile: move towards task-adapted weights (Nichol et al. 2018)."),
+    ("anil", "algorithms.maml:ANIL", BOTH, "Almost No Inner Loop: MAML adapting only the head (Raghu et al. 2020)."),
+    ("metasgd", "algorithms.maml:MetaSGD", BOTH,
+     "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017)."),
+    ("protonet", "algorithms.protonet:ProtoNet", ("classification",),
+     "Prototypical Networks, classification only (Snell et al. 2017)."),
+    ("finetune", "algorithms.finetune:FineTune", BOTH,
+     "Transfer baseline: pre-train on all training tasks, fine-tune per task."),
 )
+"""Rows ``(name, target, problems, summary)``."""
 
 OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
-    ("sgd", "outer", "optimizers:sgd", "SGD with optional momentum; step decay or linear annealing."),
-    ("adam", "outer", "optimizers:adam", "Adam (Kingma and Ba 2015); step decay or linear annealing."),
-    ("rmsprop", "outer", "optimizers:rmsprop", "RMSprop (PyTorch's formulation); step decay or linear annealing."),
-    ("inner-sgd", "inner", "inner:InnerSGD", "Inner loop: plain gradient descent p - lr * grad."),
-    ("inner-metasgd", "inner", "inner:InnerMetaSGD", "Inner loop: learned per-parameter rates (Meta-SGD)."),
+    ("sgd", "optimizers:SGD", "outer", "SGD with momentum; step decay or linear annealing (PyTorch's rule)."),
+    ("adam", "optimizers:Adam", "outer", "Adam, AMSGrad optional; step decay or linear annealing (PyTorch's rule)."),
+    ("rmsprop", "optimizers:RMSprop", "outer",
+     "RMSprop, centred optional; step decay or linear annealing (PyTorch's rule)."),
+    ("inner-sgd", "inner:InnerSGD", "inner", "Inner-loop gradient descent p - lr * grad."),
+    ("inner-metasgd", "inner:InnerMetaSGD", "inner", "Inner-loop descent with learned per-parameter rates (Meta-SGD)."),
 )
+"""Rows ``(name, target, role, summary)``."""
 
 
 @hookimpl
 def register_backends(register: Register) -> None:
-    register(Component(
-        name=BACKEND,
-        summary="TensorFlow 2 (tf.function, nested GradientTape); CPU or GPU.",
-        target="metaplug_tensorflow.backend:TensorFlowBackend",
-    ))
+    register(Component(BACKEND, "TensorFlow 2: CPU or GPU; models mlp and conv4; compiled with tf.function.",
+                       f"{PACKAGE}.backend:Backend"))
 
 
 @hookimpl
 def register_algorithms(register: Register) -> None:
-    for name, target, summary, problems in ALGORITHMS:
-        register(Component(
-            name=name,
-            summary=summary,
-            target=f"metaplug_tensorflow.algorithms.{target}",
-            backends=(BACKEND,),
-            problems=problems,
-        ))
+    for name, target, problems, summary in ALGORITHMS:
+        register(Component(name, summary, f"{PACKAGE}.{target}", backends=(BACKEND,), problems=problems))
 
 
 @hookimpl
 def register_optimizers(register: Register) -> None:
-    for name, role, target, summary in OPTIMIZERS:
-        register(Component(
-            name=name,
-            summary=summary,
-            target=f"metaplug_tensorflow.{target}",
-            backends=(BACKEND,),
-            role=role,
-        ))
+    for name, target, role, summary in OPTIMIZERS:
+        register(Component(name, summary, f"{PACKAGE}.{target}", backends=(BACKEND,), role=role))

@@ -1,9 +1,11 @@
 """The seven algorithms on TensorFlow (imports TensorFlow)."""
 
-from metaplug_tensorflow.algorithms.base import TFAdaptedModel, TFAlgorithm
+from metaplug_tensorflow.algorithms.base import AdaptedModel, MetaLearner
 from metaplug_tensorflow.algorithms.finetune import FineTune
+from metaplug_tensorflow.algorithms.gradient import GradientMetaLearner
 from metaplug_tensorflow.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from metaplug_tensorflow.algorithms.protonet import ProtoNet
 from metaplug_tensorflow.algorithms.reptile import Reptile
 
-__all__ = ["ANIL", "FOMAML", "FineTune", "MAML", "MetaSGD", "ProtoNet", "Reptile", "TFAdaptedModel", "TFAlgorithm"]
+__all__ = ["ANIL", "FOMAML", "MAML", "AdaptedModel", "FineTune", "GradientMetaLearner", "MetaLearner", "MetaSGD",
+           "ProtoNet", "Reptile"]

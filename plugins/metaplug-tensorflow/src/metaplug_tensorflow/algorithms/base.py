@@ -1,40 +1,42 @@
-"""What every TensorFlow algorithm shares: construction checks, compiled entry points,
-the inner loop, numpy state and adapted models.
+"""What every TensorFlow algorithm shares: construction, compiled entry points, the inner
+loop, numpy state and adapted models.
 
-The extension API (see "Writing a TensorFlow algorithm" in metaplug-tensorflow's
-README): subclasses call :meth:`TFAlgorithm.set_meta_parameters` in ``__init__`` and
-implement :meth:`~TFAlgorithm.meta_gradients` (outer gradients summed over a group of
-tasks), :meth:`~TFAlgorithm.evaluate_tasks` and :meth:`~TFAlgorithm.adapt_task` (and
-:meth:`~TFAlgorithm.predict_task` when an adapted model is more than the model's
-weights). The base class runs them over the tasks of a batch either vectorized (all
-tasks at once) or in a ``tf.while_loop`` (one task at a time), and compiles each entry
-point once per input shape with ``tf.function``; nothing is traced per step.
+The extension API (see "Writing an algorithm for this backend" in metaplug-tensorflow's
+README) works on groups of tasks: a subclass implements :meth:`MetaLearner.meta_gradients`,
+:meth:`~MetaLearner.evaluate_tasks` and :meth:`~MetaLearner.adapted_state` on tensors with
+a leading task axis (and :meth:`~MetaLearner.predict_adapted` when an adapted model is
+more than the model's weights). The base class runs them over the tasks of a batch
+either vectorized (all tasks at once) or in a ``tf.while_loop`` (one task at a time), and
+compiles each entry point once per input shape with ``tf.function``; nothing is traced
+per step.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from metaplug.contract.hyperparameters import BatchingOptions
+from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
+from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.backend import TensorFlowBackend
+from metaplug_tensorflow.backend import Backend, Episodes
+from metaplug_tensorflow.inner import resolve_rule
 from metaplug_tensorflow.layout import to_native, to_shared
-from metaplug_tensorflow.losses import task_accuracy, task_losses
+from metaplug_tensorflow.losses import accuracy, task_loss
 from metaplug_tensorflow.models import FunctionalModel
-from metaplug_tensorflow.optimizers import OuterOptimizer, adam
+from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
 
-BATCHING = ("auto", "vectorized", "loop")
 AUTO_BATCHING = {"mlp": "vectorized", "conv4": "loop"}
 """Measured fastest per model on CPU (see the plugin's README)."""
 
 Weights = list[tf.Tensor]
-StepRule = Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor], Sequence[tf.Variable]], list[tf.Tensor]]
+Update = Callable[[Weights, Weights], Weights]
+"""One inner step: ``update(weights, grads) -> weights``."""
 
 
 def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
@@ -42,104 +44,190 @@ def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
     return [tf.broadcast_to(p, [num_tasks, *p.shape]) for p in params]
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int if it is an integer >= ``minimum``, else a one-line ConfigError."""
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+class MetaLearner:
+    """Base class of TensorFlow algorithms (:class:`metaplug.contract.interfaces.Algorithm`;
+    the extension API: see "Writing an algorithm for this backend" in metaplug-tensorflow's
+    README).
 
+    Subclasses set ``name``, ``problems`` and ``Options`` (a
+    :class:`~metaplug.contract.options.Options` dataclass; the constructor validates the
+    keyword options into ``self.options``), implement :meth:`meta_gradients`,
+    :meth:`evaluate_tasks` and :meth:`adapted_state`, and may override
+    :meth:`predict_adapted`, :meth:`extra_parameters`, :meth:`trained_names`,
+    :meth:`setup`, :meth:`extra_train_inputs`, :meth:`adaptation_inputs` and
+    :attr:`has_loss_before`. They call the helpers :meth:`inner_loop`,
+    :meth:`rule_update`, :meth:`forward_per_task`, :meth:`loss_and_accuracy`,
+    :meth:`gradients`, :meth:`register_state` and :func:`tile`.
 
-def check_positive(name: str, value: Any) -> float:
-    """``value`` as a float if it is a positive number, else a one-line ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-class TFAlgorithm:
-    """Base class of TensorFlow algorithms (:class:`metaplug.contract.interfaces.Algorithm`; the
-    extension API: see "Writing a TensorFlow algorithm" in metaplug-tensorflow's README).
-
-    Subclasses call :meth:`set_meta_parameters` at the end of ``__init__`` and implement
-    :meth:`meta_gradients`, :meth:`evaluate_tasks` and :meth:`adapt_task`; they may
-    override :meth:`predict_task`, :meth:`evaluation_steps`, :meth:`extra_train_inputs`,
-    :meth:`adaptation_inputs` and :attr:`has_loss_before`, and save further variables
-    with :meth:`register_state`. They call the helpers :meth:`forward_per_task`,
-    :meth:`descend`, :meth:`metrics`, :meth:`gradients` and :func:`tile`.
-
-    Set by ``__init__``: ``self.spec``, ``self.problem`` (``spec.problem``),
-    ``self.backend`` (a :class:`~metaplug_tensorflow.backend.TensorFlowBackend`),
-    ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`) and
-    ``self.batching`` (``"vectorized"`` or ``"loop"``, resolved from ``"auto"``); by
-    :meth:`set_meta_parameters`: ``self.trainables`` and ``self.optimizer``.
+    Set by ``__init__``: ``self.options``, ``self.spec``, ``self.problem``
+    (``spec.problem``), ``self.backend`` (a :class:`~metaplug_tensorflow.backend.Backend`),
+    ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`),
+    ``self.batching`` (``"vectorized"`` or ``"loop"``, resolved from ``"auto"``),
+    ``self.rule`` (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option
+    names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option),
+    ``self.extra`` (the variables of :meth:`extra_parameters`), ``self.trainables`` (every
+    meta-parameter by ``state_dict`` name) and ``self.optimizer`` (the outer optimizer
+    over them).
 
     The hooks run inside ``tf.function`` (traced once per input shape): use TensorFlow
     operations on their arguments, no Python side effects, and no ``.numpy()``.
     """
 
+    name = ""
     problems: tuple[str, ...] = ("regression", "classification")
-    name = "algorithm"
+    Options: type[BatchingOptions] = BatchingOptions
+    has_loss_before = True
+    """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
 
-    def __init__(self, backend: TensorFlowBackend | None, model: FunctionalModel | None,
-                 spec: TaskSpec, optimizer: Callable[..., OuterOptimizer] | None,
-                 batching: str) -> None:
+    def __init__(self, backend: Backend | None = None, model: FunctionalModel | None = None,
+                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
+                 rule: InnerRule | None = None, **options: Any) -> None:
+        self.options = self.Options(**options)
+        if spec is None:
+            raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
             raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
                               f"not {spec.problem} tasks")
-        self.backend = backend if backend is not None else TensorFlowBackend()
-        if not isinstance(self.backend, TensorFlowBackend):
+        self.spec, self.problem = spec, spec.problem
+        self.backend = backend if backend is not None else Backend()
+        if not isinstance(self.backend, Backend):
             raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, "
                               f"got {type(backend).__name__}")
         if model is None:
             model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
         if not isinstance(model, FunctionalModel):
-            raise ConfigError("the tensorflow algorithms take a model from TensorFlowBackend.build_model, "
-                              f"got {type(model).__name__}")
-        if batching not in BATCHING:
-            raise ConfigError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
-        self.model, self.spec, self.problem = model, spec, spec.problem
-        self.batching = AUTO_BATCHING.get(model.spec.name, "loop") if batching == "auto" else batching
-        self._optimizer_factory = optimizer or functools.partial(adam, lr=1e-3)
+            raise ConfigError("the tensorflow algorithms take a model from metaplug_tensorflow's "
+                              f"Backend.build_model, got {type(model).__name__}")
+        self.model = model
+        self.batching = self._resolve_batching()
+        self.rule = resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
+        with self.backend.scope():
+            self.extra = {k: tf.Variable(v, dtype=self.backend.dtype) for k, v in self.extra_parameters().items()}
+        weights = dict(zip(self.model.names, self.model.variables, strict=True))
+        self.trainables: dict[str, tf.Variable] = {
+            **{f"model.{n}": weights[n] for n in self.trained_names()}, **self.extra}
+        self._saved = {**{f"model.{n}": v for n, v in weights.items()}, **self.trainables}
+        with self.backend.scope():
+            self.optimizer = (optimizer or Adam)(list(self.trainables.values()))
         self._train_fn = tf.function(self._train_impl)
         self._evaluate_fn = tf.function(self._evaluate_impl)
-        self._adapt_fn = tf.function(self.adapt_task)
-        self._predict_fn = tf.function(self.predict_task)
+        self._adapt_fn = tf.function(self.adapted_state)
+        self._predict_fn = tf.function(self.predict_adapted)
+        self.setup()
+
+    def _resolve_batching(self) -> str:
+        batching = self.options.batching
+        if batching == "reference":
+            raise ConfigError("batching 'reference' (the plain per-task loop torch's benchmarks compare against) "
+                              "is torch only; tensorflow takes auto, vectorized or loop")
+        return AUTO_BATCHING.get(self.model.spec.name, "loop") if batching == "auto" else batching
 
     @property
     def vectorized(self) -> bool:
         """Whether the hooks see all tasks at once (else one task at a time)."""
         return self.batching == "vectorized"
 
-    def set_meta_parameters(self, trainables: Mapping[str, tf.Variable]) -> None:
-        """Declare the meta-parameters: ``state_dict`` name -> ``tf.Variable``, in the order
-        :meth:`meta_gradients` returns their gradients. Call once, at the end of
-        ``__init__``; it builds the outer optimizer over them. Model weights are named
-        ``model.<name>`` (``self.model.names``/``self.model.variables``); create further
-        variables (e.g. learned inner rates) inside ``self.backend.scope()``. Every model
-        weight is saved, trained or not."""
-        self.trainables = dict(trainables)
-        self._saved = {**{f"model.{n}": v for n, v in zip(self.model.names, self.model.variables)},
-                       **self.trainables}
-        with self.backend.scope():
-            self.optimizer = self._optimizer_factory(list(self.trainables.values()))
+    @property
+    def feature_weights(self) -> list[tf.Variable]:
+        """The model's ``features.*`` variables (all but the head)."""
+        return self.model.variables[:self.model.head_index]
+
+    # -- what subclasses implement or override --------------------------------------------
+
+    def extra_parameters(self) -> dict[str, Any]:
+        """Initial values of meta-learned tensors besides the model's, keyed by their
+        ``state_dict`` name (default: none).
+
+        Called once by ``__init__`` (inside ``self.backend.scope()``) after
+        ``self.options``, ``self.model`` and ``self.rule`` are set; the values become
+        ``tf.Variable`` objects of the backend's dtype in ``self.extra``, which the outer
+        optimizer trains (after the model weights, in this order) and the state saves.
+        """
+        return {}
+
+    def trained_names(self) -> list[str]:
+        """The model weights the outer optimizer trains (default: all of them; ProtoNets
+        leave out the unused head). Every model weight is saved, trained or not."""
+        return list(self.model.names)
+
+    def setup(self) -> None:
+        """Called once at the end of ``__init__``, with everything set: create further state
+        (variables inside ``self.backend.scope()``, saved with :meth:`register_state`).
+        Default: nothing."""
+
+    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """Outer gradients and per-task metrics for a group of tasks (required).
+
+        Receives support ``sx`` ``(T, S, ...)``, ``sy`` and query ``qx``, ``qy`` with a
+        leading task axis (all tasks of the batch when vectorized, ``T == 1`` in loop
+        mode; inputs channels-last), followed by :meth:`extra_train_inputs`. Returns the
+        gradient (or outer update direction) of each meta-parameter, summed over the
+        ``T`` tasks, in the order of ``self.trainables``, and :meth:`loss_and_accuracy`
+        of the query outputs (per-task ``(T,)`` tensors). The base class divides the sums
+        by the number of tasks and applies the outer optimizer.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
+
+    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
+                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Per-task query metrics after adapting to the support set with ``steps`` inner
+        steps (required).
+
+        Receives a group of tasks as :meth:`meta_gradients` does, ``steps`` (a Python
+        int: a new value traces again) and :meth:`adaptation_inputs`. Returns
+        :meth:`loss_and_accuracy` of the adapted query outputs plus ``loss_before``, the
+        query loss before adaptation, each of shape ``(T,)`` (without ``loss_before`` when
+        :attr:`has_loss_before` is false).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate_tasks()")
+
+    def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *extra: tf.Tensor) -> Weights:
+        """What an adapted model keeps for one task: by default the full list of model
+        weights (no task axis) after ``steps`` inner steps (required).
+
+        Receives one task's support set with a task axis of length 1, then
+        :meth:`adaptation_inputs` (task axis of 1). The list is passed as is to
+        :meth:`predict_adapted` (and saved by ``export``), so it may hold anything that
+        method needs, e.g. the support set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement adapted_state()")
+
+    def predict_adapted(self, state: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """Outputs ``(1, N, out)`` of an adapted model: ``state`` from :meth:`adapted_state`
+        and channels-last inputs with a task axis of 1 (default: the model on them)."""
+        return self.model(state, x)
+
+    def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
+        """Further tensors for :meth:`meta_gradients`, computed eagerly from the numpy
+        batch each step (default: none). Each needs a leading task axis (loop mode slices
+        it) and a shape that is the same at every step, or the step is traced again."""
+        return ()
+
+    def adaptation_inputs(self, num_tasks: int, support_size: int, steps: int) -> tuple[tf.Tensor, ...]:
+        """Further tensors for :meth:`evaluate_tasks` and :meth:`adapted_state`, computed
+        eagerly before each ``evaluate`` (``num_tasks`` tasks) and ``adapt`` (one task) with
+        ``support_size`` support examples per task (default: none), e.g. the indices of the
+        inner loop's mini-batches. Each needs a leading task axis and a shape that does not
+        change between calls, or the entry point is traced again."""
+        return ()
+
+    # -- helpers for subclasses -------------------------------------------------------------
 
     def register_state(self, variables: Mapping[str, tf.Variable]) -> None:
         """Save further variables that the outer optimizer does not train (e.g. an inner
-        optimizer's slots, a sampling counter) in ``state_dict`` under these names, after
-        :meth:`set_meta_parameters`. Weight-shaped ones are converted to the shared layout
-        like the model's."""
+        optimizer's slots) in ``state_dict`` under these names (call it from :meth:`setup`).
+        Weight-shaped ones are converted to the shared layout like the model's."""
         self._saved.update(variables)
 
-    # -- the inner loop ------------------------------------------------------------
-
     def forward_per_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The full model on weights with a task axis."""
+        """The full model on weights with a task axis, batched as ``self.batching`` says."""
         return self.model(weights, x, per_task=True, vectorized=self.vectorized)
 
-    def descend(self, forward: Callable[[Weights, tf.Tensor], tf.Tensor], weights: Weights,
-                x: tf.Tensor, y: tf.Tensor, steps: int, rule: StepRule,
-                learnables: Sequence[tf.Variable] = (), second_order: bool = False) -> Weights:
-        """``steps`` inner updates of per-task ``weights`` on ``(x, y)``.
+    def inner_loop(self, forward: Callable[[Weights, tf.Tensor], tf.Tensor], weights: Weights,
+                   x: tf.Tensor, y: tf.Tensor, steps: int, update: Update, second_order: bool = False) -> Weights:
+        """``steps`` inner updates ``weights = update(weights, grads)`` of per-task ``weights``
+        on the loss of ``forward(weights, x)`` against ``y``.
 
         The tape watches the weights explicitly (they are tensors, not variables;
         unwatched, their gradient would silently be ``None``). The summed loss gives
@@ -149,39 +237,67 @@ class TFAlgorithm:
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                loss = tf.reduce_sum(task_losses(self.problem, forward(weights, x), y))
+                loss = tf.reduce_sum(task_loss(self.problem, forward(weights, x), y))
             grads = tape.gradient(loss, weights)
             if any(g is None for g in grads):
                 raise RuntimeError("inner-loop gradient is None: a weight does not reach the loss")
             grads = [tf.convert_to_tensor(g) for g in grads]  # vectorized_map may give IndexedSlices
             if not second_order:
                 grads = [tf.stop_gradient(g) for g in grads]
-            weights = rule(weights, grads, learnables)
+            weights = update(weights, grads)
         return weights
 
-    def metrics(self, outputs: tf.Tensor, targets: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Per-task ``loss`` (and ``accuracy``) of outputs ``(T, N, out)``."""
-        result = {"loss": task_losses(self.problem, outputs, targets)}
+    def rule_update(self, names: Sequence[str], learnables: Mapping[str, tf.Tensor], lr: float) -> Update:
+        """One step of ``self.rule`` at rate ``lr`` as an :data:`Update` of weight lists, the
+        weights being named ``names`` (the rule works on name-keyed mappings)."""
+
+        def update(weights: Weights, grads: Weights) -> Weights:
+            stepped = self.rule.step(dict(zip(names, weights, strict=True)), dict(zip(names, grads, strict=True)),
+                                     learnables, lr)
+            return [stepped[n] for n in names]
+
+        return update
+
+    def loss_and_accuracy(self, outputs: tf.Tensor, targets: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Per-task ``loss`` (cross-entropy of logits or MSE, by ``spec.problem``) and, for
+        classification, ``accuracy`` of outputs ``(T, N, out)``, each ``(T,)``."""
+        result = {"loss": task_loss(self.problem, outputs, targets)}
         if self.problem == "classification":
-            result["accuracy"] = task_accuracy(outputs, targets)
+            result["accuracy"] = accuracy(outputs, targets)
         return result
 
     def gradients(self, loss: tf.Tensor, tape: tf.GradientTape) -> list[tf.Tensor]:
         """Gradients of ``loss`` for every meta-parameter; a missing one is an error, not a zero."""
         grads = tape.gradient(loss, list(self.trainables.values()))
-        missing = [n for n, g in zip(self.trainables, grads) if g is None]
+        missing = [n for n, g in zip(self.trainables, grads, strict=True) if g is None]
         if missing:
             raise RuntimeError(f"meta-gradient is None for {missing}")
         return [tf.convert_to_tensor(g) for g in grads]
 
+    def evaluation_steps(self, steps: int | None) -> int:
+        """Inner steps for ``evaluate``/``adapt``: ``steps``, checked (an integer >= 0), or
+        ``self.options.evaluation_steps`` (0 without an inner loop) when ``None``."""
+        if steps is None:
+            return self.options.evaluation_steps
+        return checked("steps", steps, int, minimum=0)
+
+    def episode_tensors(self, batch: EpisodeBatch) -> Episodes:
+        """``batch`` as tensors on the backend's device (inputs channels last), after checking
+        its problem kind and example shape against the spec."""
+        if batch.problem != self.problem:
+            raise ConfigError(f"{self.name} was built for {self.problem} tasks, got a {batch.problem} batch")
+        self._check_examples(batch.support_x)
+        self._check_examples(batch.query_x)
+        return self.backend.to_tensors(batch)
+
     @property
     def metric_keys(self) -> tuple[str, ...]:
-        """The keys of :meth:`metrics`: ``loss`` (and ``accuracy`` for classification)."""
+        """The keys of :meth:`loss_and_accuracy`: ``loss`` (and ``accuracy`` for classification)."""
         return ("loss", "accuracy") if self.problem == "classification" else ("loss",)
 
-    def over_tasks(self, fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
-                   tensors: Sequence[tf.Tensor], sums: Sequence[tf.Tensor],
-                   keys: Sequence[str]) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def map_tasks(self, fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
+                  tensors: Sequence[tf.Tensor], sums: Sequence[tf.Tensor],
+                  keys: Sequence[str]) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         """Run ``fn(*tensors) -> (sums over tasks, per-task metrics)`` on the whole batch
         (vectorized) or one task at a time in a ``tf.while_loop`` (loop: traced once,
         memory for one task), adding up the sums and stacking the ``keys`` metrics.
@@ -200,11 +316,13 @@ class TFAlgorithm:
                                           (tf.constant(0), list(sums), arrays), parallel_iterations=1)
         return totals, {k: a.stack() for k, a in arrays.items()}
 
+    # -- the compiled entry points ------------------------------------------------------------
+
     def _train_impl(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
         """One outer step on the mean over tasks of :meth:`meta_gradients`."""
         num_tasks = tensors[0].shape[0]
         zeros = [tf.zeros_like(v) for v in self.trainables.values()]
-        sums, metrics = self.over_tasks(self.meta_gradients, tensors, zeros, self.metric_keys)
+        sums, metrics = self.map_tasks(self.meta_gradients, tensors, zeros, self.metric_keys)
         self.optimizer.apply([s / num_tasks for s in sums])
         return {k: tf.reduce_mean(v) for k, v in metrics.items()}
 
@@ -214,45 +332,46 @@ class TFAlgorithm:
             return [], self.evaluate_tasks(*tensors[:4], steps, *tensors[4:])
 
         keys = self.metric_keys + (("loss_before",) if self.has_loss_before else ())
-        result = self.over_tasks(evaluate, (sx, sy, qx, qy, *extra), [], keys)[1]
+        result = self.map_tasks(evaluate, (sx, sy, qx, qy, *extra), [], keys)[1]
         if not self.has_loss_before:  # NaN marks an undefined loss before adaptation
             result["loss_before"] = tf.fill(tf.shape(result["loss"]), tf.constant(float("nan"), result["loss"].dtype))
         return result
 
-    has_loss_before = True
-    """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
-
-    # -- the public API ------------------------------------------------------------
+    # -- the Algorithm interface ----------------------------------------------------------------
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        self._check_batch(batch)
+        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
+        e = self.episode_tensors(batch)
+        extra = self.extra_train_inputs(batch)
+        self.optimizer.schedule()
         with self.backend.scope():
-            e = self.backend.to_tensors(batch)
-            extra = self.extra_train_inputs(batch)
             metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
         return {k: float(v) for k, v in metrics.items()}
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
-        self._check_batch(batch)
+        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
+        e = self.episode_tensors(batch)
         steps = self.evaluation_steps(steps)
+        extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
         with self.backend.scope():
-            e = self.backend.to_tensors(batch)
-            extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
             result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps, *extra)
         return {k: v.numpy() for k, v in result.items()}
 
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> TFAdaptedModel:
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
+        """Adapt to one task's support set (no task axis) with ``steps`` inner steps."""
         support_x, support_y = np.asarray(support_x), np.asarray(support_y)
         self._check_examples(support_x[None])
         steps = self.evaluation_steps(steps)
-        rank = len(self.spec.input_shape)
+        x = self.backend.inputs(support_x[None], len(self.spec.input_shape))
+        y = self.backend.targets(support_y[None], self.problem)
+        extra = self.adaptation_inputs(1, support_x.shape[0], steps)
         with self.backend.scope():
-            x = self.backend.inputs(support_x[None], rank)
-            y = self.backend.targets(support_y[None], self.problem)
-            weights = self._adapt_fn(x, y, steps, *self.adaptation_inputs(1, support_x.shape[0], steps))
-        return TFAdaptedModel(self, [tf.identity(w) for w in weights])
+            state = self._adapt_fn(x, y, steps, *extra)
+        return AdaptedModel(self, [tf.identity(w) for w in state])
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """``model.*`` (layout of docs/models.md), the extra and registered variables, and
+        ``optimizer.steps`` and ``optimizer.<slot>.<meta-parameter>``."""
         state = {name: to_shared(v.numpy()) for name, v in self._saved.items()}
         optimizer = self.optimizer.state_dict()
         state["optimizer.steps"] = optimizer.pop("steps")
@@ -262,6 +381,7 @@ class TFAlgorithm:
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; names and shapes must match this algorithm's."""
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -282,89 +402,18 @@ class TFAlgorithm:
             optimizer[slot] = [to_native(np.asarray(state[f"optimizer.{slot}.{n}"])) for n in self.trainables]
         self.optimizer.load_state_dict(optimizer)
 
-    # -- hooks for subclasses ---------------------------------------------------------
-
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        """Outer gradients and per-task metrics for a group of tasks (required).
-
-        Receives support ``sx`` ``(T, S, ...)``, ``sy`` and query ``qx``, ``qy`` with a
-        leading task axis (all tasks of the batch when vectorized, ``T == 1`` in loop
-        mode; inputs channels-last), followed by :meth:`extra_train_inputs`. Returns the
-        gradient (or outer update direction) of each meta-parameter, summed over the
-        ``T`` tasks, in the order given to :meth:`set_meta_parameters`, and
-        :meth:`metrics` of the query outputs (per-task ``(T,)`` tensors). The base class
-        divides the sums by the number of tasks and applies the outer optimizer.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
-
-    def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
-        """Further tensors for :meth:`meta_gradients`, computed eagerly from the numpy
-        batch each step (default: none). Each needs a leading task axis (loop mode slices
-        it) and a shape that is the same at every step, or the step is traced again."""
-        return ()
-
-    def adaptation_inputs(self, num_tasks: int, support_size: int, steps: int) -> tuple[tf.Tensor, ...]:
-        """Further tensors for :meth:`evaluate_tasks` and :meth:`adapt_task`, computed eagerly
-        before each ``evaluate`` (``num_tasks`` tasks) and ``adapt`` (one task) with
-        ``support_size`` support examples per task (default: none), e.g. the indices of the
-        inner loop's mini-batches. Each needs a leading task axis and a shape that does not
-        change between calls, or the entry point is traced again."""
-        return ()
-
-    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Per-task query metrics after adapting to the support set with ``steps`` inner
-        steps (required).
-
-        Receives a group of tasks as :meth:`meta_gradients` does, ``steps`` (a Python
-        int: a new value traces again) and :meth:`adaptation_inputs`. Returns :meth:`metrics` of the adapted query
-        outputs plus ``loss_before``, the query loss before adaptation, each of shape
-        ``(T,)`` (without ``loss_before`` when :attr:`has_loss_before` is false).
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement evaluate_tasks()")
-
-    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *extra: tf.Tensor) -> Weights:
-        """What an adapted model keeps for one task: by default the full list of model
-        weights (no task axis) after ``steps`` inner steps (required).
-
-        Receives one task's support set with a task axis of length 1, then
-        :meth:`adaptation_inputs` (task axis of 1). The list is passed
-        as is to :meth:`predict_task` (and saved by ``export``), so it may hold anything
-        that method needs, e.g. the support set.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement adapt_task()")
-
-    def predict_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """Outputs ``(1, N, out)`` of an adapted model: ``weights`` from :meth:`adapt_task`
-        and channels-last inputs with a task axis of 1 (default: the model on them)."""
-        return self.model(weights, x)
-
-    def evaluation_steps(self, steps: int | None) -> int:
-        """Inner steps for ``evaluate``/``adapt`` given the caller's ``steps`` (``None``:
-        the algorithm's default). Validate it here (``check_int``); default: always 0, for
-        algorithms without an inner loop."""
-        return 0
-
-    # -- input checks ------------------------------------------------------------------
-
-    def _check_batch(self, batch: EpisodeBatch) -> None:
-        if batch.problem != self.problem:
-            raise ConfigError(f"{self.name} was built for {self.problem} tasks, got a {batch.problem} batch")
-        self._check_examples(batch.support_x)
-        self._check_examples(batch.query_x)
-
     def _check_examples(self, x: np.ndarray) -> None:
         if tuple(x.shape[2:]) != tuple(self.spec.input_shape):
             raise ConfigError(f"examples have shape {tuple(x.shape[2:])}, the task spec says "
                               f"{tuple(self.spec.input_shape)}")
 
 
-class TFAdaptedModel:
-    """A model adapted to one task: its weights and the algorithm's compiled forward."""
+class AdaptedModel:
+    """A model adapted to one task: what :meth:`MetaLearner.adapted_state` kept and the
+    algorithm's compiled :meth:`~MetaLearner.predict_adapted`."""
 
-    def __init__(self, algorithm: TFAlgorithm, weights: Weights) -> None:
-        self.algorithm, self.weights = algorithm, weights
+    def __init__(self, algorithm: MetaLearner, state: Weights) -> None:
+        self.algorithm, self.state = algorithm, state
         self.input_shape = tuple(algorithm.spec.input_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -373,8 +422,9 @@ class TFAdaptedModel:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"examples have shape {tuple(x.shape[1:])}, expected {self.input_shape}")
         backend = self.algorithm.backend
+        inputs = backend.inputs(x[None], len(self.input_shape))
         with backend.scope():
-            outputs = self.algorithm._predict_fn(self.weights, backend.inputs(x[None], len(self.input_shape)))
+            outputs = self.algorithm._predict_fn(self.state, inputs)
         return outputs.numpy()[0]
 
     def export(self, path: str | Path) -> Path:
@@ -391,4 +441,4 @@ class TFAdaptedModel:
         return tf.cast(x, self.algorithm.backend.dtype)[None]
 
 
-__all__ = ["TFAlgorithm", "TFAdaptedModel", "tile", "check_int", "check_positive"]
+__all__ = ["AdaptedModel", "MetaLearner", "Update", "Weights", "tile"]

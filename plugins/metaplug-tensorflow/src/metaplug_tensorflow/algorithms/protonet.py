@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import TaskSpec
+from metaplug.contract.hyperparameters import ProtoNetOptions
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import TFAlgorithm, Weights
-from metaplug_tensorflow.backend import TensorFlowBackend
-from metaplug_tensorflow.models import FunctionalModel
-from metaplug_tensorflow.optimizers import OuterOptimizer
-
-DISTANCES = ("euclidean", "cosine")
+from metaplug_tensorflow.algorithms.base import MetaLearner, Weights
 
 
 def prototypes(embeddings: tf.Tensor, labels: tf.Tensor, ways: int) -> tf.Tensor:
@@ -32,66 +26,53 @@ def scores(queries: tf.Tensor, protos: tf.Tensor, distance: str) -> tf.Tensor:
     return -tf.reduce_sum(tf.square(queries[:, :, None, :] - protos[:, None, :, :]), axis=-1)
 
 
-class ProtoNet(TFAlgorithm):
+class ProtoNet(MetaLearner):
     """Prototypical Networks: prototypes are mean ``features.*`` embeddings of each class's
     support examples; no inner loop, the head is built but unused.
 
     A task's support and query examples are embedded in one batch, so batch norm sees
     the whole episode (as in Snell et al.'s code and the torch plugin); an adapted
     model keeps the support set and embeds the examples to predict together with it.
-    ``evaluate`` gives NaN for ``loss_before``.
-
-    :param distance: ``"euclidean"`` (squared) or ``"cosine"``.
-    :param batching: accepted for a uniform interface; ProtoNets shares weights across tasks.
+    ``evaluate`` gives NaN for ``loss_before``. ``distance``: ``"euclidean"`` (squared) or
+    ``"cosine"``.
     """
 
     name = "protonet"
     problems = ("classification",)
+    Options = ProtoNetOptions
+    options: ProtoNetOptions
+    has_loss_before = False
 
-    def __init__(self, backend: TensorFlowBackend | None = None, model: FunctionalModel | None = None,
-                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
-                 distance: str = "euclidean", batching: str = "auto") -> None:
-        if spec is None:
-            raise ConfigError("protonet needs the task spec")
-        if distance not in DISTANCES:
-            raise ConfigError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
-        super().__init__(backend, model, spec, optimizer, batching)
-        self.distance, self.ways = distance, spec.output_size
-        k = self.model.head_index
-        self.set_meta_parameters({f"model.{n}": v for n, v in zip(self.model.names[:k], self.model.variables[:k])})
-
-    @property
-    def feature_weights(self) -> list[tf.Variable]:
-        return self.model.variables[:self.model.head_index]
+    def trained_names(self) -> list[str]:
+        """The feature weights (the head is built but unused)."""
+        return list(self.model.names[:self.model.head_index])
 
     def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor,
                 qx: tf.Tensor) -> tf.Tensor:
-        shots = sx.shape[1]
+        shots, ways = sx.shape[1], self.spec.output_size
         embedded = self.model.features(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
-        protos = prototypes(embedded[:, :shots], sy, self.ways)
-        logits = scores(embedded[:, shots:], protos, self.distance)
+        protos = prototypes(embedded[:, :shots], sy, ways)
+        logits = scores(embedded[:, shots:], protos, self.options.distance)
         # Episodes with fewer ways than the spec (e.g. 60-way training, 5-way testing):
         # classes absent from the support set have no prototype and never win.
-        present = tf.reduce_any(tf.equal(sy[:, :, None], tf.range(self.ways, dtype=sy.dtype)), axis=1)
+        present = tf.reduce_any(tf.equal(sy[:, :, None], tf.range(ways, dtype=sy.dtype)), axis=1)
         return tf.where(present[:, None, :], logits, tf.constant(-float("inf"), logits.dtype))
-
-    has_loss_before = False
 
     def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
                        qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
-            metrics = self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
+            metrics = self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
             loss = tf.reduce_sum(metrics["loss"])
         return self.gradients(loss, tape), metrics
 
     def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
                        steps: int) -> dict[str, tf.Tensor]:
-        return self.metrics(self._logits(self.feature_weights, sx, sy, qx), qy)
+        return self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
 
-    def adapt_task(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         """The feature weights followed by the support set (examples, labels)."""
         return [tf.identity(v) for v in self.feature_weights] + [sx, sy]
 
-    def predict_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        *features, sx, sy = weights
+    def predict_adapted(self, state: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        *features, sx, sy = state
         return self._logits(features, sx, sy, x)

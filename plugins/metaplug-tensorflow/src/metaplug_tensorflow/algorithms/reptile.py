@@ -8,21 +8,16 @@ evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.hyperparameters import ReptileOptions
+from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import Weights, check_int, check_positive, tile
-from metaplug_tensorflow.algorithms.maml import GradientMetaLearner
-from metaplug_tensorflow.backend import TensorFlowBackend
-from metaplug_tensorflow.models import FunctionalModel
-from metaplug_tensorflow.optimizers import OuterOptimizer
-
-INNER_OPTIMIZERS = ("sgd", "adam")
+from metaplug_tensorflow.algorithms.base import Weights, tile
+from metaplug_tensorflow.algorithms.gradient import GradientMetaLearner
 
 AdamState = tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]
 """The inner Adam's first and second moments (per weight, with a task axis) and step count."""
@@ -31,63 +26,38 @@ AdamState = tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]
 class Reptile(GradientMetaLearner):
     """Reptile: the outer "gradient" is ``theta - mean_i(phi_i)``, ``phi_i`` the weights after
     ``inner_steps`` inner steps on task ``i``'s support set; with SGD at rate ``eps`` this is
-    ``theta <- theta + eps (mean phi - theta)``.
+    ``theta <- theta + eps (mean phi - theta)``. The reported loss is the query loss at ``phi_i``.
 
-    :param inner_lr: inner-loop learning rate.
-    :param inner_steps: inner steps during meta-training.
-    :param test_inner_steps: inner steps in ``adapt``/``evaluate`` (``None``: ``inner_steps``).
-    :param inner_optimizer: ``"sgd"`` (``p - inner_lr * grad``) or ``"adam"`` (TF1's
-        ``AdamOptimizer`` at ``inner_lr``; its state carries over from task to task during
-        meta-training, one task after another, and is saved; ``evaluate`` and ``adapt``
-        start every task from it and leave it unchanged, as supervised-reptile does).
-    :param inner_batch_size: support examples per inner step during meta-training
-        (``None``: all of them), drawn by :class:`metaplug.contract.minibatches.MiniBatchDraws` from
-        the run's seed (``backend.seed_value``) as supervised-reptile's ``_mini_batches``;
-        the seed and counters are saved.
-    :param test_inner_batch_size: the same in ``adapt``/``evaluate`` (``None``:
-        ``inner_batch_size``).
-    :param adam_beta1: the inner Adam's ``beta1`` (supervised-reptile: 0).
-    :param adam_beta2: the inner Adam's ``beta2``.
-    :param adam_epsilon: the inner Adam's ``epsilon``.
-    :param transductive: at evaluation, predict all query examples in one batch (else each
-        with the support set, supervised-reptile's non-transductive mode).
-    :param batching: ``"auto"``, ``"vectorized"`` or ``"loop"`` over the tasks of a batch
-        (meta-training with ``inner_optimizer="adam"`` always runs the tasks one by one).
+    ``inner_optimizer`` is ``"sgd"`` (``p - inner_lr * grad``) or ``"adam"``: TF1's
+    ``AdamOptimizer`` at ``inner_lr`` (:meth:`adam_step`, ``adam_beta1``, ``adam_beta2``,
+    ``adam_epsilon``) whose state, as in the authors' code, is never reset: meta-training
+    adapts the tasks of a batch one after another (whatever ``batching`` says), each
+    continuing the state the previous task left, and the state is saved; ``evaluate`` and
+    ``adapt`` start every task from it and leave it unchanged.
+
+    ``inner_batch_size`` (``test_inner_batch_size`` in ``evaluate``/``adapt``, default the
+    same) makes each inner step use that many support examples, drawn by
+    :class:`metaplug.contract.minibatches.MiniBatchDraws` (``None``: the whole support set)
+    from the run's seed (``backend.seed_value``) as supervised-reptile's ``_mini_batches``;
+    the seed and counters are saved.
     """
 
     name = "reptile"
+    Options = ReptileOptions
+    options: ReptileOptions
 
-    def __init__(self, backend: TensorFlowBackend | None = None, model: FunctionalModel | None = None,
-                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
-                 inner_lr: float = 0.01, inner_steps: int = 5, test_inner_steps: int | None = None,
-                 inner_optimizer: str = "sgd", inner_batch_size: int | None = None,
-                 test_inner_batch_size: int | None = None, adam_beta1: float = 0.0, adam_beta2: float = 0.999,
-                 adam_epsilon: float = 1e-8, transductive: bool = True, batching: str = "auto") -> None:
-        if spec is None:
-            raise ConfigError("reptile needs the task spec")
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ConfigError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
-                              f"got {inner_optimizer!r}")
-        self.inner_optimizer = inner_optimizer
-        self.inner_batch_size = None if inner_batch_size is None else check_int("inner_batch_size", inner_batch_size, 1)
-        self.test_inner_batch_size = (self.inner_batch_size if test_inner_batch_size is None
-                                      else check_int("test_inner_batch_size", test_inner_batch_size, 1))
-        for name, beta in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
-            if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < 1:
-                raise ConfigError(f"{name} must be a number in [0, 1), got {beta!r}")
-        self.adam_beta1, self.adam_beta2 = float(adam_beta1), float(adam_beta2)
-        self.adam_epsilon = check_positive("adam_epsilon", adam_epsilon)
-        super().__init__(backend, model, spec, optimizer, inner_lr, inner_steps, test_inner_steps,
-                         "inner-sgd", batching, transductive)
-        if self.inner_optimizer == "adam":
+    def setup(self) -> None:
+        """The inner Adam's state (``inner_adam.*``) and the mini-batch draws (``inner_batches.*``)."""
+        if self.options.inner_optimizer == "adam":
             with self.backend.scope():
                 self.adam_m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
                 self.adam_v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
                 self.adam_t = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.register_state({**{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m)},
-                                 **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v)},
+            self.register_state({**{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m, strict=True)},
+                                 **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v, strict=True)},
                                  "inner_adam.t": self.adam_t})
-        self.batches = MiniBatchDraws(self.backend.seed_value, self.inner_batch_size, self.test_inner_batch_size)
+        self.batches = MiniBatchDraws(self.backend.seed_value, self.options.inner_batch_size,
+                                      self.options.evaluation_batch_size)
 
     # -- mini-batches ------------------------------------------------------------------
 
@@ -95,14 +65,11 @@ class Reptile(GradientMetaLearner):
         """``((tasks, steps, batch) indices,)`` of the mini-batches of the next ``tasks`` tasks of
         ``stream`` with ``size`` support examples (``()`` without mini-batches); counts them."""
         rows = self.batches.draw(stream, tasks, steps, size)
-        if rows is None:
-            return ()
-        with self.backend.scope():
-            return (tf.constant(rows),)
+        return () if rows is None else (self.backend.tensor(rows),)
 
     def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
         tasks, size = batch.support_x.shape[:2]
-        return self.draws(TRAIN, tasks, self.inner_steps, size)
+        return self.draws(TRAIN, tasks, self.options.inner_steps, size)
 
     def adaptation_inputs(self, num_tasks: int, support_size: int, steps: int) -> tuple[tf.Tensor, ...]:
         return self.draws(EVAL, num_tasks, steps, support_size)
@@ -126,41 +93,42 @@ class Reptile(GradientMetaLearner):
         """TF1's ``AdamOptimizer``: ``t += 1``, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2)
         g^2``, ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``."""
         m, v, t = state
-        b1, b2 = self.adam_beta1, self.adam_beta2
+        b1, b2, eps = self.options.adam_beta1, self.options.adam_beta2, self.options.adam_epsilon
         t = t + 1
         power = tf.cast(t, tf.float64)
-        rate = self.inner_lr * tf.sqrt(1 - tf.pow(tf.constant(b2, tf.float64), power)) / (
+        rate = self.options.inner_lr * tf.sqrt(1 - tf.pow(tf.constant(b2, tf.float64), power)) / (
             1 - tf.pow(tf.constant(b1, tf.float64), power))
         m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads, strict=True)]
         v = [b2 * vi + (1 - b2) * tf.square(g) for vi, g in zip(v, grads, strict=True)]
-        params = [p - tf.cast(rate, p.dtype) * mi / (tf.sqrt(vi) + self.adam_epsilon)
+        params = [p - tf.cast(rate, p.dtype) * mi / (tf.sqrt(vi) + eps)
                   for p, mi, vi in zip(params, m, v, strict=True)]
         return params, (m, v, t)
 
-    def inner_loop(self, fast: Weights, x: tf.Tensor, y: tf.Tensor, steps: int, batches: tf.Tensor | None,
+    def adapt_with(self, fast: Weights, x: tf.Tensor, y: tf.Tensor, steps: int, batches: tf.Tensor | None,
                    adam: AdamState | None) -> tuple[Weights, AdamState | None]:
-        """``steps`` inner steps of per-task weights ``fast`` on the support set ``(x, y)``:
-        on all of it, or on the mini-batches ``batches`` ``(T, steps, B)``; with SGD, or with
-        Adam from state ``adam`` (returned updated)."""
+        """``steps`` first-order inner steps of per-task weights ``fast`` on the support set
+        ``(x, y)``: on all of it, or on the mini-batches ``batches`` ``(T, steps, B)``; with the
+        inner rule (SGD), or with Adam from state ``adam`` (returned updated)."""
+        sgd = self.rule_update(self.adapted_names(), self.inner_learnables(), self.options.inner_lr)
         if batches is None and adam is None:
-            return self.descend(self._forward, fast, x, y, steps, self.rule.step), None
-        state = [adam]
+            return self.inner_loop(self.task_output, fast, x, y, steps, sgd), None
+        states: list[AdamState] = [] if adam is None else [adam]
 
-        def adam_rule(params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor], _: object) -> list[tf.Tensor]:
-            params, state[0] = self.adam_step(params, grads, state[0])
+        def adam_update(params: Weights, grads: Weights) -> Weights:
+            params, states[0] = self.adam_step(params, grads, states[0])
             return params
 
-        rule = self.rule.step if adam is None else adam_rule
+        update = sgd if adam is None else adam_update
         for k in range(steps):
             xb, yb = x, y
             if batches is not None:
                 xb = tf.gather(x, batches[:, k], axis=1, batch_dims=1)
                 yb = tf.gather(y, batches[:, k], axis=1, batch_dims=1)
-            fast = self.descend(self._forward, fast, xb, yb, 1, rule)
-        return fast, state[0]
+            fast = self.inner_loop(self.task_output, fast, xb, yb, 1, update)
+        return fast, states[0] if states else None
 
     def _adam_state(self, num_tasks: int) -> AdamState | None:
-        if self.inner_optimizer != "adam":
+        if self.options.inner_optimizer != "adam":
             return None
         return (tile(self.adam_m, num_tasks), tile(self.adam_v, num_tasks), tf.identity(self.adam_t))
 
@@ -169,15 +137,15 @@ class Reptile(GradientMetaLearner):
     def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
                        *batches: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         theta = self.model.variables
-        fast, _ = self.inner_loop(tile(theta, sx.shape[0]), sx, sy, self.inner_steps,
+        fast, _ = self.adapt_with(tile(theta, sx.shape[0]), sx, sy, self.options.inner_steps,
                                   batches[0] if batches else None, None)
         sums = [tf.reduce_sum(p[None] - phi, axis=0) for p, phi in zip(theta, fast, strict=True)]
-        return sums, self.metrics(self._forward(fast, qx), qy)
+        return sums, self.loss_and_accuracy(self.task_output(fast, qx), qy)
 
     def _train_impl(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor]:
         """With Adam: the tasks one after another in a ``tf.while_loop``, each continuing
         the Adam state the previous one left; the state is kept for the next step."""
-        if self.inner_optimizer != "adam":
+        if self.options.inner_optimizer != "adam":
             return super()._train_impl(*tensors)
         num_tasks = tensors[0].shape[0]
         theta = [tf.convert_to_tensor(v) for v in self.model.variables]
@@ -186,11 +154,11 @@ class Reptile(GradientMetaLearner):
 
         def body(i: tf.Tensor, totals: list[tf.Tensor], adam: AdamState, arrays: dict) -> tuple:
             sx, sy, qx, qy, *batches = [t[i][None] for t in tensors]
-            fast, adam = self.inner_loop(tile(theta, 1), sx, sy, self.inner_steps,
-                                         batches[0] if batches else None, adam)
+            fast, carried = self.adapt_with(tile(theta, 1), sx, sy, self.options.inner_steps,
+                                            batches[0] if batches else None, adam)
             totals = [s + (p - phi[0]) for s, p, phi in zip(totals, theta, fast, strict=True)]
-            metrics = self.metrics(self._forward(fast, qx), qy)
-            return i + 1, totals, adam, {k: arrays[k].write(i, metrics[k][0]) for k in self.metric_keys}
+            metrics = self.loss_and_accuracy(self.task_output(fast, qx), qy)
+            return i + 1, totals, carried, {k: arrays[k].write(i, metrics[k][0]) for k in self.metric_keys}
 
         zeros = [tf.zeros_like(p) for p in theta]
         _, sums, (m, v, t), arrays = tf.while_loop(lambda i, *_: i < num_tasks, body,
@@ -203,8 +171,9 @@ class Reptile(GradientMetaLearner):
 
     # -- evaluation and adaptation --------------------------------------------------------
 
-    def evaluation_weights(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *batches: tf.Tensor) -> Weights:
+    def adapt_support(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *batches: tf.Tensor) -> Weights:
+        """From the inner Adam state left by training (unchanged), on the evaluation mini-batches."""
         num_tasks = sx.shape[0]
-        fast, _ = self.inner_loop(tile(self.model.variables, num_tasks), sx, sy, steps,
+        fast, _ = self.adapt_with(tile(self.model.variables, num_tasks), sx, sy, steps,
                                   batches[0] if batches else None, self._adam_state(num_tasks))
         return fast
