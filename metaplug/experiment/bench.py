@@ -295,10 +295,10 @@ def bench_pair(pair: Pair, steps: int, warmup: int, reference: bool = False,
 
 
 def _resolved_batching(algorithm: Any) -> str | None:
-    """The mode an ``"auto"`` batching resolved to (torch: ``mode``; TensorFlow: ``batching``).
-    An algorithm may still run some work its own way (Reptile with inner Adam trains task
-    by task whatever the mode)."""
-    value = getattr(algorithm, "mode", None) or getattr(algorithm, "batching", None)
+    """The mode an ``"auto"`` batching resolved to (the algorithm's ``mode``). An algorithm
+    may still run some work its own way (Reptile with inner Adam trains task by task
+    whatever the mode)."""
+    value = getattr(algorithm, "mode", None)
     return value if isinstance(value, str) else None
 
 

@@ -193,7 +193,7 @@ class OmniglotSampler(EpisodeSampler):
     Options = OmniglotOptions
 
     def __init__(self, split: str = "train", seed: int = 0, data_dir: str | None = None, **options: Any) -> None:
-        o = self.Options(**options)
+        o = self.Options.parse(options, owner="task sampler 'omniglot'")
         root = o.root if o.root is not None or data_dir is None else Path(data_dir) / "omniglot"
         rng = split_rng(seed, split)
         data = load_images(root, o.image_size, o.download)

@@ -47,7 +47,7 @@ class SinusoidSampler:
     Options = SinusoidOptions
 
     def __init__(self, split: str = "train", seed: int = 0, **options: Any) -> None:
-        o = self.Options(**options)
+        o = self.Options.parse(options, owner="task sampler 'sinusoid'")
         self.split, self.shots, self.queries = split, o.shots, o.queries
         self.amplitude, self.phase, self.x_range = o.amplitude, o.phase, o.x_range
         self.rng = split_rng(seed, split)

@@ -132,7 +132,7 @@ class LinearMAML:
                  **options: Any) -> None:
         if spec.problem != "regression":
             raise ConfigError("linear-maml supports regression only")
-        o = self.Options(**options)
+        o = self.Options.parse(options, owner="algorithm 'linear-maml'")
         self.w = np.asarray(model, np.float64)
         self.optimizer = optimizer([self.w])
         self.inner_lr, self.inner_steps, self.first_order = o.inner_lr, o.inner_steps, o.first_order

@@ -25,7 +25,7 @@ def test_vectorized_equals_loop(request, make, grad, name, data):
     results = {}
     for batching in ("vectorized", "loop"):
         algorithm = make(name, spec, batching=batching)
-        assert algorithm.batching == batching
+        assert algorithm.mode == batching
         gradient = grad(algorithm, batches[0])
         evaluation = algorithm.evaluate(batches[1], steps=2)
         results[batching] = gradient, evaluation

@@ -37,7 +37,7 @@ class OuterOptimizer:
     Options: ClassVar[type[ScheduleOptions]] = ScheduleOptions
 
     def __init__(self, params: Sequence[tf.Variable], lr: float = 1e-3, **options: Any) -> None:
-        self.options = self.Options(**options)
+        self.options = self.Options.parse(options, owner=f"optimizer {type(self).__name__}")
         self.initial_lr = checked("lr", lr, float, minimum=0, exclusive=True)
         self.variables = list(params)
         self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps")

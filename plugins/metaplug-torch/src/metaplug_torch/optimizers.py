@@ -34,7 +34,7 @@ class Scheduled:
     param_groups: list[dict[str, Any]]
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, **options: Any) -> None:
-        self.options = self.Options(**options)
+        self.options = self.Options.parse(options, owner=f"optimizer {type(self).__name__}")
         self.initial_lr = checked("lr", lr, float, minimum=0, exclusive=True)
         self.steps_taken = 0
         super().__init__(params, lr=self.initial_lr, weight_decay=self.options.weight_decay,  # type: ignore[call-arg]

@@ -1,7 +1,7 @@
 """What every TensorFlow algorithm shares: construction, compiled entry points, the inner
 loop, numpy state and adapted models.
 
-The extension API (see "Writing an algorithm for this backend" in metaplug-tensorflow's
+The extension API (see "Writing a TensorFlow algorithm" in metaplug-tensorflow's
 README) works on groups of tasks: a subclass implements :meth:`MetaLearner.meta_gradients`,
 :meth:`~MetaLearner.evaluate_tasks` and :meth:`~MetaLearner.adapted_state` on tensors with
 a leading task axis (and :meth:`~MetaLearner.predict_adapted` when an adapted model is
@@ -46,7 +46,7 @@ def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
 
 class MetaLearner:
     """Base class of TensorFlow algorithms (:class:`metaplug.contract.interfaces.Algorithm`;
-    the extension API: see "Writing an algorithm for this backend" in metaplug-tensorflow's
+    the extension API: see "Writing a TensorFlow algorithm" in metaplug-tensorflow's
     README).
 
     Subclasses set ``name``, ``problems`` and ``Options`` (a
@@ -62,7 +62,7 @@ class MetaLearner:
     Set by ``__init__``: ``self.options``, ``self.spec``, ``self.problem``
     (``spec.problem``), ``self.backend`` (a :class:`~metaplug_tensorflow.backend.Backend`),
     ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`),
-    ``self.batching`` (``"vectorized"`` or ``"loop"``, resolved from ``"auto"``),
+    ``self.mode`` (the resolved batching mode: ``"vectorized"`` or ``"loop"``),
     ``self.rule`` (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option
     names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option),
     ``self.extra`` (the variables of :meth:`extra_parameters`), ``self.trainables`` (every
@@ -82,7 +82,7 @@ class MetaLearner:
     def __init__(self, backend: Backend | None = None, model: FunctionalModel | None = None,
                  spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
                  rule: InnerRule | None = None, **options: Any) -> None:
-        self.options = self.Options(**options)
+        self.options = self.Options.parse(options, owner=f"algorithm {self.name!r}")
         if spec is None:
             raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
@@ -99,7 +99,7 @@ class MetaLearner:
             raise ConfigError("the tensorflow algorithms take a model from metaplug_tensorflow's "
                               f"Backend.build_model, got {type(model).__name__}")
         self.model = model
-        self.batching = self._resolve_batching()
+        self.mode = self._resolve_batching()
         self.rule = resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
         with self.backend.scope():
             self.extra = {k: tf.Variable(v, dtype=self.backend.dtype) for k, v in self.extra_parameters().items()}
@@ -125,7 +125,7 @@ class MetaLearner:
     @property
     def vectorized(self) -> bool:
         """Whether the hooks see all tasks at once (else one task at a time)."""
-        return self.batching == "vectorized"
+        return self.mode == "vectorized"
 
     @property
     def feature_weights(self) -> list[tf.Variable]:
@@ -221,7 +221,7 @@ class MetaLearner:
         self._saved.update(variables)
 
     def forward_per_task(self, weights: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """The full model on weights with a task axis, batched as ``self.batching`` says."""
+        """The full model on weights with a task axis, batched as ``self.mode`` says."""
         return self.model(weights, x, per_task=True, vectorized=self.vectorized)
 
     def inner_loop(self, forward: Callable[[Weights, tf.Tensor], tf.Tensor], weights: Weights,

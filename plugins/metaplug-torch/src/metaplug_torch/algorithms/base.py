@@ -33,8 +33,8 @@ class AdaptedModel:
 
 
 class MetaLearner:
-    """Base class of torch algorithms (the extension API: see "Writing an algorithm for
-    this backend" in metaplug-torch's README).
+    """Base class of torch algorithms (the extension API: see "Writing a torch
+    algorithm" in metaplug-torch's README).
 
     Subclasses set ``name``, ``problems`` and ``Options`` (a
     :class:`~metaplug.contract.options.Options` dataclass; the constructor validates the
@@ -63,7 +63,7 @@ class MetaLearner:
     def __init__(self, backend: Backend | None = None, model: torch.nn.Module | None = None,
                  spec: TaskSpec | None = None, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  rule: InnerRule | None = None, **options: Any) -> None:
-        self.options = self.Options(**options)
+        self.options = self.Options.parse(options, owner=f"algorithm {self.name!r}")
         if spec is None:
             raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
