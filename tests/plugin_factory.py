@@ -25,7 +25,7 @@ def write_plugin(
     return site
 
 
-ALGORITHM_PLUGIN = '''
+ALGORITHM_PLUGIN = """
 from metaplug import Component, hookimpl
 
 @hookimpl
@@ -37,14 +37,16 @@ def register_algorithms(register):
         backends=({backends}),
         problems=("regression",),
     ))
-'''
+"""
 
 
-def algorithm_plugin(site: Path, module: str, name: str = "testalgo", backends: str = '"fakeb",',
-                     distribution: str | None = None) -> Path:
+def algorithm_plugin(
+    site: Path, module: str, name: str = "testalgo", backends: str = '"fakeb",', distribution: str | None = None
+) -> Path:
     """A plugin registering algorithm ``name`` whose implementation lives in ``<module>_impl``."""
-    write_plugin(site, module, ALGORITHM_PLUGIN.format(name=name, module=module, backends=backends),
-                 distribution=distribution)
+    write_plugin(
+        site, module, ALGORITHM_PLUGIN.format(name=name, module=module, backends=backends), distribution=distribution
+    )
     (site / f"{module}_impl.py").write_text(
         "class Algorithm:\n"
         "    '''Implementation docstring.'''\n"

@@ -45,10 +45,16 @@ def test_new_plugin_writes_a_complete_package(tmp_path):
     result = run(Path(sys.executable), "new-plugin", "polyreg", "--kind", "task-sampler", "--dir", str(tmp_path / "p"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (
-        f"next: metaplug install -e '{tmp_path / 'p'}[test]' && cd {tmp_path / 'p'} && python -m pytest")
+        f"next: metaplug install -e '{tmp_path / 'p'}[test]' && cd {tmp_path / 'p'} && python -m pytest"
+    )
     files = {str(p.relative_to(tmp_path / "p")) for p in (tmp_path / "p").rglob("*") if p.is_file()}
-    assert {"pyproject.toml", "README.md", "LICENSE", "src/metaplug_polyreg/plugin.py",
-            "tests/test_conformance.py"} <= files
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "src/metaplug_polyreg/plugin.py",
+        "tests/test_conformance.py",
+    } <= files
     pyproject = (tmp_path / "p" / "pyproject.toml").read_text()
     assert '"metaplug>=0.1,<0.2"' in pyproject and 'polyreg = "metaplug_polyreg.plugin"' in pyproject
     assert 'test = ["pytest>=7.4"]' in pyproject
@@ -68,7 +74,7 @@ def test_the_install_hint_matches_the_readmes(tmp_path):
     commands = hint.removeprefix("next: ").split(" && ")
     generated = (tmp_path / "metaplug-myalgo" / "README.md").read_text()
     root = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    writing = root[root.index("## Writing a plugin"):]
+    writing = root[root.index("## Writing a plugin") :]
     for command in commands:
         assert command in writing, f"README.md's 'Writing a plugin' lacks {command!r}"
         assert command in generated, f"the generated README lacks {command!r}"
@@ -87,8 +93,10 @@ def test_one_template_per_kind_with_the_backend_as_a_parameter(tmp_path, kind):
     rendered = {}
     for backend in BACKENDS:
         project = tmp_path / backend
-        rendered[backend] = {p.relative_to(project).as_posix(): p.read_text()
-                             for p in render(PluginNames.from_name("shared", kind, backend), project)}
+        rendered[backend] = {
+            p.relative_to(project).as_posix(): p.read_text()
+            for p in render(PluginNames.from_name("shared", kind, backend), project)
+        }
     torch, tensorflow = rendered["torch"], rendered["tensorflow"]
     assert torch.keys() == tensorflow.keys()
     differing = {name for name in torch if torch[name] != tensorflow[name].replace("tensorflow", "torch")}
@@ -97,10 +105,13 @@ def test_one_template_per_kind_with_the_backend_as_a_parameter(tmp_path, kind):
     assert not any("metaplug_torch" in text or "import torch" in text for text in tensorflow.values())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["Bad_Name"], "lower-case letters"),
-    (["ok", "--dir", "{existing}"], "already exists and is not empty"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["Bad_Name"], "lower-case letters"),
+        (["ok", "--dir", "{existing}"], "already exists and is not empty"),
+    ],
+)
 def test_new_plugin_rejects_bad_input_in_one_line(tmp_path, args, message):
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -128,13 +139,32 @@ def test_generated_plugin_installs_and_its_tests_pass_unchanged(tmp_path, kind, 
     project = tmp_path / names.distribution
     render(names, project)
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(project)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(project),
+        ],
+        check=True,
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
     for variable in ("METAPLUG_PLUGINS", "METAPLUG_DISABLE_PLUGINS"):
         env.pop(variable, None)
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-                           cwd=project, env=env, capture_output=True, text=True)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
     assert re.search(r"\b\d+ passed", tests.stdout) and "failed" not in tests.stdout
 
@@ -157,19 +187,24 @@ def test_install_shows_components_and_uninstall_removes_the_plugin(env, tmp_path
     assert "metaplug-polyreg" not in installed_plugins(env)
 
 
-def write_project(folder: Path, name: str, module: str, entry_point: bool, source: str = "",
-                  version: str = "1.0", extra: str = "") -> Path:
+def write_project(
+    folder: Path, name: str, module: str, entry_point: bool, source: str = "", version: str = "1.0", extra: str = ""
+) -> Path:
     (folder / module).mkdir(parents=True, exist_ok=True)
     (folder / module / "__init__.py").write_text(textwrap.dedent(source))
     entry = f'\n[project.entry-points.metaplug]\n{module} = "{module}"\n' if entry_point else ""
-    (folder / "pyproject.toml").write_text(textwrap.dedent(f"""\
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(f"""\
         [build-system]
         requires = ["hatchling"]
         build-backend = "hatchling.build"
         [project]
         name = "{name}"
         version = "{version}"
-        """) + extra + entry)
+        """)
+        + extra
+        + entry
+    )
     return folder
 
 
@@ -191,8 +226,10 @@ def installed_version(python: Path, name: str) -> str:
 
 
 def distribution_present(python: Path, name: str) -> bool:
-    code = (f"import importlib.metadata as m\ntry: m.distribution({name!r}); print('yes')\n"
-            "except m.PackageNotFoundError: print('no')")
+    code = (
+        f"import importlib.metadata as m\ntry: m.distribution({name!r}); print('yes')\n"
+        "except m.PackageNotFoundError: print('no')"
+    )
     return run(python, "-c", code).stdout.strip() == "yes"
 
 
@@ -221,8 +258,11 @@ def test_install_of_a_broken_plugin_is_undone(env, tmp_path):
 
 def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
     project = write_project(tmp_path / "needy", "metaplug-needy", "metaplug_needy", True)
-    text = (project / "pyproject.toml").read_text().replace('version = "1.0"',
-                                                            'version = "1.0"\ndependencies = ["no-such-dist-xyz"]')
+    text = (
+        (project / "pyproject.toml")
+        .read_text()
+        .replace('version = "1.0"', 'version = "1.0"\ndependencies = ["no-such-dist-xyz"]')
+    )
     (project / "pyproject.toml").write_text(text)
     result = run(env, "install", str(project), *NO_ISOLATION)
     line = one_error_line(result)
@@ -231,14 +271,35 @@ def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
 
 
 def test_broken_upgrade_reinstalls_the_version_it_replaced(env, tmp_path):
-    good = write_project(tmp_path / "good", "metaplug-upgrade", "metaplug_upgrade", True,
-                         WORKING_PLUGIN.format(name="upgraded"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(tmp_path / "dist"), str(good)], check=True)
+    good = write_project(
+        tmp_path / "good", "metaplug-upgrade", "metaplug_upgrade", True, WORKING_PLUGIN.format(name="upgraded")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(good),
+        ],
+        check=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert run(env, "install", str(wheel), *NO_ISOLATION).returncode == 0
-    broken = write_project(tmp_path / "broken", "metaplug-upgrade", "metaplug_upgrade", True,
-                           "import no_such_dependency_xyz\n", version="2.0")
+    broken = write_project(
+        tmp_path / "broken",
+        "metaplug-upgrade",
+        "metaplug_upgrade",
+        True,
+        "import no_such_dependency_xyz\n",
+        version="2.0",
+    )
     try:
         line = one_error_line(run(env, "install", str(broken), *NO_ISOLATION))
         assert "plugin 'metaplug_upgrade' does not load: ModuleNotFoundError" in line
@@ -249,17 +310,25 @@ def test_broken_upgrade_reinstalls_the_version_it_replaced(env, tmp_path):
 
 
 def test_broken_editable_upgrade_says_what_stays_installed(env, tmp_path):
-    project = write_project(tmp_path / "editable", "metaplug-edited", "metaplug_edited", True,
-                            WORKING_PLUGIN.format(name="edited"), extra=EDITABLE)
+    project = write_project(
+        tmp_path / "editable",
+        "metaplug-edited",
+        "metaplug_edited",
+        True,
+        WORKING_PLUGIN.format(name="edited"),
+        extra=EDITABLE,
+    )
     assert run(env, "install", "-e", str(project), *NO_ISOLATION).returncode == 0
-    write_project(project, "metaplug-edited", "metaplug_edited", True, "import no_such_dependency_xyz\n", "2.0",
-                  extra=EDITABLE)
+    write_project(
+        project, "metaplug-edited", "metaplug_edited", True, "import no_such_dependency_xyz\n", "2.0", extra=EDITABLE
+    )
     try:
         line = one_error_line(run(env, "install", "-e", str(project), *NO_ISOLATION))
         assert line.endswith(
             f"; metaplug-edited 2.0 is installed in place of 1.0, which was installed from the folder {project} "
             f"(editable) and cannot be fetched again; run 'metaplug install -e {project}' once that folder holds "
-            "a working version, or 'metaplug uninstall metaplug-edited'"), line
+            "a working version, or 'metaplug uninstall metaplug-edited'"
+        ), line
         assert installed_version(env, "metaplug-edited") == "2.0"
     finally:
         assert run(env, "uninstall", "metaplug-edited").returncode == 0
@@ -267,8 +336,14 @@ def test_broken_editable_upgrade_says_what_stays_installed(env, tmp_path):
 
 def test_install_accepts_extras_after_a_folder(env, tmp_path):
     extra = '[project.optional-dependencies]\ntest = ["click"]\n' + EDITABLE
-    project = write_project(tmp_path / "with-extras", "metaplug-extras", "metaplug_extras", True,
-                            WORKING_PLUGIN.format(name="extras"), extra=extra)
+    project = write_project(
+        tmp_path / "with-extras",
+        "metaplug-extras",
+        "metaplug_extras",
+        True,
+        WORKING_PLUGIN.format(name="extras"),
+        extra=extra,
+    )
     result = run(env, "install", "-e", f"{project}[test]", *NO_ISOLATION)
     try:
         assert result.returncode == 0, result.stderr
@@ -277,23 +352,29 @@ def test_install_accepts_extras_after_a_folder(env, tmp_path):
         assert run(env, "uninstall", "metaplug-extras").returncode == 0
 
 
-@pytest.mark.parametrize("spec, split", [
-    ("./pkg[test]", ("./pkg", "[test]")),
-    ("./pkg[test, docs]", ("./pkg", "[test, docs]")),
-    ("./pkg", ("./pkg", "")),
-    ("metaplug-foo[test]==1.0", ("metaplug-foo[test]==1.0", "")),
-])
+@pytest.mark.parametrize(
+    "spec, split",
+    [
+        ("./pkg[test]", ("./pkg", "[test]")),
+        ("./pkg[test, docs]", ("./pkg", "[test, docs]")),
+        ("./pkg", ("./pkg", "")),
+        ("metaplug-foo[test]==1.0", ("metaplug-foo[test]==1.0", "")),
+    ],
+)
 def test_split_extras(spec, split):
     assert split_extras(spec) == split
 
 
-@pytest.mark.parametrize("args, message", [
-    (["uninstall", "metaplug"], "refusing to uninstall metaplug itself"),
-    (["uninstall", "numpy"], "numpy is not a metaplug plugin"),
-    (["uninstall", "no-such-plugin"], "no installed plugin or distribution named 'no-such-plugin'"),
-    (["install", "./no/such/folder"], "no such file or folder"),
-    (["install", "-e", "metaplug-foo"], "-e installs a project folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["uninstall", "metaplug"], "refusing to uninstall metaplug itself"),
+        (["uninstall", "numpy"], "numpy is not a metaplug plugin"),
+        (["uninstall", "no-such-plugin"], "no installed plugin or distribution named 'no-such-plugin'"),
+        (["install", "./no/such/folder"], "no such file or folder"),
+        (["install", "-e", "metaplug-foo"], "-e installs a project folder"),
+    ],
+)
 def test_bad_requests_fail_in_one_line_without_touching_pip(env, args, message):
     assert message in one_error_line(run(env, *args))
 
@@ -301,15 +382,35 @@ def test_bad_requests_fail_in_one_line_without_touching_pip(env, args, message):
 INNER = ["--set", "algorithm.inner_rule=inner-NAME"]
 WORKFLOWS = [  # kind, backend, what 'metaplug train' is told to use the new components (NAME)
     pytest.param("algorithm", "torch", ["--algorithm", "NAME", "--backend", "torch"], id="algorithm-torch"),
-    pytest.param("task-sampler", "torch", ["--tasks", "NAME", "--algorithm", "fomaml", "--backend", "torch"],
-                 id="task-sampler", marks=pytest.mark.slow),
-    pytest.param("optimizer", "torch", ["--optimizer", "NAME", *INNER, "--backend", "torch"], id="optimizer-torch",
-                 marks=pytest.mark.slow),
+    pytest.param(
+        "task-sampler",
+        "torch",
+        ["--tasks", "NAME", "--algorithm", "fomaml", "--backend", "torch"],
+        id="task-sampler",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "optimizer",
+        "torch",
+        ["--optimizer", "NAME", *INNER, "--backend", "torch"],
+        id="optimizer-torch",
+        marks=pytest.mark.slow,
+    ),
     pytest.param("backend", "torch", ["--backend", "NAME"], id="backend-torch", marks=pytest.mark.slow),
-    pytest.param("algorithm", "tensorflow", ["--algorithm", "NAME", "--backend", "tensorflow"],
-                 id="algorithm-tensorflow", marks=pytest.mark.slow),
-    pytest.param("optimizer", "tensorflow", ["--optimizer", "NAME", *INNER, "--backend", "tensorflow"],
-                 id="optimizer-tensorflow", marks=pytest.mark.slow),
+    pytest.param(
+        "algorithm",
+        "tensorflow",
+        ["--algorithm", "NAME", "--backend", "tensorflow"],
+        id="algorithm-tensorflow",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "optimizer",
+        "tensorflow",
+        ["--optimizer", "NAME", *INNER, "--backend", "tensorflow"],
+        id="optimizer-tensorflow",
+        marks=pytest.mark.slow,
+    ),
     pytest.param("backend", "tensorflow", ["--backend", "NAME"], id="backend-tensorflow", marks=pytest.mark.slow),
 ]
 
@@ -332,9 +433,22 @@ def test_author_workflow_new_plugin_edit_install_list_train_test(env, tmp_path, 
         listing = run(env, "list", f"{kind}s")
         assert re.search(rf"^{name}\s.*\(edited\)", listing.stdout, re.MULTILINE), listing.stdout
 
-        trained = run(env, "train", *[u.replace("NAME", name) for u in uses],
-                      "--iterations", "3", "--meta-batch-size", "2", "--test-tasks", "2", "--val-every", "0",
-                      "--run-dir", str(tmp_path / "run"), "-q")
+        trained = run(
+            env,
+            "train",
+            *[u.replace("NAME", name) for u in uses],
+            "--iterations",
+            "3",
+            "--meta-batch-size",
+            "2",
+            "--test-tasks",
+            "2",
+            "--val-every",
+            "0",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "-q",
+        )
         assert trained.returncode == 0, trained.stderr
         assert (tmp_path / "run" / "results.json").is_file()
 
@@ -350,8 +464,22 @@ def test_host_wheel_ships_every_template_file(tmp_path):
     from metaplug import templates
 
     root = Path(templates.__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(tmp_path), str(root)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+    )
     (wheel,) = tmp_path.glob("metaplug-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     sources = {p.relative_to(root).as_posix() for p in templates.HERE.rglob("*.tmpl")}

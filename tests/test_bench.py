@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from doubles import DOUBLES
 
-from metaplug.experiment import bench
 from metaplug.errors import ConfigError
+from metaplug.experiment import bench
 
 
 def metaplug(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -28,10 +28,14 @@ def test_named_workloads_match_the_issue():
     sinusoid = bench.workload("sinusoid-maml")
     assert sinusoid.shape.meta_batch_size == 25 and sinusoid.shape.task_options == {"shots": 10, "queries": 10}
     assert [w.name for w in bench.workloads_for("maml", ("regression", "classification"))] == [
-        "sinusoid-maml", "omniglot-maml"]
+        "sinusoid-maml",
+        "omniglot-maml",
+    ]
     assert [w.name for w in bench.workloads_for("protonet", ("classification",))] == ["omniglot-protonet"]
     assert [w.name for w in bench.workloads_for("reptile", ("regression", "classification"))] == [
-        "sinusoid-reptile", "omniglot-reptile"]
+        "sinusoid-reptile",
+        "omniglot-reptile",
+    ]
     with pytest.raises(ConfigError, match="Did you mean 'omniglot-maml'"):
         bench.workload("omniglott-maml")
 
@@ -84,9 +88,11 @@ def test_bench_table_and_bad_names():
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0].split()
     assert header[:6] == ["backend", "algorithm", "workload", "median_ms", "tasks_per_s", "peak_rss_mb"]
-    for args, fragment in [(["--backend", "nmupy"], "Did you mean 'numpy'?"),
-                           (["--workload", "sinusiod-maml"], "unknown workload"),
-                           (["--steps", "0"], "--steps")]:
+    for args, fragment in [
+        (["--backend", "nmupy"], "Did you mean 'numpy'?"),
+        (["--workload", "sinusiod-maml"], "unknown workload"),
+        (["--steps", "0"], "--steps"),
+    ]:
         bad = metaplug("bench", *args)
         assert bad.returncode != 0 and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and fragment in bad.stderr

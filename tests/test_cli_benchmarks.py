@@ -23,8 +23,9 @@ TRAINING_LENGTH = {"iterations", "val_every", "val_tasks", "checkpoint_every", "
 def resolve(path: Path, backend: str) -> dict:
     if backend not in registry().names("backends"):
         pytest.skip(f"backend {backend} is not installed")
-    done = CliRunner().invoke(cli, ["train", "--config", str(path), "--backend", backend, "--dry-run",
-                                    "--format", "json"])
+    done = CliRunner().invoke(
+        cli, ["train", "--config", str(path), "--backend", backend, "--dry-run", "--format", "json"]
+    )
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout)
 
@@ -46,7 +47,9 @@ def test_each_config_resolves_on_each_backend(path, backend):
     algorithm, dataset, *_ = path.stem.split("-")
     assert resolved["backend"] == backend
     assert resolved["algorithm"]["name"] == algorithm and resolved["tasks"]["name"] == dataset
-    shape = {k: resolved["evaluation"].get(k) or resolved["tasks"][k] for k in ("ways", "shots") if k in resolved["tasks"]}
+    shape = {
+        k: resolved["evaluation"].get(k) or resolved["tasks"][k] for k in ("ways", "shots") if k in resolved["tasks"]
+    }
     if dataset == "omniglot":
         setting = path.stem.split("-")[2]
         assert setting == f"{shape['ways']}w{shape['shots']}s", "test episodes must match the file's setting"

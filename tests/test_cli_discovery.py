@@ -17,8 +17,9 @@ import metaplug
 def run(*args: str, env_extra: dict[str, str] | None = None, python_args: tuple[str, ...] = ()):
     env = {**os.environ, **(env_extra or {})}
     env.pop("METAPLUG_DEBUG", None)
-    return subprocess.run([sys.executable, *python_args, "-m", "metaplug", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, *python_args, "-m", "metaplug", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.fixture
@@ -65,8 +66,9 @@ def test_info_shows_docstring_and_parameters(fake_site):
     result = run("info", "algorithm", "cliprotonet", "--json", env_extra=fake_site)
     data = json.loads(result.stdout)
     assert data["doc"] == "Implementation docstring."
-    assert data["options"] == [{"name": "inner_lr", "type": "float", "default": 0.5, "help": "", "choices": [],
-                                "required": False}]
+    assert data["options"] == [
+        {"name": "inner_lr", "type": "float", "default": 0.5, "help": "", "choices": [], "required": False}
+    ]
 
 
 def test_info_shows_declared_options_and_not_the_arguments_the_host_passes():

@@ -30,7 +30,6 @@ def metaplug(*args: str, check: bool = True, doubles: bool = False) -> subproces
     return done
 
 
-
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("e2e") / "default"
@@ -54,7 +53,9 @@ def test_resume_matches_the_uninterrupted_run_bit_for_bit(default_run, tmp_path)
     metaplug("train", "--resume", str(part), "--iterations", "30", "--quiet")
     straight, resumed = (checkpoints.load(d / "checkpoint") for d in (default_run, part))
     assert straight.step == resumed.step == 30
-    assert sorted(straight.arrays) == sorted(resumed.arrays) and any(k.startswith("optimizer.") for k in straight.arrays)
+    assert sorted(straight.arrays) == sorted(resumed.arrays) and any(
+        k.startswith("optimizer.") for k in straight.arrays
+    )
     for name, value in straight.arrays.items():
         assert np.array_equal(value, resumed.arrays[name]), name
 
@@ -71,17 +72,46 @@ def test_omniglot_protonet_and_maml_from_the_local_data(tmp_path):
     if not (Path(os.environ.get("METAPLUG_DATA_DIR", "/nonexistent")) / "omniglot").is_dir():
         pytest.skip("no local Omniglot")
     for algorithm, extra in (("protonet", []), ("maml", ["--inner-lr", "0.4"])):
-        done = metaplug("train", "--tasks", "omniglot", "--algorithm", algorithm, "--iterations", "2",
-                        "--meta-batch-size", "2", "--queries", "2", "--val-every", "0", "--test-tasks", "4",
-                        *extra, "--run-dir", str(tmp_path / algorithm), check=False)
+        done = metaplug(
+            "train",
+            "--tasks",
+            "omniglot",
+            "--algorithm",
+            algorithm,
+            "--iterations",
+            "2",
+            "--meta-batch-size",
+            "2",
+            "--queries",
+            "2",
+            "--val-every",
+            "0",
+            "--test-tasks",
+            "4",
+            *extra,
+            "--run-dir",
+            str(tmp_path / algorithm),
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert "held-out test tasks (4 episodes" in done.stdout and "accuracy" in done.stdout
         assert 'name = "conv4"' in (tmp_path / algorithm / "config.toml").read_text()
 
 
 def test_bench_measures_torch_in_a_child_process_with_reference_speedup():
-    done = metaplug("bench", "--backend", "torch", "--workload", "sinusoid-maml", "--steps", "2", "--warmup", "1",
-                    "--json", "--reference")
+    done = metaplug(
+        "bench",
+        "--backend",
+        "torch",
+        "--workload",
+        "sinusoid-maml",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        "--reference",
+    )
     (row,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert row["backend"] == "torch" and row["workload"] == "sinusoid-maml" and row["steps"] == 2
     assert row["batching"] == "auto" and row["data"] == "sinusoid (generated)"
@@ -91,30 +121,59 @@ def test_bench_measures_torch_in_a_child_process_with_reference_speedup():
 
 def test_tensorflow_runs_the_same_job(tmp_path):
     pytest.importorskip("metaplug_tensorflow")
-    done = metaplug("train", "--backend", "tensorflow", "--iterations", "3", "--val-every", "0", "--test-tasks", "5",
-                    "--run-dir", str(tmp_path / "tf"), check=False)
+    done = metaplug(
+        "train",
+        "--backend",
+        "tensorflow",
+        "--iterations",
+        "3",
+        "--val-every",
+        "0",
+        "--test-tasks",
+        "5",
+        "--run-dir",
+        str(tmp_path / "tf"),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "held-out test tasks (5 episodes" in done.stdout
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--algorithm", "protonet"], ["'protonet' does not support regression tasks ('sinusoid')"]),
-    (["--algorithm", "mmal"], ["unknown algorithm 'mmal'", "Did you mean 'maml'?"]),
-    (["--optimizer", "inner-sgd"], ["inner-loop rule"]),
-    (["--set", "algorithm.batching=fast"], ["batching"]),
-    (["--tasks", "omniglot", "--algorithm", "protonet", "--ways", "0"], ["tasks.ways must be at least 1"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--algorithm", "protonet"], ["'protonet' does not support regression tasks ('sinusoid')"]),
+        (["--algorithm", "mmal"], ["unknown algorithm 'mmal'", "Did you mean 'maml'?"]),
+        (["--optimizer", "inner-sgd"], ["inner-loop rule"]),
+        (["--set", "algorithm.batching=fast"], ["batching"]),
+        (["--tasks", "omniglot", "--algorithm", "protonet", "--ways", "0"], ["tasks.ways must be at least 1"]),
+    ],
+)
 def test_bad_input_on_torch(args, fragments):
     assert_one_line_error(metaplug("train", "--backend", "torch", "--iterations", "2", *args, check=False), *fragments)
 
 
 def test_missing_omniglot_and_an_algorithm_without_the_backend(tmp_path):
-    assert_one_line_error(metaplug("train", "--tasks", "omniglot", "--algorithm", "protonet", "--data-dir",
-                                   str(tmp_path), "--run-dir", str(tmp_path / "run"), check=False),
-                          "Omniglot archive", "not found")
-    assert_one_line_error(metaplug("train", "--backend", "torch", "--algorithm", "linear-maml", check=False,
-                                   doubles=True),
-                          "algorithm 'linear-maml' is not available for backend 'torch'; it supports: numpy")
+    assert_one_line_error(
+        metaplug(
+            "train",
+            "--tasks",
+            "omniglot",
+            "--algorithm",
+            "protonet",
+            "--data-dir",
+            str(tmp_path),
+            "--run-dir",
+            str(tmp_path / "run"),
+            check=False,
+        ),
+        "Omniglot archive",
+        "not found",
+    )
+    assert_one_line_error(
+        metaplug("train", "--backend", "torch", "--algorithm", "linear-maml", check=False, doubles=True),
+        "algorithm 'linear-maml' is not available for backend 'torch'; it supports: numpy",
+    )
 
 
 @pytest.mark.slow

@@ -21,9 +21,31 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("plot") / "run"
-    done = run("-m", "metaplug", "train", "--backend", "numpy", "--algorithm", "linear-maml", "--iterations", "30",
-               "--meta-batch-size", "4", "--val-every", "10", "--val-tasks", "4", "--test-tasks", "4",
-               "--log-every", "5", "--inner-lr", "0.1", "--run-dir", str(folder))
+    done = run(
+        "-m",
+        "metaplug",
+        "train",
+        "--backend",
+        "numpy",
+        "--algorithm",
+        "linear-maml",
+        "--iterations",
+        "30",
+        "--meta-batch-size",
+        "4",
+        "--val-every",
+        "10",
+        "--val-tasks",
+        "4",
+        "--test-tasks",
+        "4",
+        "--log-every",
+        "5",
+        "--inner-lr",
+        "0.1",
+        "--run-dir",
+        str(folder),
+    )
     assert done.returncode == 0, done.stderr
     return folder
 
@@ -42,9 +64,9 @@ def test_plot_writes_learning_curves_and_the_sinusoid_figure(trained, tmp_path):
 
 
 def test_missing_matplotlib_is_a_one_line_install_hint(trained):
-    script = ("import sys; sys.modules['matplotlib'] = None\n"
-              "from metaplug.cli import main\n"
-              f"main(['plot', {str(trained)!r}])")
+    script = (
+        f"import sys; sys.modules['matplotlib'] = None\nfrom metaplug.cli import main\nmain(['plot', {str(trained)!r}])"
+    )
     done = run("-c", script)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "Error: plotting needs matplotlib: pip install 'metaplug[plot]'"

@@ -29,7 +29,7 @@ def sections() -> dict[str, tuple[str, str]]:
     text = DOCS.read_text()
     found = list(HEADING.finditer(text))
     ends = [m.start() for m in found[1:]] + [len(text)]
-    return {m.group(1): (m.group(2), text[m.end() : end]) for m, end in zip(found, ends)}
+    return {m.group(1): (m.group(2), text[m.end() : end]) for m, end in zip(found, ends, strict=True)}
 
 
 def test_the_hookspecs_module_has_hooks():

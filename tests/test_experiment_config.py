@@ -44,18 +44,21 @@ def test_file_then_set_then_options(tmp_path):
     assert cfg.tasks.options == {"amplitude": [1, 2]} and cfg.model.name == "conv4"
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("train", "iterations", 0, "train.iterations must be at least 1, got 0"),
-    ("train", "meta_batch_size", 2.5, "train.meta_batch_size must be an integer"),
-    ("train", "val_every", True, "train.val_every must be an integer"),
-    ("optimizer", "lr", 0, "optimizer.lr must be greater than 0"),
-    ("optimizer", "lr", math.inf, "optimizer.lr must be finite"),
-    ("evaluation", "episodes", 0, "evaluation.episodes must be at least 1"),
-    ("evaluation", "stepz", 1, "unknown key evaluation.stepz. Did you mean 'steps'?"),
-    ("evaluation", "ways", 0, "evaluation.ways must be at least 1"),
-    ("evaluation", "queries", 1.5, "evaluation.queries must be an integer"),
-    ("tasks", "name", 3, "tasks.name must be a string"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("train", "iterations", 0, "train.iterations must be at least 1, got 0"),
+        ("train", "meta_batch_size", 2.5, "train.meta_batch_size must be an integer"),
+        ("train", "val_every", True, "train.val_every must be an integer"),
+        ("optimizer", "lr", 0, "optimizer.lr must be greater than 0"),
+        ("optimizer", "lr", math.inf, "optimizer.lr must be finite"),
+        ("evaluation", "episodes", 0, "evaluation.episodes must be at least 1"),
+        ("evaluation", "stepz", 1, "unknown key evaluation.stepz. Did you mean 'steps'?"),
+        ("evaluation", "ways", 0, "evaluation.ways must be at least 1"),
+        ("evaluation", "queries", 1.5, "evaluation.queries must be an integer"),
+        ("tasks", "name", 3, "tasks.name must be a string"),
+    ],
+)
 def test_out_of_range_values_are_rejected(section, key, value, message):
     raw = config.defaults()
     raw[section][key] = value
@@ -63,15 +66,23 @@ def test_out_of_range_values_are_rejected(section, key, value, message):
         config.from_dict(raw)
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("algorithm", "inner_steps", 0, "algorithm.inner_steps must be at least 1, got 0"),
-    ("algorithm", "test_inner_steps", -1, "algorithm.test_inner_steps must be at least 0"),
-    ("algorithm", "batching", "vmap", "algorithm.batching must be one of auto, vectorized, loop, reference, got 'vmap'"),
-    ("tasks", "shots", 0, "tasks.shots must be at least 1"),
-    ("tasks", "amplitude", [1.0], "tasks.amplitude must have 2 entries, got [1.0]"),
-    ("optimizer", "betas", [0.9, 1.0], "optimizer.betas must be in [0, 1), got 1.0"),
-    ("optimizer", "anneal_steps", 3, "optimizer.anneal_steps (3) needs final_lr"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("algorithm", "inner_steps", 0, "algorithm.inner_steps must be at least 1, got 0"),
+        ("algorithm", "test_inner_steps", -1, "algorithm.test_inner_steps must be at least 0"),
+        (
+            "algorithm",
+            "batching",
+            "vmap",
+            "algorithm.batching must be one of auto, vectorized, loop, reference, got 'vmap'",
+        ),
+        ("tasks", "shots", 0, "tasks.shots must be at least 1"),
+        ("tasks", "amplitude", [1.0], "tasks.amplitude must have 2 entries, got [1.0]"),
+        ("optimizer", "betas", [0.9, 1.0], "optimizer.betas must be in [0, 1), got 1.0"),
+        ("optimizer", "anneal_steps", 3, "optimizer.anneal_steps (3) needs final_lr"),
+    ],
+)
 def test_component_options_are_checked_against_their_declarations(section, key, value, message):
     raw = config.defaults()
     raw["backend"] = "torch"
@@ -82,8 +93,13 @@ def test_component_options_are_checked_against_their_declarations(section, key, 
 
 def test_checking_fills_in_every_declared_default():
     cfg = check(config.from_dict(config.defaults()))
-    assert cfg.tasks.options == {"shots": 10, "queries": 10, "amplitude": (0.1, 5.0), "phase": (0.0, math.pi),
-                                 "x_range": (-5.0, 5.0)}
+    assert cfg.tasks.options == {
+        "shots": 10,
+        "queries": 10,
+        "amplitude": (0.1, 5.0),
+        "phase": (0.0, math.pi),
+        "x_range": (-5.0, 5.0),
+    }
     assert cfg.optimizer.options["betas"] == (0.9, 0.999) and "final_lr" not in cfg.optimizer.options
 
 

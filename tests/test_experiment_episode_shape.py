@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metaplug.plugins import discovery as plugins
 from metaplug.errors import ConfigError
 from metaplug.experiment import components, config
+from metaplug.plugins import discovery as plugins
 
 
 def make_config(tasks: dict, evaluation: dict) -> config.ExperimentConfig:

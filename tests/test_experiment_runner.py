@@ -25,8 +25,18 @@ def make_config(**train) -> config.ExperimentConfig:
     raw["backend"] = "numpy"
     raw["algorithm"] = {"name": "linear-maml", "inner_lr": 0.1}
     raw["optimizer"]["lr"] = 0.01
-    raw["train"].update({"iterations": 40, "meta_batch_size": 5, "log_every": 3, "val_every": 10,
-                         "val_tasks": 7, "checkpoint_every": 0, "test_tasks": 20, **train})
+    raw["train"].update(
+        {
+            "iterations": 40,
+            "meta_batch_size": 5,
+            "log_every": 3,
+            "val_every": 10,
+            "val_tasks": 7,
+            "checkpoint_every": 0,
+            "test_tasks": 20,
+            **train,
+        }
+    )
     return config.from_dict(raw)
 
 
@@ -64,7 +74,10 @@ def test_training_learns_and_writes_the_run_directory(double, tmp_path):
     test = result.results["test"]
     assert test["loss"]["n"] == 20 and test["loss"]["mean"] < 0.8 * test["loss_before"]["mean"]
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
-        "latest.json", "step-000300.json", "step-000300.npz"]
+        "latest.json",
+        "step-000300.json",
+        "step-000300.npz",
+    ]
 
 
 def test_interrupt_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(double, tmp_path, monkeypatch):
@@ -171,8 +184,15 @@ runner.start(config.from_dict(raw), Path({run!r}), progress=False).run()
 
 @pytest.mark.parametrize("victim", [".step-000020.npz", ".step-000020.json", ".latest.json"])
 def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(double, tmp_path, victim):
-    train = {"iterations": 40, "meta_batch_size": 5, "log_every": 3, "val_every": 10, "val_tasks": 7,
-             "checkpoint_every": 10, "test_tasks": 20}
+    train = {
+        "iterations": 40,
+        "meta_batch_size": 5,
+        "log_every": 3,
+        "val_every": 10,
+        "val_tasks": 7,
+        "checkpoint_every": 10,
+        "test_tasks": 20,
+    }
     script = KILL_SCRIPT.format(doubles=str(DOUBLES), victim=victim, train=train, run=str(tmp_path / "killed"))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
     assert done.returncode == 9, done.stderr
@@ -202,13 +222,16 @@ def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(double
     assert sorted(p.name for p in folder.iterdir()) == ["latest.json", "step-000010.json", "step-000010.npz"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "step-000010.npz").write_bytes(b"PK\x03\x04 not really a zip"), "corrupt"),
-    (lambda d: (d / "step-000010.npz").unlink(), "unreadable"),
-    (lambda d: (d / "step-000010.json").write_text("{}"), "corrupt"),
-    (lambda d: (d / "latest.json").write_text("{ not json"), "corrupt"),
-    (lambda d: [p.unlink() for p in d.iterdir()], "no checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "step-000010.npz").write_bytes(b"PK\x03\x04 not really a zip"), "corrupt"),
+        (lambda d: (d / "step-000010.npz").unlink(), "unreadable"),
+        (lambda d: (d / "step-000010.json").write_text("{}"), "corrupt"),
+        (lambda d: (d / "latest.json").write_text("{ not json"), "corrupt"),
+        (lambda d: [p.unlink() for p in d.iterdir()], "no checkpoint"),
+    ],
+)
 def test_a_damaged_checkpoint_is_a_one_line_error(double, tmp_path, damage, message):
     runner.start(make_config(iterations=10), tmp_path / "run", progress=False).run()
     damage(tmp_path / "run" / "checkpoint")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metaplug.errors import ConfigError
 from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws, draw_generator, mini_batches
+from metaplug.errors import ConfigError
 
 
 def supervised_reptile_mini_batches(samples, batch_size, num_batches, shuffle):
@@ -56,7 +56,10 @@ def test_state_round_trip_continues_the_same_draws():
     draws.draw(TRAIN, 7, 2, 10)
     state = draws.state()
     assert {k: v.tolist() for k, v in state.items()} == {
-        "inner_batches.seed": 3, "inner_batches.train": 7, "inner_batches.eval": 0}
+        "inner_batches.seed": 3,
+        "inner_batches.train": 7,
+        "inner_batches.eval": 0,
+    }
     assert all(v.shape == () for v in state.values())
     restored = MiniBatchDraws(seed=99, train_batch_size=4, eval_batch_size=None)
     restored.load_state(state)

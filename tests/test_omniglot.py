@@ -15,8 +15,9 @@ from metaplug.tasks import omniglot
 from metaplug.tasks.omniglot import OmniglotSampler, load_images, split_characters
 
 DATA = Path(os.environ.get("METAPLUG_DATA_DIR", "")) / "omniglot"
-pytestmark = pytest.mark.skipif(not (DATA / "images_background.zip").is_file(),
-                                reason="real Omniglot not found; set METAPLUG_DATA_DIR")
+pytestmark = pytest.mark.skipif(
+    not (DATA / "images_background.zip").is_file(), reason="real Omniglot not found; set METAPLUG_DATA_DIR"
+)
 
 
 def test_decoded_images():
@@ -39,7 +40,7 @@ def test_episodes_shapes_labels_and_rotations():
     assert sampler.spec.num_classes == 4400 and sampler.spec.input_shape == (1, 28, 28)
     batch = sampler.sample(8)
     assert batch.support_x.shape == (8, 5, 1, 28, 28) and batch.query_x.shape == (8, 75, 1, 28, 28)
-    assert batch.support_x.dtype == np.float32 and 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
+    assert batch.support_x.dtype == np.float32 and batch.support_x.min() >= 0.0 and batch.support_x.max() <= 1.0
     assert batch.query_y.min() == 0 and batch.query_y.max() == 4
     dataset = sampler.dataset
     upright = dataset.examples(0, np.arange(3))

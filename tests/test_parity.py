@@ -28,8 +28,8 @@ for _framework in ("torch", "tensorflow"):  # found without importing them at co
     if importlib.util.find_spec(_framework) is None:
         pytest.skip(f"{_framework} is not installed", allow_module_level=True)
 
-from metaplug.errors import DatasetError  # noqa: E402
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec  # noqa: E402
+from metaplug.errors import DatasetError  # noqa: E402
 from metaplug.plugins.discovery import registry  # noqa: E402
 from metaplug.tasks import SinusoidSampler  # noqa: E402
 
@@ -52,21 +52,31 @@ IMAGE_LR = 0.4
 def episodes() -> dict[str, tuple[TaskSpec, ModelSpec, list[EpisodeBatch]]]:
     """Two batches per problem from the host's samplers (Omniglot skipped if absent)."""
     sinusoid = SinusoidSampler("train", seed=3, shots=5, queries=7)
-    found = {"mlp": (sinusoid.spec, ModelSpec("mlp", (1,), 1, {"hidden": (16, 16)}),
-                     [sinusoid.sample(3) for _ in range(2)])}
+    found = {
+        "mlp": (sinusoid.spec, ModelSpec("mlp", (1,), 1, {"hidden": (16, 16)}), [sinusoid.sample(3) for _ in range(2)])
+    }
     try:
         from metaplug.tasks.omniglot import OmniglotSampler
 
         omniglot = OmniglotSampler("train", seed=3, ways=5, shots=1, queries=2)
-        found["conv4"] = (omniglot.spec, ModelSpec("conv4", (1, 28, 28), 5, {"filters": 8}),
-                          [omniglot.sample(2) for _ in range(2)])
+        found["conv4"] = (
+            omniglot.spec,
+            ModelSpec("conv4", (1, 28, 28), 5, {"filters": 8}),
+            [omniglot.sample(2) for _ in range(2)],
+        )
     except DatasetError:
         pass
     return found
 
 
-def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str, hyper: dict[str, Any] | None = None,
-               **sgd_options: Any) -> tuple[Any, Any]:
+def build_pair(
+    name: str,
+    spec: TaskSpec,
+    model_spec: ModelSpec,
+    dtype: str,
+    hyper: dict[str, Any] | None = None,
+    **sgd_options: Any,
+) -> tuple[Any, Any]:
     """The torch and tensorflow implementations of ``name`` with the same weights and state
     (SGD, rate 1, and ``sgd_options``), with ``hyper`` (default ``HYPER[name]``)."""
     import torch
@@ -85,12 +95,14 @@ def build_pair(name: str, spec: TaskSpec, model_spec: ModelSpec, dtype: str, hyp
         torch_model = torch_model.double()
     torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=1.0, **sgd_options)
     torch_alg = reg.load("algorithms", name, backend="torch")(
-        backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper)
+        backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper
+    )
 
     tf_backend = Backend(device="cpu", dtype=dtype)
     tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0, **sgd_options)
     tf_alg = reg.load("algorithms", name, backend="tensorflow")(
-        backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper)
+        backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper
+    )
 
     shared = {k: v for k, v in torch_alg.state_dict().items() if not k.startswith("optimizer.")}
     state = tf_alg.state_dict()
@@ -122,8 +134,7 @@ def step(algorithm: Any, batch: EpisodeBatch) -> tuple[dict[str, float], dict[st
     return metrics, {k: before[k] - after[k] for k in before if not k.startswith("optimizer.")}
 
 
-CASES = [(name, model) for model in ("mlp", "conv4") for name in HYPER
-         if not (name == "protonet" and model == "mlp")]
+CASES = [(name, model) for model in ("mlp", "conv4") for name in HYPER if not (name == "protonet" and model == "mlp")]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -170,8 +181,12 @@ def assert_same_adaptation(torch_alg: Any, tf_alg: Any, batch: Any, tolerance: f
 
 
 REPTILE_PROTOCOL: dict[str, Any] = {
-    "inner_optimizer": "adam", "inner_steps": 3, "inner_batch_size": 4, "test_inner_steps": 4,
-    "test_inner_batch_size": 3, "transductive": False,
+    "inner_optimizer": "adam",
+    "inner_steps": 3,
+    "inner_batch_size": 4,
+    "test_inner_steps": 4,
+    "test_inner_batch_size": 3,
+    "transductive": False,
 }
 """supervised-reptile's options on small episodes: batches of 4 (sinusoid: 5 support points, so
 a batch can span two shuffles) and 3 at test time; sinusoid's MLP has no batch norm, so

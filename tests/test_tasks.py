@@ -39,7 +39,9 @@ def test_sampler_state_round_trip():
     np.testing.assert_array_equal(other.sample(3).query_y, expected.query_y)
 
 
-@pytest.mark.parametrize("kwargs", [{"shots": 0}, {"queries": -1}, {"amplitude": (2.0, 1.0)}, {"split": "dev"}, {"seed": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"shots": 0}, {"queries": -1}, {"amplitude": (2.0, 1.0)}, {"split": "dev"}, {"seed": -1}]
+)
 def test_sinusoid_rejects_bad_options(kwargs):
     with pytest.raises(ConfigError):
         SinusoidSampler(**kwargs)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from plugin_factory import write_plugin
 
-ALGORITHM_HOOKS = '''
+ALGORITHM_HOOKS = """
 from metaplug import Component, hookimpl
 
 NAMES = ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager", "loose"]
@@ -28,9 +28,9 @@ def register_algorithms(register):
     for name in NAMES:
         register(Component(name=name, summary=f"MAML double: {name}.", target=f"doubles_impl:{name.capitalize()}",
                            backends=("torch",), problems=("regression",)))
-'''
+"""
 
-ALGORITHM_IMPL = '''
+ALGORITHM_IMPL = """
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +92,9 @@ class LooseOptions(MAMLOptions):  # no @dataclass: 'momentum' is no option, desc
 
 class Loose(Good):
     Options = LooseOptions
-'''
+"""
 
-HEAVY_ENTRY = '''
+HEAVY_ENTRY = """
 import torch  # imported at discovery: the defect
 from metaplug import Component, hookimpl
 
@@ -102,9 +102,9 @@ from metaplug import Component, hookimpl
 def register_task_samplers(register):
     register(Component(name="heavy", summary="Imports torch at discovery.",
                        target="metaplug.tasks.sinusoid:SinusoidSampler", problems=("regression",)))
-'''
+"""
 
-EAGER_ENTRY = '''
+EAGER_ENTRY = """
 from metaplug import Component, hookimpl
 import eager_impl  # the implementation is imported at discovery: the defect
 
@@ -112,9 +112,9 @@ import eager_impl  # the implementation is imported at discovery: the defect
 def register_task_samplers(register):
     register(Component(name="eager", summary="Imports its implementation at discovery.",
                        target="eager_impl:Sampler", problems=("regression",)))
-'''
+"""
 
-SAMPLER_HOOKS = '''
+SAMPLER_HOOKS = """
 from metaplug import Component, hookimpl
 
 @hookimpl
@@ -122,9 +122,9 @@ def register_task_samplers(register):
     for name in ("float64", "offbyone", "unseeded", "stateless"):
         register(Component(name=name, summary=f"Sinusoid double: {name}.", target=f"samplers_impl:{name.capitalize()}",
                            problems=("regression",) if name != "offbyone" else ("classification",)))
-'''
+"""
 
-SAMPLER_IMPL = '''
+SAMPLER_IMPL = """
 import dataclasses
 import numpy as np
 from metaplug.tasks.sinusoid import SinusoidSampler
@@ -151,9 +151,9 @@ class Unseeded(SinusoidSampler):  # ignores the seed
 class Stateless(SinusoidSampler):  # state that does not restore the generator
     def load_state_dict(self, state):
         pass
-'''
+"""
 
-SAMPLER_TESTS = '''
+SAMPLER_TESTS = """
 from metaplug.testing import TaskSamplerConformance
 
 class TestSinusoid(TaskSamplerConformance):
@@ -176,17 +176,19 @@ class TestHeavy(TaskSamplerConformance):
 
 class TestEager(TaskSamplerConformance):
     sampler = "eager"
-'''
+"""
 
-ALGORITHM_TESTS = '''
+ALGORITHM_TESTS = """
 from metaplug.testing import AlgorithmConformance
 
 class Base(AlgorithmConformance):
     backend = "torch"
     tasks = 2
 
-''' + "\n".join(f'class Test{n.capitalize()}(Base):\n    algorithm = "{n}"\n' for n in
-                ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager", "loose"])
+""" + "\n".join(
+    f'class Test{n.capitalize()}(Base):\n    algorithm = "{n}"\n'
+    for n in ["good", "uphill", "forgetful", "noisy", "aliasing", "flat", "overeager", "loose"]
+)
 
 
 def run_suite(site: Path, tests: str, select: str | None = None) -> dict[str, str]:
@@ -196,13 +198,26 @@ def run_suite(site: Path, tests: str, select: str | None = None) -> dict[str, st
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]))
     env.pop("METAPLUG_PLUGINS", None)
     env.pop("METAPLUG_DISABLE_PLUGINS", None)
-    command = [sys.executable, "-m", "pytest", str(module), "-rA", "-q", "-p", "no:cacheprovider",
-               "--import-mode=importlib", "--rootdir", str(site)]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(module),
+        "-rA",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--import-mode=importlib",
+        "--rootdir",
+        str(site),
+    ]
     if select:
         command += ["-k", select]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=site, timeout=600)
-    outcomes = {m.group(2): m.group(1).lower()
-                for m in re.finditer(r"^(PASSED|FAILED|SKIPPED|ERROR) \S+?::(\S+)", result.stdout, re.MULTILINE)}
+    outcomes = {
+        m.group(2): m.group(1).lower()
+        for m in re.finditer(r"^(PASSED|FAILED|SKIPPED|ERROR) \S+?::(\S+)", result.stdout, re.MULTILINE)
+    }
     assert outcomes, result.stdout + result.stderr
     return outcomes
 
@@ -247,8 +262,14 @@ def test_algorithm_checks_catch_each_defect(tmp_path):
     write_plugin(site, "doubles", ALGORITHM_HOOKS, distribution="metaplug-doubles")
     (site / "doubles_impl.py").write_text(ALGORITHM_IMPL)
     # every check on the correct double; on each broken one, the check for its defect plus one other
-    select = " or ".join(["TestGood"] + [f"({cls} and ({' or '.join(_k(t) for t in caught)} or test_state_uses))"
-                                         for cls, caught in CAUGHT_BY.items() if caught])
+    select = " or ".join(
+        ["TestGood"]
+        + [
+            f"({cls} and ({' or '.join(_k(t) for t in caught)} or test_state_uses))"
+            for cls, caught in CAUGHT_BY.items()
+            if caught
+        ]
+    )
     outcomes = run_suite(site, ALGORITHM_TESTS, select)
     for cls, caught in CAUGHT_BY.items():
         assert failed(outcomes, cls) == caught, (cls, {k: v for k, v in outcomes.items() if k.startswith(cls)})
@@ -260,7 +281,7 @@ def _k(test_id: str) -> str:
     return test_id.split("[")[0]
 
 
-CONV4_HOOKS = '''
+CONV4_HOOKS = """
 from metaplug import Component, hookimpl
 
 @hookimpl
@@ -269,9 +290,9 @@ def register_algorithms(register):
                        target="conv4_impl:Blind", backends=("torch",), problems=("regression", "classification")))
     register(Component(name="faceless", summary="ProtoNet double: tells no images apart.",
                        target="conv4_impl:Faceless", backends=("torch",), problems=("classification",)))
-'''
+"""
 
-CONV4_IMPL = '''
+CONV4_IMPL = """
 import numpy as np
 from metaplug_torch.algorithms.maml import MAML
 from metaplug_torch.algorithms.protonet import ProtoNet
@@ -294,9 +315,9 @@ class Faceless(ProtoNet):  # a metric learner that learns nothing on images: eve
             result["loss"] = np.full_like(result["loss"], np.log(ways))
             result["accuracy"] = np.full_like(result["accuracy"], 1.0 / ways)
         return result
-'''
+"""
 
-CONV4_TESTS = '''
+CONV4_TESTS = """
 from metaplug.testing import AlgorithmConformance
 
 class TestBlind(AlgorithmConformance):
@@ -307,7 +328,7 @@ class TestFaceless(AlgorithmConformance):
 
 class TestMAML(AlgorithmConformance):
     algorithm, backend = "maml", "torch"
-'''
+"""
 
 CONV4_CHECK = "test_learns_on_omniglot_shaped_tasks_with_conv4"
 

@@ -324,10 +324,20 @@ def uninstall_command(name: str, yes: bool) -> None:
 
 @cli.command("new-plugin")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["algorithm", "task-sampler", "optimizer", "backend"]),
-              default="algorithm", show_default=True, help="What the plugin adds.")
-@click.option("--backend", type=click.Choice(["torch", "tensorflow"]), default="torch", show_default=True,
-              help="Framework of an algorithm, optimizer or backend.")
+@click.option(
+    "--kind",
+    type=click.Choice(["algorithm", "task-sampler", "optimizer", "backend"]),
+    default="algorithm",
+    show_default=True,
+    help="What the plugin adds.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "tensorflow"]),
+    default="torch",
+    show_default=True,
+    help="Framework of an algorithm, optimizer or backend.",
+)
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it [./metaplug-NAME].")
 def new_plugin_command(name: str, kind: str, backend: str, directory: str | None) -> None:
     """Write a ready-to-install plugin package: pyproject, hooks, a working
@@ -345,5 +355,7 @@ def new_plugin_command(name: str, kind: str, backend: str, directory: str | None
     for path in written:
         click.echo(f"  {path.relative_to(destination)}")
     folder = str(destination) if destination.is_absolute() or str(destination).startswith(".") else f"./{destination}"
-    click.echo(f"next: metaplug install -e {shlex.quote(folder + '[test]')} && cd {shlex.quote(str(destination))} "
-               f"&& python -m pytest")
+    click.echo(
+        f"next: metaplug install -e {shlex.quote(folder + '[test]')} && cd {shlex.quote(str(destination))} "
+        f"&& python -m pytest"
+    )

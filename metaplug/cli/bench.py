@@ -9,8 +9,18 @@ import click
 
 from metaplug.cli import cli
 
-COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "tasks_per_s", "peak_rss_mb",
-           "gflop_per_s", "speedup", "data"]
+COLUMNS = [
+    "backend",
+    "algorithm",
+    "workload",
+    "batching_used",
+    "median_ms",
+    "tasks_per_s",
+    "peak_rss_mb",
+    "gflop_per_s",
+    "speedup",
+    "data",
+]
 
 
 @cli.command("bench")
@@ -20,21 +30,34 @@ COLUMNS = ["backend", "algorithm", "workload", "batching_used", "median_ms", "ta
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Timed meta-steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--reference", is_flag=True, help="Also time the plain per-task loop (batching='reference').")
-@click.option("--batching", help="Time this batching mode instead of the default: auto, vectorized, loop "
-                                 "or (torch only) reference.")
-@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR).")
+@click.option(
+    "--batching",
+    help="Time this batching mode instead of the default: auto, vectorized, loop or (torch only) reference.",
+)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR)."
+)
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
-def bench_command(backend: str | None, algorithm: str | None, workload: str | None, steps: int, warmup: int,
-                  reference: bool, batching: str | None, data_dir: str | None, timeout: float | None,
-                  as_json: bool) -> None:
+def bench_command(
+    backend: str | None,
+    algorithm: str | None,
+    workload: str | None,
+    steps: int,
+    warmup: int,
+    reference: bool,
+    batching: str | None,
+    data_dir: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
     """Benchmark meta-training steps of every installed (algorithm, backend) pair.
 
     Reports the median time per meta-step, tasks per second and peak memory, each pair
     measured in its own process. Omniglot workloads use real data when it is found
     (METAPLUG_DATA_DIR) and random data of the same shapes otherwise."""
-    from metaplug.experiment.bench import bench_pair, plan
     from metaplug.cli.discovery import format_table
+    from metaplug.experiment.bench import bench_pair, plan
 
     if data_dir:
         os.environ["METAPLUG_DATA_DIR"] = data_dir

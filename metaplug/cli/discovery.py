@@ -9,12 +9,11 @@ from typing import Any
 
 import click
 
+from metaplug.cli import cli, debugging
+from metaplug.contract.records import KINDS
 from metaplug.experiment.components import describe_options
 from metaplug.experiment.tomlio import format_value
-
-from metaplug.cli import cli, debugging
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
-from metaplug.contract.records import KINDS
 from metaplug.plugins.registry import normalize_kind
 
 
@@ -24,9 +23,9 @@ def echo_json(data: Any) -> None:
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
     lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 @cli.command("plugins")
@@ -76,14 +75,16 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
             if backend and k in ("algorithms", "optimizers") and backend not in backends:
                 continue
             first = records[0]
-            entries.append({
-                "name": name,
-                "summary": first.summary,
-                "backends": backends,
-                "problems": sorted({p for r in records for p in r.problems}),
-                "role": first.role,
-                "plugins": sorted({r.plugin for r in records}),
-            })
+            entries.append(
+                {
+                    "name": name,
+                    "summary": first.summary,
+                    "backends": backends,
+                    "problems": sorted({p for r in records for p in r.problems}),
+                    "role": first.role,
+                    "plugins": sorted({r.plugin for r in records}),
+                }
+            )
         listing[k] = entries
     echo_errors()
     if as_json:

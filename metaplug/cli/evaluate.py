@@ -13,15 +13,27 @@ EVALUATION_FILE = "evaluation.json"
 
 @cli.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--episodes", type=click.IntRange(min=1), help="Test episodes (default: the run's evaluation.episodes, 600).")
-@click.option("--steps", type=click.IntRange(min=0), help="Inner steps at test time (default: the algorithm's test_inner_steps).")
+@click.option(
+    "--episodes", type=click.IntRange(min=1), help="Test episodes (default: the run's evaluation.episodes, 600)."
+)
+@click.option(
+    "--steps", type=click.IntRange(min=0), help="Inner steps at test time (default: the algorithm's test_inner_steps)."
+)
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the episodes (default: the run's seed).")
 @click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
 @click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, split: str, seed: int | None,
-                     batch: int | None, device: str | None, as_json: bool) -> None:
+def evaluate_command(
+    run_dir: str,
+    episodes: int | None,
+    steps: int | None,
+    split: str,
+    seed: int | None,
+    batch: int | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
     """Adapt a trained run to held-out episodes and report mean accuracy (or MSE) ± 95% CI.
 
     Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
@@ -36,8 +48,9 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
     episodes = episodes or cfg.evaluation.episodes
     steps = cfg.evaluation.steps if steps is None else steps
     seed = cfg.seed if seed is None else seed
-    per_task = evaluate_episodes(experiment.algorithm, experiment.sampler(split, seed), episodes,
-                                 batch or cfg.train.meta_batch_size, steps)
+    per_task = evaluate_episodes(
+        experiment.algorithm, experiment.sampler(split, seed), episodes, batch or cfg.train.meta_batch_size, steps
+    )
     result = {
         "run_dir": str(run_dir),
         "step": saved.step,
@@ -57,5 +70,7 @@ def evaluate_command(run_dir: str, episodes: int | None, steps: int | None, spli
         return
     scores = {k: v for k, v in result.items() if isinstance(v, dict)}
     adapted = describe_steps(steps, cfg.algorithm.options)
-    click.echo(f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
-               f"{episodes} {split} episodes, {adapted}: {headline(scores, str(result['problem']))}")
+    click.echo(
+        f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
+        f"{episodes} {split} episodes, {adapted}: {headline(scores, str(result['problem']))}"
+    )

@@ -29,8 +29,13 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     if experiment.spec.problem == "regression" and experiment.spec.input_shape == (1,):
         batch = experiment.sampler("test", cfg.seed if seed is None else seed).sample(1)
         if {"amplitude", "phase"} <= set(batch.params):
-            written.append(plotting.sinusoid_adaptation(
-                experiment.algorithm, batch, folder / "sinusoid_adaptation.png",
-                f"{title}, step {saved.step}: one test task"))
+            written.append(
+                plotting.sinusoid_adaptation(
+                    experiment.algorithm,
+                    batch,
+                    folder / "sinusoid_adaptation.png",
+                    f"{title}, step {saved.step}: one test task",
+                )
+            )
     for path in written:
         click.echo(str(path))

@@ -38,7 +38,9 @@ OPTION_PATHS: dict[str, str] = {
 
 
 @cli.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration; options override it.")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration; options override it."
+)
 @click.option("--backend", help="Backend (default: torch, else tensorflow, else the first installed).")
 @click.option("--algorithm", help="Algorithm (default: maml). See 'metaplug list algorithms'.")
 @click.option("--tasks", help="Task sampler (default: sinusoid). See 'metaplug list task-samplers'.")
@@ -60,18 +62,44 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--checkpoint-every", type=int, help="Checkpoint every N steps (0: only at the end).")
 @click.option("--test-tasks", type=int, help="Held-out test episodes scored after training (0: none).")
 @click.option("--data-dir", help="Dataset root (sets METAPLUG_DATA_DIR; Omniglot in DATA_DIR/omniglot).")
-@click.option("--device", help="Device of the backend, e.g. cpu, cuda or cuda:1 (torch), cpu or gpu:0 "
-                               "(tensorflow); default: a GPU when the backend sees one. Also with --resume.")
-@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Set any configuration key, e.g. --set algorithm.first_order=true (repeatable).")
-@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default: runs/<time>-<algorithm>-<tasks>-<backend>).")
+@click.option(
+    "--device",
+    help="Device of the backend, e.g. cpu, cuda or cuda:1 (torch), cpu or gpu:0 "
+    "(tensorflow); default: a GPU when the backend sees one. Also with --resume.",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Set any configuration key, e.g. --set algorithm.first_order=true (repeatable).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Run directory (default: runs/<time>-<algorithm>-<tasks>-<backend>).",
+)
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
-@click.option("--format", "dry_run_format", type=click.Choice(["toml", "json"]), default="toml", show_default=True,
-              help="Format of --dry-run.")
+@click.option(
+    "--format",
+    "dry_run_format",
+    type=click.Choice(["toml", "json"]),
+    default="toml",
+    show_default=True,
+    help="Format of --dry-run.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the results.")
-def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir: str | None,
-                  resume_dir: str | None, dry_run: bool, dry_run_format: str, quiet: bool, **options: Any) -> None:
+def train_command(
+    config_file: str | None,
+    assignments: tuple[str, ...],
+    run_dir: str | None,
+    resume_dir: str | None,
+    dry_run: bool,
+    dry_run_format: str,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Meta-train an algorithm on a task distribution, then test it on held-out tasks.
 
     With no options this runs the default job: sinusoid regression with MAML on the
@@ -83,10 +111,16 @@ def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir
     if resume_dir is not None:
         changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device"))
         if config_file or assignments or run_dir or changed:
-            given = ["--" + k.replace("_", "-") for k in changed] + (["--config"] if config_file else []) + \
-                    (["--set"] if assignments else []) + (["--run-dir"] if run_dir else [])
-            raise click.UsageError(f"--resume continues a run as configured; only --iterations and --device may change "
-                                   f"(remove {', '.join(given)})")
+            given = (
+                ["--" + k.replace("_", "-") for k in changed]
+                + (["--config"] if config_file else [])
+                + (["--set"] if assignments else [])
+                + (["--run-dir"] if run_dir else [])
+            )
+            raise click.UsageError(
+                f"--resume continues a run as configured; only --iterations and --device may change "
+                f"(remove {', '.join(given)})"
+            )
         trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress, options.get("device"))
     else:
         cfg = resolve_config(config_file, options, assignments)
@@ -101,8 +135,9 @@ def train_command(config_file: str | None, assignments: tuple[str, ...], run_dir
         trainer = runner.start(cfg, Path(run_dir) if run_dir else None, progress)
     if not quiet:
         what = "continuing" if resume_dir else "training"
-        click.echo(f"{what} {_describe(trainer.cfg)} from step {trainer.step}; run directory {trainer.run_dir}",
-                   err=True)
+        click.echo(
+            f"{what} {_describe(trainer.cfg)} from step {trainer.step}; run directory {trainer.run_dir}", err=True
+        )
     try:
         result = trainer.run()
     except runner.TrainingInterrupted as exc:
@@ -130,13 +165,17 @@ def report(result: Any, trainer: Any, quiet: bool) -> None:
 
     results = result.results
     if not quiet:
-        click.echo(f"finished {result.step} steps in {results['elapsed_s']:.1f} s; results in "
-                   f"{result.run_dir / 'results.json'}")
+        click.echo(
+            f"finished {result.step} steps in {results['elapsed_s']:.1f} s; results in "
+            f"{result.run_dir / 'results.json'}"
+        )
     test = results.get("test")
     if test:
         scores = {k: v for k, v in test.items() if isinstance(v, dict)}
         steps = describe_steps(trainer.cfg.evaluation.steps, trainer.cfg.algorithm.options)
-        click.echo(f"held-out test tasks ({test['episodes']} episodes, {steps}): {headline(scores, results['problem'])}")
+        click.echo(
+            f"held-out test tasks ({test['episodes']} episodes, {steps}): {headline(scores, results['problem'])}"
+        )
 
 
 def _describe(cfg: Any) -> str:

@@ -39,11 +39,14 @@ class BatchingOptions(Options):
 class InnerLoopOptions(BatchingOptions):
     """Options of the algorithms that adapt by gradient steps on the support set."""
 
-    inner_lr: float = option(0.01, minimum=0, exclusive=True, help="inner-loop learning rate (initial rate of learned rules)")
+    inner_lr: float = option(
+        0.01, minimum=0, exclusive=True, help="inner-loop learning rate (initial rate of learned rules)"
+    )
     inner_steps: int = option(1, minimum=1, help="inner steps per task during meta-training")
     test_inner_steps: int | None = option(None, minimum=0, help="inner steps in evaluate and adapt (None: inner_steps)")
     transductive: bool = option(
-        True, help="evaluation predicts all query examples in one batch; false: each with the support set")
+        True, help="evaluation predicts all query examples in one batch; false: each with the support set"
+    )
 
     @property
     def evaluation_steps(self) -> int:
@@ -77,13 +80,17 @@ class ReptileOptions(InnerLoopOptions):
     """Reptile, with the published protocol's inner Adam and mini-batches as options."""
 
     inner_steps: int = option(5, minimum=1, help="inner steps per task during meta-training")
-    inner_optimizer: str = option("sgd", choices=("sgd", "adam"),
-                                  help="sgd: p - inner_lr * grad; adam: TF1's Adam, state carried from task to task")
-    inner_batch_size: int | None = option(None, minimum=1,
-                                          help="support examples per inner step in meta-training (None: all)")
-    test_inner_batch_size: int | None = option(None, minimum=1,
-                                               help="support examples per inner step in evaluate and adapt "
-                                                    "(None: inner_batch_size)")
+    inner_optimizer: str = option(
+        "sgd",
+        choices=("sgd", "adam"),
+        help="sgd: p - inner_lr * grad; adam: TF1's Adam, state carried from task to task",
+    )
+    inner_batch_size: int | None = option(
+        None, minimum=1, help="support examples per inner step in meta-training (None: all)"
+    )
+    test_inner_batch_size: int | None = option(
+        None, minimum=1, help="support examples per inner step in evaluate and adapt (None: inner_batch_size)"
+    )
     adam_beta1: float = option(0.0, minimum=0, maximum=1, below_maximum=True, help="the inner Adam's beta1")
     adam_beta2: float = option(0.999, minimum=0, maximum=1, below_maximum=True, help="the inner Adam's beta2")
     adam_epsilon: float = option(1e-8, minimum=0, exclusive=True, help="the inner Adam's epsilon")
@@ -98,8 +105,11 @@ class ReptileOptions(InnerLoopOptions):
 class ProtoNetOptions(BatchingOptions):
     """Prototypical Networks."""
 
-    distance: str = option("euclidean", choices=("euclidean", "cosine"),
-                           help="logits: minus the squared Euclidean distance, or the cosine similarity")
+    distance: str = option(
+        "euclidean",
+        choices=("euclidean", "cosine"),
+        help="logits: minus the squared Euclidean distance, or the cosine similarity",
+    )
 
 
 @dataclass(frozen=True)
@@ -155,8 +165,9 @@ class SGDOptions(ScheduleOptions):
 class AdamOptions(ScheduleOptions):
     """Adam (Kingma and Ba 2015), PyTorch's form."""
 
-    betas: tuple[float, float] = option((0.9, 0.999), minimum=0, maximum=1, below_maximum=True,
-                                        help="decay rates of the first and second moments")
+    betas: tuple[float, float] = option(
+        (0.9, 0.999), minimum=0, maximum=1, below_maximum=True, help="decay rates of the first and second moments"
+    )
     eps: float = option(1e-8, minimum=0, exclusive=True, help="added to the bias-corrected root")
     amsgrad: bool = option(False, help="use the maximum of past second moments (Reddi et al. 2018)")
 
@@ -172,7 +183,17 @@ class RMSpropOptions(ScheduleOptions):
 
 
 __all__ = [
-    "BATCHING", "AdamOptions", "BatchingOptions", "FOMAMLOptions", "FineTuneOptions", "InnerLoopOptions",
-    "MAMLOptions", "MetaSGDOptions", "ProtoNetOptions", "RMSpropOptions", "ReptileOptions", "SGDOptions",
+    "BATCHING",
+    "AdamOptions",
+    "BatchingOptions",
+    "FOMAMLOptions",
+    "FineTuneOptions",
+    "InnerLoopOptions",
+    "MAMLOptions",
+    "MetaSGDOptions",
+    "ProtoNetOptions",
+    "RMSpropOptions",
+    "ReptileOptions",
+    "SGDOptions",
     "ScheduleOptions",
 ]

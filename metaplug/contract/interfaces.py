@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from metaplug.errors import ConfigError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Splits every task sampler accepts; their classes or tasks never overlap."""
 
@@ -219,6 +221,39 @@ class InnerRule(Protocol):
         ...
 
 
+def resolve_inner_rule(
+    rule: InnerRule | None,
+    name: str | None,
+    builtin: Mapping[str, type[InnerRule]],
+    plain: type[InnerRule],
+    algorithm: str,
+    plugin: str,
+) -> InnerRule:
+    """The inner rule an algorithm uses, for backend plugins' base classes.
+
+    ``name`` is the algorithm's ``inner_rule`` option (``None``: it has no such option and
+    its inner loop is ``plain()``, plain gradient descent); ``rule`` is what the host passed
+    as ``rule=``; without it (an algorithm built directly in Python) the rule comes from
+    ``builtin``, the rules of the plugin (a distribution name, for messages) by name.
+    """
+    if name is None:
+        if rule is not None:
+            raise ConfigError(f"{algorithm} has no inner_rule option; it takes no rule=")
+        return plain()
+    if rule is None:
+        if name not in builtin:
+            raise ConfigError(
+                f"inner_rule {name!r} is not built into {plugin} ({', '.join(builtin)}); pass rule=<the rule "
+                f"instance>, or run through metaplug, which loads registered rules"
+            )
+        return builtin[name]()
+    if not isinstance(rule, InnerRule):
+        raise ConfigError(
+            f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), got {type(rule).__name__}"
+        )
+    return rule
+
+
 @runtime_checkable
 class AdaptedModel(Protocol):
     """A model adapted to one task."""
@@ -254,9 +289,7 @@ class Algorithm(Protocol):
         (``loss``, plus ``accuracy`` for classification) of the query sets."""
         ...
 
-    def adapt(
-        self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None
-    ) -> AdaptedModel:
+    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
         """Adapt to one task's support set (no leading task axis); ``steps``
         overrides the test-time number of inner steps."""
         ...

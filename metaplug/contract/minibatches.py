@@ -31,7 +31,7 @@ def mini_batches(rng: np.random.Generator, size: int, batch_size: int, count: in
     while len(drawn) < count * batch_size:
         rng.shuffle(order)
         drawn.extend(order.tolist())
-    return np.asarray(drawn[:count * batch_size], dtype=np.int64).reshape(count, batch_size)
+    return np.asarray(drawn[: count * batch_size], dtype=np.int64).reshape(count, batch_size)
 
 
 def draw_generator(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -60,15 +60,16 @@ class MiniBatchDraws:
         if batch_size is None:
             return None
         first, self.drawn[stream] = self.drawn[stream], self.drawn[stream] + tasks
-        return np.stack([mini_batches(draw_generator(self.seed, stream, first + k), size, batch_size, steps)
-                         for k in range(tasks)])
+        return np.stack(
+            [mini_batches(draw_generator(self.seed, stream, first + k), size, batch_size, steps) for k in range(tasks)]
+        )
 
     def state(self) -> dict[str, np.ndarray]:
         """``inner_batches.seed``, ``.train`` and ``.eval`` (``{}`` when not :attr:`enabled`)."""
         if not self.enabled:
             return {}
         values = (np.uint64(self.seed), np.int64(self.drawn[TRAIN]), np.int64(self.drawn[EVAL]))
-        return {key: np.asarray(value) for key, value in zip(STATE_KEYS, values)}
+        return {key: np.asarray(value) for key, value in zip(STATE_KEYS, values, strict=True)}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state` saved."""

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 
 from metaplug.errors import ConfigError, suggest
 
-O = TypeVar("O", bound="Options")
+OptionsT = TypeVar("OptionsT", bound="Options")
 
 _RULE = "metaplug"
 
@@ -61,8 +61,15 @@ class Rule:
 
     def _check_range(self, name: str, value: float) -> None:
         low, high = self.minimum, self.maximum
-        if low is not None and high is not None and (
-            value < low or (self.exclusive and value == low) or value > high or (self.below_maximum and value == high)
+        if (
+            low is not None
+            and high is not None
+            and (
+                value < low
+                or (self.exclusive and value == low)
+                or value > high
+                or (self.below_maximum and value == high)
+            )
         ):
             opening, closing = "(" if self.exclusive else "[", ")" if self.below_maximum else "]"
             raise ConfigError(f"{name} must be in {opening}{low:g}, {high:g}{closing}, got {value!r}")
@@ -82,7 +89,7 @@ def option(
     exclusive: bool = False,
     below_maximum: bool = False,
     choices: Sequence[Any] = (),
-    help: str = "",  # noqa: A002  (the word users read in ``metaplug info``)
+    help: str = "",
 ) -> Any:
     """A field of an :class:`Options` dataclass: its default and what it accepts.
 
@@ -105,8 +112,14 @@ class OptionInfo:
     choices: tuple[Any, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "default": self.default, "help": self.help,
-                "choices": list(self.choices), "required": False}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "help": self.help,
+            "choices": list(self.choices),
+            "required": False,
+        }
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ class Options:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def parse(cls: type[O], values: Mapping[str, Any], owner: str = "", section: str = "") -> O:
+    def parse(cls: type[OptionsT], values: Mapping[str, Any], owner: str = "", section: str = "") -> OptionsT:
         """Validated options from a configuration table.
 
         An unknown key is reported with ``owner`` (``"algorithm 'maml'"``), a suggestion and
@@ -149,8 +162,9 @@ class Options:
         for key in values:
             if key not in names:
                 accepted = ", ".join(names) or "no options"
-                raise ConfigError(f"{owner or cls.__name__} has no option {key!r}.{suggest(key, names)} "
-                                  f"It accepts: {accepted}")
+                raise ConfigError(
+                    f"{owner or cls.__name__} has no option {key!r}.{suggest(key, names)} It accepts: {accepted}"
+                )
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -160,7 +174,7 @@ class Options:
         """Every option by name (tuples stay tuples)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def replace(self: O, **changes: Any) -> O:
+    def replace(self: OptionsT, **changes: Any) -> OptionsT:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)
 
@@ -256,8 +270,10 @@ def _describe(allowed: tuple[Any, ...]) -> str:
         if kind is type(None):
             continue
         if typing.get_origin(kind) is tuple:
-            words.append("a list of " + " and ".join(_ARTICLES.get(a, "values") for a in typing.get_args(kind)
-                                                     if a is not Ellipsis))
+            words.append(
+                "a list of "
+                + " and ".join(_ARTICLES.get(a, "values") for a in typing.get_args(kind) if a is not Ellipsis)
+            )
         else:
             words.append(_ARTICLES.get(kind, getattr(kind, "__name__", str(kind))))
     return " or ".join(words)
@@ -269,7 +285,9 @@ def _type_name(hint: Any) -> str:
         if kind is type(None):
             names.append("None")
         elif typing.get_origin(kind) is tuple:
-            names.append("tuple[" + ", ".join("..." if a is Ellipsis else a.__name__ for a in typing.get_args(kind)) + "]")
+            names.append(
+                "tuple[" + ", ".join("..." if a is Ellipsis else a.__name__ for a in typing.get_args(kind)) + "]"
+            )
         else:
             names.append(getattr(kind, "__name__", str(kind)))
     return " | ".join(names)

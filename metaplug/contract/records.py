@@ -68,10 +68,8 @@ class Component:
             for part in attribute.split("."):
                 obj = getattr(obj, part)
             return obj
-        except Exception as exc:  # noqa: BLE001  (any import failure is the plugin's)
-            raise PluginError(
-                f"cannot load {self.describe()}: {type(exc).__name__}: {_first_line(exc)}"
-            ) from exc
+        except Exception as exc:
+            raise PluginError(f"cannot load {self.describe()}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
     def describe(self) -> str:
         """``algorithm 'maml' (torch) from plugin 'torch' (metaplug-torch 0.1.0)``."""

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.errors import ConfigError, DatasetError, suggest
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.errors import ConfigError, DatasetError, suggest
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,9 @@ def _random_omniglot(w: Workload, count: int, seed: int) -> tuple[list[EpisodeBa
     return batches, spec, "random (Omniglot not found)"
 
 
-def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
-            batching: str | None = None) -> dict[str, Any]:
+def measure(
+    backend_name: str, workload_name: str, steps: int, warmup: int, batching: str | None = None
+) -> dict[str, Any]:
     """Time ``steps`` meta-training steps after ``warmup`` untimed ones (the child's work)."""
     from metaplug.experiment.components import describe_options, host_arguments
     from metaplug.plugins.discovery import registry
@@ -177,8 +178,14 @@ def measure(backend_name: str, workload_name: str, steps: int, warmup: int,
     batches, spec, source = episodes(w, min(steps + warmup, 4))
     model = backend.build_model(ModelSpec(w.shape.model, spec.input_shape, spec.output_size))
     factory = functools.partial(reg.load("optimizers", OUTER_OPTIMIZER, backend=backend_name), lr=OUTER_LR)
-    algorithm = algorithm_class(backend=backend, model=model, spec=spec, optimizer=factory,
-                                **host_arguments(reg, algorithm_class, options, backend_name), **options)
+    algorithm = algorithm_class(
+        backend=backend,
+        model=model,
+        spec=spec,
+        optimizer=factory,
+        **host_arguments(reg, algorithm_class, options, backend_name),
+        **options,
+    )
     for i in range(warmup):
         algorithm.meta_train_step(batches[i % len(batches)])
     times = []
@@ -244,8 +251,9 @@ def plan(backend: str | None = None, algorithm: str | None = None, workload_name
             candidates = workloads_for(name, problems)
             if chosen:
                 if chosen.shape.problem not in problems:
-                    raise ConfigError(f"algorithm {name!r} does not support {chosen.shape.problem} "
-                                      f"(workload {chosen.name!r})")
+                    raise ConfigError(
+                        f"algorithm {name!r} does not support {chosen.shape.problem} (workload {chosen.name!r})"
+                    )
                 candidates = [chosen]
             pairs += [Pair(b, w) for w in candidates]
     if not pairs:
@@ -253,11 +261,19 @@ def plan(backend: str | None = None, algorithm: str | None = None, workload_name
     return pairs
 
 
-def run_child(pair: Pair, steps: int, warmup: int, batching: str | None = None,
-              timeout: float | None = None) -> dict[str, Any]:
+def run_child(
+    pair: Pair, steps: int, warmup: int, batching: str | None = None, timeout: float | None = None
+) -> dict[str, Any]:
     """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process."""
-    request = json.dumps({"backend": pair.backend, "workload": pair.workload.name, "steps": steps,
-                          "warmup": warmup, "batching": batching})
+    request = json.dumps(
+        {
+            "backend": pair.backend,
+            "workload": pair.workload.name,
+            "steps": steps,
+            "warmup": warmup,
+            "batching": batching,
+        }
+    )
     command = [sys.executable, "-m", "metaplug", "bench-child", request]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -270,13 +286,22 @@ def run_child(pair: Pair, steps: int, warmup: int, batching: str | None = None,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_pair(pair: Pair, steps: int, warmup: int, reference: bool = False,
-               timeout: float | None = None, batching: str | None = None) -> dict[str, Any]:
+def bench_pair(
+    pair: Pair,
+    steps: int,
+    warmup: int,
+    reference: bool = False,
+    timeout: float | None = None,
+    batching: str | None = None,
+) -> dict[str, Any]:
     """One output row: the measurement (with ``batching``, that mode instead of the
     algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
     per-task loop (``batching="reference"``)."""
-    row: dict[str, Any] = {"backend": pair.backend, "algorithm": pair.workload.algorithm,
-                           "workload": pair.workload.name}
+    row: dict[str, Any] = {
+        "backend": pair.backend,
+        "algorithm": pair.workload.algorithm,
+        "workload": pair.workload.name,
+    }
     row.update(run_child(pair, steps, warmup, batching=batching, timeout=timeout))
     gflop = nominal_gflop(pair.workload)
     if gflop is not None:
@@ -306,8 +331,13 @@ def child_main(request_json: str) -> dict[str, Any]:
     """Parse the parent's request and measure (raises :class:`MetaplugError` on bad requests)."""
     try:
         request = json.loads(request_json)
-        arguments = (str(request["backend"]), str(request["workload"]), int(request["steps"]),
-                     int(request["warmup"]), request.get("batching"))
+        arguments = (
+            str(request["backend"]),
+            str(request["workload"]),
+            int(request["steps"]),
+            int(request["warmup"]),
+            request.get("batching"),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad bench-child request: {exc}") from exc
     return measure(*arguments)

@@ -59,14 +59,17 @@ def save(folder: Path, checkpoint: Checkpoint) -> None:
     record = json.dumps({"format": FORMAT, "step": checkpoint.step, **checkpoint.record}, indent=2).encode()
     write_bytes_atomic(folder / f"{stem}.npz", weights)
     write_bytes_atomic(folder / f"{stem}.json", record)
-    write_json_atomic(folder / POINTER, {
-        "format": FORMAT,
-        "step": checkpoint.step,
-        "arrays": f"{stem}.npz",
-        "arrays_sha256": hashlib.sha256(weights).hexdigest(),
-        "record": f"{stem}.json",
-        "record_sha256": hashlib.sha256(record).hexdigest(),
-    })
+    write_json_atomic(
+        folder / POINTER,
+        {
+            "format": FORMAT,
+            "step": checkpoint.step,
+            "arrays": f"{stem}.npz",
+            "arrays_sha256": hashlib.sha256(weights).hexdigest(),
+            "record": f"{stem}.json",
+            "record_sha256": hashlib.sha256(record).hexdigest(),
+        },
+    )
     _remove_stale(folder, keep={f"{stem}.npz", f"{stem}.json", POINTER})
 
 
@@ -88,8 +91,9 @@ def load(folder: Path) -> Checkpoint:
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint pointer {folder / POINTER} is corrupt (no {exc})") from exc
     if pointer.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {folder} has format {pointer.get('format')!r}; "
-                              f"this metaplug reads format {FORMAT}")
+        raise CheckpointError(
+            f"checkpoint {folder} has format {pointer.get('format')!r}; this metaplug reads format {FORMAT}"
+        )
     weights = _read_verified(folder / Path(arrays_name).name, arrays_sha)
     record_bytes = _read_verified(folder / Path(record_name).name, record_sha)
     try:

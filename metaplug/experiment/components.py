@@ -39,8 +39,9 @@ def choose_backend(reg: Registry) -> str:
     """The first installed backend: torch, then tensorflow, then alphabetical."""
     names = reg.names("backends")
     if not names:
-        raise ConfigError("no backend is installed; install one, e.g. pip install metaplug-torch "
-                          "(see 'metaplug plugins')")
+        raise ConfigError(
+            "no backend is installed; install one, e.g. pip install metaplug-torch (see 'metaplug plugins')"
+        )
     preferred = [n for n in PREFERRED_BACKENDS if n in names]
     return (preferred or names)[0]
 
@@ -66,10 +67,15 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
             f"it supports {', '.join(records.algorithm.problems)}"
         )
     if records.optimizer.role != "outer":
-        outer = [n for n in reg.names("optimizers")
-                 if any(r.role == "outer" and backend in r.backends for r in reg.records("optimizers", n))]
-        raise ConfigError(f"optimizer {cfg.optimizer.name!r} is an inner-loop rule, not an outer optimizer; "
-                          f"choose one of: {', '.join(outer)}")
+        outer = [
+            n
+            for n in reg.names("optimizers")
+            if any(r.role == "outer" and backend in r.backends for r in reg.records("optimizers", n))
+        ]
+        raise ConfigError(
+            f"optimizer {cfg.optimizer.name!r} is an inner-loop rule, not an outer optimizer; "
+            f"choose one of: {', '.join(outer)}"
+        )
     tasks = resolve_options(cfg.tasks, records.tasks, "tasks")
     _check_episode_shape(cfg, tasks)
     algorithm = resolve_options(cfg.algorithm, records.algorithm, "algorithm")
@@ -86,8 +92,10 @@ def _check_episode_shape(cfg: ExperimentConfig, tasks: Choice) -> None:
         if key not in tasks.options:
             raise ConfigError(f"evaluation.{key}: task sampler {tasks.name!r} has no option {key!r}")
         if key == "ways" and value > tasks.options[key]:
-            raise ConfigError(f"evaluation.ways ({value}) must be at most tasks.ways ({tasks.options[key]}): "
-                              "the model is built for the training ways")
+            raise ConfigError(
+                f"evaluation.ways ({value}) must be at most tasks.ways ({tasks.options[key]}): "
+                "the model is built for the training ways"
+            )
 
 
 def lookup(cfg: ExperimentConfig, reg: Registry) -> Records:
@@ -151,10 +159,14 @@ def inner_rule_record(reg: Registry, name: str, backend: str) -> Component:
     except MetaplugError as exc:
         raise ConfigError(f"algorithm.inner_rule: {exc}") from None
     if record.role != "inner":
-        rules = sorted(n for n in reg.names("optimizers")
-                       if any(r.role == "inner" and backend in r.backends for r in reg.records("optimizers", n)))
-        raise ConfigError(f"algorithm.inner_rule {name!r} is an outer optimizer; inner rules for {backend}: "
-                          f"{', '.join(rules)}")
+        rules = sorted(
+            n
+            for n in reg.names("optimizers")
+            if any(r.role == "inner" and backend in r.backends for r in reg.records("optimizers", n))
+        )
+        raise ConfigError(
+            f"algorithm.inner_rule {name!r} is an outer optimizer; inner rules for {backend}: {', '.join(rules)}"
+        )
     return record
 
 
@@ -241,8 +253,9 @@ class Experiment:
         return make_sampler(self.records.tasks, self.config, split, self.config.seed if seed is None else seed, options)
 
 
-def make_sampler(record: Component, cfg: ExperimentConfig, split: str, seed: int,
-                 options: dict[str, Any]) -> TaskSampler:
+def make_sampler(
+    record: Component, cfg: ExperimentConfig, split: str, seed: int, options: dict[str, Any]
+) -> TaskSampler:
     """The sampler of ``record`` for ``split``, given ``data_dir=`` when it takes it."""
     cls = record.load()
     extra = {"data_dir": cfg.data_dir} if cfg.data_dir is not None and _accepts(cls, "data_dir") else {}
@@ -267,12 +280,20 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     model_name = cfg.model.name or spec.default_model
     models = tuple(getattr(backend, "models", ()))
     if models and model_name not in models:
-        raise ConfigError(f"backend {cfg.backend!r} has no model {model_name!r}.{suggest(model_name, models)} "
-                          f"It builds: {', '.join(models)}")
+        raise ConfigError(
+            f"backend {cfg.backend!r} has no model {model_name!r}.{suggest(model_name, models)} "
+            f"It builds: {', '.join(models)}"
+        )
     model = backend.build_model(ModelSpec(model_name, spec.input_shape, spec.output_size, dict(cfg.model.options)))
     factory = functools.partial(records.optimizer.load(), lr=cfg.lr, **cfg.optimizer.options)
     cls = records.algorithm.load()
-    algorithm = cls(backend=backend, model=model, spec=spec, optimizer=factory,
-                    **host_arguments(reg, cls, cfg.algorithm.options, backend.name), **cfg.algorithm.options)
+    algorithm = cls(
+        backend=backend,
+        model=model,
+        spec=spec,
+        optimizer=factory,
+        **host_arguments(reg, cls, cfg.algorithm.options, backend.name),
+        **cfg.algorithm.options,
+    )
     cfg = replace(cfg, model=replace(cfg.model, name=model_name))
     return Experiment(cfg, backend, algorithm, spec, sampler, records)

@@ -106,6 +106,7 @@ SETTINGS: dict[str, Setting] = {
 ``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
 test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
 
+
 @dataclass(frozen=True)
 class Choice:
     """A component by name, with its keyword options."""
@@ -135,8 +136,9 @@ class EvaluationSettings:
 
     def episode_shape(self) -> dict[str, int]:
         """The episode options that override ``[tasks]`` for validation and test samplers."""
-        return {k: v for k, v in (("ways", self.ways), ("shots", self.shots), ("queries", self.queries))
-                if v is not None}
+        return {
+            k: v for k, v in (("ways", self.ways), ("shots", self.shots), ("queries", self.queries)) if v is not None
+        }
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ class MetricsLog:
         line = json.dumps(_finite_or_none(row)) + "\n"
         try:
             if self._handle is None:
-                self._handle = open(self.path, "a", encoding="utf-8")
+                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (kept open across appends)
             self._handle.write(line)
             self._handle.flush()
         except OSError as exc:

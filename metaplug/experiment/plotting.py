@@ -37,11 +37,11 @@ def learning_curves(rows: Sequence[dict[str, Any]], out: Path, title: str) -> Pa
     if not metrics:
         raise MetaplugError("the run has no logged metrics to plot yet")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for split, style in (("train", "-"), ("val", "o-")):
             points = [(r["step"], r[metric]) for r in rows if r.get("split") == split and r.get(metric) is not None]
             if points:
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=True)
                 label = "training (mean since last row)" if split == "train" else "validation"
                 ax.plot(steps, values, style, label=label, markersize=3)
         losses = [r["loss"] for r in rows if r.get("loss") is not None]
@@ -55,8 +55,9 @@ def learning_curves(rows: Sequence[dict[str, Any]], out: Path, title: str) -> Pa
     return _save(fig, out, plt)
 
 
-def sinusoid_adaptation(algorithm: Any, batch: Any, out: Path, title: str,
-                        steps: Sequence[int] = ADAPTATION_STEPS) -> Path:
+def sinusoid_adaptation(
+    algorithm: Any, batch: Any, out: Path, title: str, steps: Sequence[int] = ADAPTATION_STEPS
+) -> Path:
     """Finn et al. (2017), figure 2: true curve, support points, and the model before
     and after ``steps`` gradient steps on the support set, for the first task of ``batch``."""
     plt = pyplot()
@@ -65,12 +66,13 @@ def sinusoid_adaptation(algorithm: Any, batch: Any, out: Path, title: str,
     support_x, support_y = batch.support_x[0], batch.support_y[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(grid[:, 0], sinusoid(grid[:, 0], amplitude, phase), color="red", label="ground truth")
-    for k, style in zip((0, *steps), (":", "--", "-", "-.")):
+    for k, style in zip((0, *steps), (":", "--", "-", "-."), strict=False):
         prediction = algorithm.adapt(support_x, support_y, steps=k).predict(grid)
         label = "pre-update" if k == 0 else f"after {k} grad step{'s' if k != 1 else ''}"
         ax.plot(grid[:, 0], np.asarray(prediction)[:, 0], style, label=label)
-    ax.plot(support_x[:, 0], support_y[:, 0], "^", color="purple", markersize=8,
-            label=f"{len(support_x)} support points")
+    ax.plot(
+        support_x[:, 0], support_y[:, 0], "^", color="purple", markersize=8, label=f"{len(support_x)} support points"
+    )
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(title)

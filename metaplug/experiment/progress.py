@@ -9,7 +9,7 @@ from typing import TextIO
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -21,8 +21,15 @@ class ProgressBar:
     Redrawn at most ``refresh`` times a second; silent when ``enabled`` is false.
     """
 
-    def __init__(self, total: int, start: int = 0, enabled: bool | None = None,
-                 stream: TextIO | None = None, width: int = 24, refresh: float = 8.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        width: int = 24,
+        refresh: float = 8.0,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = _is_terminal(self.stream) if enabled is None else enabled
         self.total, self.start, self.width = total, start, width

@@ -179,7 +179,8 @@ class Trainer:
                     how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
                     raise TrainingInterrupted(
                         f"{how} at step {self.step}; checkpoint saved, continue with "
-                        f"'metaplug train --resume {self.run_dir}'", self.stop_signal
+                        f"'metaplug train --resume {self.run_dir}'",
+                        self.stop_signal,
                     )
             if saved_at != self.step:
                 self.save_checkpoint()
@@ -193,8 +194,9 @@ class Trainer:
         self.step += 1
         if not all(math.isfinite(v) for v in metrics.values()):
             bad = ", ".join(f"{k} {v}" for k, v in metrics.items() if not math.isfinite(v))
-            raise TrainingDiverged(f"training diverged at step {self.step} ({bad}); "
-                                   f"try a smaller learning rate (--lr, --inner-lr)")
+            raise TrainingDiverged(
+                f"training diverged at step {self.step} ({bad}); try a smaller learning rate (--lr, --inner-lr)"
+            )
         self.running.add(metrics)
         return metrics
 
@@ -204,28 +206,47 @@ class Trainer:
         return self.smoothed_loss
 
     def log_training(self) -> None:
-        self.metrics.append({"step": self.step, "split": "train", **self.running.means(),
-                             "elapsed": round(self.elapsed(), 3)})
+        self.metrics.append(
+            {"step": self.step, "split": "train", **self.running.means(), "elapsed": round(self.elapsed(), 3)}
+        )
         self.running.reset()
 
     def validate(self) -> dict[str, float]:
         assert self.val_sampler is not None
-        per_task = evaluate_episodes(self.experiment.algorithm, self.val_sampler, self.cfg.train.val_tasks,
-                                     self.cfg.train.meta_batch_size, self.cfg.evaluation.steps)
+        per_task = evaluate_episodes(
+            self.experiment.algorithm,
+            self.val_sampler,
+            self.cfg.train.val_tasks,
+            self.cfg.train.meta_batch_size,
+            self.cfg.evaluation.steps,
+        )
         means = {name: float(np.mean(values)) for name, values in per_task.items()}
         self.metrics.append({"step": self.step, "split": "val", **means, "elapsed": round(self.elapsed(), 3)})
         return means
 
     def final_results(self) -> dict[str, Any]:
         """Scores on ``train.test_tasks`` held-out episodes of the test split."""
-        results: dict[str, Any] = {"step": self.step, "elapsed_s": round(self.elapsed(), 3),
-                                   "problem": self.experiment.spec.problem}
+        results: dict[str, Any] = {
+            "step": self.step,
+            "elapsed_s": round(self.elapsed(), 3),
+            "problem": self.experiment.spec.problem,
+        }
         tasks = self.cfg.train.test_tasks
         if tasks:
-            per_task = evaluate_episodes(self.experiment.algorithm, self.experiment.sampler("test"), tasks,
-                                         self.cfg.train.meta_batch_size, self.cfg.evaluation.steps)
-            results["test"] = {"split": "test", "episodes": tasks, "steps": self.cfg.evaluation.steps,
-                               "seed": self.cfg.seed, **summarize(per_task)}
+            per_task = evaluate_episodes(
+                self.experiment.algorithm,
+                self.experiment.sampler("test"),
+                tasks,
+                self.cfg.train.meta_batch_size,
+                self.cfg.evaluation.steps,
+            )
+            results["test"] = {
+                "split": "test",
+                "episodes": tasks,
+                "steps": self.cfg.evaluation.steps,
+                "seed": self.cfg.seed,
+                **summarize(per_task),
+            }
         return results
 
 
@@ -269,8 +290,9 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     cfg = check(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if checkpoints.exists(run_dir / CHECKPOINT_DIR):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          f"or choose another --run-dir")
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
+        )
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"{run_dir} holds a run that saved no checkpoint; delete it or choose another --run-dir")
     experiment = build(cfg)
@@ -282,8 +304,9 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     return Trainer(experiment, run_dir, progress)
 
 
-def resume(run_dir: Path, iterations: int | None = None, progress: bool | None = None,
-           device: str | None = None) -> Trainer:
+def resume(
+    run_dir: Path, iterations: int | None = None, progress: bool | None = None, device: str | None = None
+) -> Trainer:
     """A trainer that continues the run in ``run_dir`` from its latest checkpoint (with
     ``iterations`` as the new length and on ``device``, when given)."""
     experiment, saved = restore(run_dir, device)
@@ -294,8 +317,10 @@ def resume(run_dir: Path, iterations: int | None = None, progress: bool | None =
         experiment.config = cfg
     if saved.step >= cfg.train.iterations:
         scored = "" if (Path(run_dir) / RESULTS_FILE).exists() else f", or score it with 'metaplug evaluate {run_dir}'"
-        raise ConfigError(f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
-                          f"pass --iterations N (more than {saved.step}) to train further{scored}")
+        raise ConfigError(
+            f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
+            f"pass --iterations N (more than {saved.step}) to train further{scored}"
+        )
     if iterations is not None or device is not None:
         write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
     trainer = Trainer(experiment, Path(run_dir), progress)

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import SPLITS, EpisodeBatch, TaskSpec
+from metaplug.errors import ConfigError
 
 _SPLIT_KEYS = {name: index for index, name in enumerate(SPLITS)}
 
@@ -76,9 +76,7 @@ class NWayKShot:
     by class. The split-wide ids of the chosen classes are in ``batch.classes``.
     """
 
-    def __init__(
-        self, dataset: ClassDataset, ways: int, shots: int, queries: int, rng: np.random.Generator
-    ) -> None:
+    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, rng: np.random.Generator) -> None:
         check_positive(ways=ways, shots=shots, queries=queries)
         if ways > dataset.num_classes:
             raise ConfigError(f"ways={ways} exceeds the {dataset.num_classes} classes available")
@@ -92,15 +90,22 @@ class NWayKShot:
     def sample(self, num_tasks: int) -> EpisodeBatch:
         check_positive(num_tasks=num_tasks)
         per_class = self.shots + self.queries
-        classes = np.stack([self.rng.choice(self.dataset.num_classes, self.ways, replace=False)
-                            for _ in range(num_tasks)])
-        images = np.stack([
-            np.stack([
-                self.dataset.examples(int(c), self.rng.choice(self.dataset.class_size(int(c)), per_class, replace=False))
-                for c in task
-            ])
-            for task in classes
-        ])  # (T, ways, shots + queries, *shape)
+        classes = np.stack(
+            [self.rng.choice(self.dataset.num_classes, self.ways, replace=False) for _ in range(num_tasks)]
+        )
+        images = np.stack(
+            [
+                np.stack(
+                    [
+                        self.dataset.examples(
+                            int(c), self.rng.choice(self.dataset.class_size(int(c)), per_class, replace=False)
+                        )
+                        for c in task
+                    ]
+                )
+                for task in classes
+            ]
+        )  # (T, ways, shots + queries, *shape)
         shape = images.shape[3:]
         labels = np.broadcast_to(np.arange(self.ways, dtype=np.int64)[:, None], (self.ways, per_class))
         labels = np.broadcast_to(labels, (num_tasks, self.ways, per_class))

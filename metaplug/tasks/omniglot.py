@@ -77,16 +77,20 @@ def verify(folder: Path) -> str:
         fingerprint.append(sha256)
         expected = sums.get(path.name)
         if expected is not None and expected != sha256:
-            raise DatasetError(f"{path} is corrupt (SHA-256 does not match {folder / 'SHA256SUMS'}); "
-                               f"replace it with a fresh copy")
+            raise DatasetError(
+                f"{path} is corrupt (SHA-256 does not match {folder / 'SHA256SUMS'}); replace it with a fresh copy"
+            )
         if expected is None and file_digest(path, "md5") != md5:
-            raise DatasetError(f"{path} is corrupt or not the original archive (MD5 mismatch); "
-                               f"delete it and run again with download=True")
+            raise DatasetError(
+                f"{path} is corrupt or not the original archive (MD5 mismatch); "
+                f"delete it and run again with download=True"
+            )
     return "".join(fingerprint)
 
 
-def load_images(root: str | os.PathLike[str] | None = None, image_size: int = 28,
-                download: bool = False) -> OmniglotImages:
+def load_images(
+    root: str | os.PathLike[str] | None = None, image_size: int = 28, download: bool = False
+) -> OmniglotImages:
     """Decoded Omniglot; the first call decodes the archives (a few seconds) and caches them."""
     folder = locate(root, download)
     return _load_cached(str(folder.resolve()), image_size, verify(folder)[:16])
@@ -121,8 +125,10 @@ def _decode(folder: Path, image_size: int) -> OmniglotImages:
         except (zipfile.BadZipFile, UnidentifiedImageError, OSError, EOFError) as exc:
             raise DatasetError(f"{path} is corrupt ({exc}); replace it or delete it and download again") from exc
     if len(characters) != NUM_CHARACTERS or any(len(v) != DRAWERS for v in characters.values()):
-        raise DatasetError(f"{folder} does not hold the {NUM_CHARACTERS} characters x {DRAWERS} drawers "
-                           f"of Omniglot (found {len(characters)} characters); replace the archives")
+        raise DatasetError(
+            f"{folder} does not hold the {NUM_CHARACTERS} characters x {DRAWERS} drawers "
+            f"of Omniglot (found {len(characters)} characters); replace the archives"
+        )
     names = sorted(characters)
     images = np.stack([np.stack(characters[n]) for n in names]).astype(np.uint8)
     return OmniglotImages(images, np.array(names))

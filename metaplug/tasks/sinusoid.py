@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError
-from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.tasks.episodes import check_positive, rng_state, set_rng_state, split_rng
 
 

@@ -120,8 +120,15 @@ class AlgorithmConformance(ComponentConformance):
         is clearly above chance, or adapting clearly lowers the query loss."""
         self.supported("classification")
         sampler = GlyphSampler("train", seed=0)
-        algorithm = build_algorithm(self.algorithm, str(self.backend), sampler.spec, seed=0, optimizer=self.optimizer,
-                                    lr=self.lr, **self.hyperparameters)
+        algorithm = build_algorithm(
+            self.algorithm,
+            str(self.backend),
+            sampler.spec,
+            seed=0,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            **self.hyperparameters,
+        )
         for _ in range(self.conv4_meta_steps):
             metrics = algorithm.meta_train_step(sampler.sample(2))
             assert all(np.isfinite(v) for v in metrics.values()), f"meta_train_step on conv4 returned {metrics}"
@@ -137,8 +144,13 @@ class AlgorithmConformance(ComponentConformance):
         )
 
     def build_with_defaults(self) -> None:
-        build_algorithm(self.algorithm, str(self.backend), easy_sampler(self.record().problems[0]).spec,
-                        optimizer=self.optimizer, lr=self.lr)
+        build_algorithm(
+            self.algorithm,
+            str(self.backend),
+            easy_sampler(self.record().problems[0]).spec,
+            optimizer=self.optimizer,
+            lr=self.lr,
+        )
 
     def scenario(self, problem: str) -> Scenario:
         """One shared run per class and problem (the checks below read it): two algorithms
@@ -194,17 +206,29 @@ class AlgorithmConformance(ComponentConformance):
         assert run.state and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in run.state.items())
         assert any(k.startswith("model.") for k in run.state), "state_dict() has no 'model.*' weights"
         for key, value in run.state_copy.items():
-            np.testing.assert_array_equal(run.state[key], value, err_msg=(
-                f"state_dict()[{key!r}] changed when training went on: return copies, not views of live tensors"))
-        np.testing.assert_array_equal(run.restored_prediction, run.prediction,
-                                      err_msg="predictions differ after load_state_dict(state_dict())")
+            np.testing.assert_array_equal(
+                run.state[key],
+                value,
+                err_msg=(
+                    f"state_dict()[{key!r}] changed when training went on: return copies, not views of live tensors"
+                ),
+            )
+        np.testing.assert_array_equal(
+            run.restored_prediction, run.prediction, err_msg="predictions differ after load_state_dict(state_dict())"
+        )
         assert run.restored_next_metrics == run.next_metrics, (
-            "training does not continue identically after load_state_dict()")
+            "training does not continue identically after load_state_dict()"
+        )
         assert run.restored_next_state.keys() == run.next_state.keys()
         for key, value in run.next_state.items():
-            np.testing.assert_array_equal(run.restored_next_state[key], value, err_msg=(
-                f"after one more step, {key!r} differs between the original and the restored algorithm "
-                f"(is all optimizer state saved?)"))
+            np.testing.assert_array_equal(
+                run.restored_next_state[key],
+                value,
+                err_msg=(
+                    f"after one more step, {key!r} differs between the original and the restored algorithm "
+                    f"(is all optimizer state saved?)"
+                ),
+            )
 
     @pytest.mark.parametrize("problem", PROBLEMS)
     def test_vectorized_batch_shapes(self, problem: str) -> None:

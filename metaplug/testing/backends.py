@@ -34,8 +34,9 @@ class BackendConformance(ComponentConformance):
         return self.load()()
 
     def state(self, spec: TaskSpec, seed: int) -> dict[str, np.ndarray]:
-        algorithm = build_algorithm(self.reference_algorithm, str(self.backend), spec, seed=seed,
-                                    optimizer=self.optimizer)
+        algorithm = build_algorithm(
+            self.reference_algorithm, str(self.backend), spec, seed=seed, optimizer=self.optimizer
+        )
         return algorithm.state_dict()
 
     def test_instance_follows_the_backend_interface(self) -> None:
@@ -58,7 +59,8 @@ class BackendConformance(ComponentConformance):
         sinusoid = easy_sampler("regression").spec
         assert model_weights(self.state(sinusoid, 0)) == mlp_layout(1, 1), "mlp weights differ from docs/models.md"
         assert model_weights(self.state(IMAGES, 0)) == conv4_layout(1, 28, 5), (
-            "conv4 weights differ from docs/models.md")
+            "conv4 weights differ from docs/models.md"
+        )
 
     def test_seed_makes_initialisation_reproducible(self) -> None:
         spec = easy_sampler("regression").spec

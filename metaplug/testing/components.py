@@ -83,8 +83,9 @@ class ComponentConformance:
         declared = options_of(self.load())
         if declared is None:
             pytest.skip("the component declares no Options (its options are the keyword parameters of __init__)")
-        annotated = [name for name, hint in typing.get_type_hints(declared).items()
-                     if typing.get_origin(hint) is not ClassVar]
+        annotated = [
+            name for name, hint in typing.get_type_hints(declared).items() if typing.get_origin(hint) is not ClassVar
+        ]
         described = [option.name for option in declared.describe()]
         assert sorted(described) == sorted(annotated), (
             f"{declared.__name__}.describe() lists {described}, the class annotates {annotated}: "

@@ -44,6 +44,10 @@ def build_algorithm(
         ModelSpec(model or spec.default_model, spec.input_shape, spec.output_size, dict(model_options or {}))
     )
     return algorithm_class(
-        backend=instance, model=network, spec=spec, optimizer=functools.partial(factory, lr=lr),
-        **host_arguments(found, algorithm_class, hyperparameters, backend), **hyperparameters
+        backend=instance,
+        model=network,
+        spec=spec,
+        optimizer=functools.partial(factory, lr=lr),
+        **host_arguments(found, algorithm_class, hyperparameters, backend),
+        **hyperparameters,
     )

@@ -26,4 +26,4 @@ def conv4_layout(channels: int, size: int, outputs: int, filters: int = 64) -> d
 
 def model_weights(state: dict) -> dict[str, tuple[int, ...]]:
     """Names (without ``model.``) and shapes of the model weights in an algorithm's state."""
-    return {k[len("model."):]: tuple(v.shape) for k, v in state.items() if k.startswith("model.")}
+    return {k[len("model.") :]: tuple(v.shape) for k, v in state.items() if k.startswith("model.")}

@@ -74,8 +74,10 @@ def step_inner_rule(backend: Any, rule: Any, lr: float) -> tuple[dict[str, np.nd
     """One step of ``rule`` through the host's :class:`~metaplug.contract.interfaces.InnerRule`
     on ``backend``'s tensors, with all-positive gradients: the weights ``(before, after)`` as
     numpy arrays by name. The same driver for every backend."""
-    arrays = {"features.0.weight": np.array([QUADRATIC_START, QUADRATIC_SCALES], np.float32),
-              "head.bias": np.array([1.0], np.float32)}
+    arrays = {
+        "features.0.weight": np.array([QUADRATIC_START, QUADRATIC_SCALES], np.float32),
+        "head.bias": np.array([1.0], np.float32),
+    }
     params = {n: backend.tensor(a) for n, a in arrays.items()}
     grads = {n: backend.tensor(np.ones_like(a)) for n, a in arrays.items()}
     learnables = rule.init(params, lr)
@@ -87,8 +89,11 @@ def step_inner_rule(backend: Any, rule: Any, lr: float) -> tuple[dict[str, np.nd
     again = rule.step(params, grads, learnables, lr)
     for name, array in arrays.items():
         np.testing.assert_array_equal(np.asarray(params[name]), array, err_msg=f"step() changed its input {name!r}")
-        np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(after[name]),
-                                      err_msg="step() gave two results for the same inputs: it must be pure")
+        np.testing.assert_array_equal(
+            np.asarray(again[name]),
+            np.asarray(after[name]),
+            err_msg="step() gave two results for the same inputs: it must be pure",
+        )
     return arrays, {n: np.asarray(after[n]) for n in arrays}
 
 
@@ -129,7 +134,8 @@ class OptimizerConformance(ComponentConformance):
             pytest.skip("inner rules are checked through an algorithm")
         first, last = self.minimize_quadratic(self.load())
         assert last < 0.1 * first, (
-            f"{self.quadratic_steps} steps took the quadratic from {first:.4f} only to {last:.4f}")
+            f"{self.quadratic_steps} steps took the quadratic from {first:.4f} only to {last:.4f}"
+        )
 
     def test_state_round_trips_through_an_algorithm(self) -> None:
         self.algorithm_checks().test_state_round_trips_through_npz("regression")

@@ -70,7 +70,10 @@ def _run(request_json: str) -> dict[str, Any]:
     env.pop("METAPLUG_DISABLE_PLUGINS", None)
     result = subprocess.run(
         [sys.executable, "-m", __name__, request_json],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"discovery probe failed in a fresh interpreter:\n{result.stderr.strip()}")

@@ -45,8 +45,11 @@ class PrototypeSampler(EpisodeSampler):
         dataset = LabelledArrays(x.reshape(-1, dim), y)
         self.episodes = NWayKShot(dataset, ways, shots, queries, rng)
         self.spec = TaskSpec(
-            problem="classification", input_shape=(dim,), output_size=ways,
-            num_classes=num_classes, default_model="mlp",
+            problem="classification",
+            input_shape=(dim,),
+            output_size=ways,
+            num_classes=num_classes,
+            default_model="mlp",
         )
 
 
@@ -95,14 +98,18 @@ class GlyphSampler(EpisodeSampler):
         data_rng = np.random.default_rng([data_seed, SPLITS.index(split)])
         characters = [glyph(data_rng, strokes, size) for _ in range(num_classes)]
         offsets = data_rng.integers(-shift, shift + 1, size=(num_classes, per_class, 2))
-        x = np.stack([[np.roll(c, tuple(o), axis=(0, 1)) for o in moves]
-                      for c, moves in zip(characters, offsets, strict=True)])
+        x = np.stack(
+            [[np.roll(c, tuple(o), axis=(0, 1)) for o in moves] for c, moves in zip(characters, offsets, strict=True)]
+        )
         x = np.clip(x + noise * data_rng.normal(size=x.shape), 0.0, 1.0)
         y = np.repeat(np.arange(num_classes), per_class)
         self.episodes = NWayKShot(LabelledArrays(x.reshape(-1, 1, size, size), y), ways, shots, queries, rng)
         self.spec = TaskSpec(
-            problem="classification", input_shape=(1, size, size), output_size=ways,
-            num_classes=num_classes, default_model="conv4",
+            problem="classification",
+            input_shape=(1, size, size),
+            output_size=ways,
+            num_classes=num_classes,
+            default_model="conv4",
         )
 
 

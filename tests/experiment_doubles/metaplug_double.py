@@ -19,8 +19,8 @@ import numpy as np
 
 import metaplug
 from metaplug import Options, option
-from metaplug.errors import ConfigError
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.errors import ConfigError
 
 
 @metaplug.hookimpl
@@ -30,19 +30,28 @@ def register_backends(register):
 
 @metaplug.hookimpl
 def register_algorithms(register):
-    register(metaplug.Component("linear-maml", "MAML on a linear sin/cos model (test double).",
-                                target="metaplug_double:LinearMAML", backends=("numpy",),
-                                problems=("regression",)))
+    register(
+        metaplug.Component(
+            "linear-maml",
+            "MAML on a linear sin/cos model (test double).",
+            target="metaplug_double:LinearMAML",
+            backends=("numpy",),
+            problems=("regression",),
+        )
+    )
 
 
 @metaplug.hookimpl
 def register_optimizers(register):
-    register(metaplug.Component("adam", "Adam (numpy).", target="metaplug_double:adam",
-                                backends=("numpy",), role="outer"))
-    register(metaplug.Component("sgd", "SGD (numpy).", target="metaplug_double:sgd",
-                                backends=("numpy",), role="outer"))
-    register(metaplug.Component("inner-sgd", "Inner SGD (numpy).", target="metaplug_double:sgd",
-                                backends=("numpy",), role="inner"))
+    register(
+        metaplug.Component("adam", "Adam (numpy).", target="metaplug_double:adam", backends=("numpy",), role="outer")
+    )
+    register(metaplug.Component("sgd", "SGD (numpy).", target="metaplug_double:sgd", backends=("numpy",), role="outer"))
+    register(
+        metaplug.Component(
+            "inner-sgd", "Inner SGD (numpy).", target="metaplug_double:sgd", backends=("numpy",), role="inner"
+        )
+    )
 
 
 class NumpyBackend:
@@ -128,8 +137,9 @@ class LinearMAML:
 
     Options = LinearMAMLOptions
 
-    def __init__(self, backend: NumpyBackend, model: np.ndarray, spec: TaskSpec, optimizer: Any,
-                 **options: Any) -> None:
+    def __init__(
+        self, backend: NumpyBackend, model: np.ndarray, spec: TaskSpec, optimizer: Any, **options: Any
+    ) -> None:
         if spec.problem != "regression":
             raise ConfigError("linear-maml supports regression only")
         o = self.Options.parse(options, owner="algorithm 'linear-maml'")

@@ -15,6 +15,7 @@ SCALE = 10.0
 
 def numpy_log_probabilities(weights: dict[str, np.ndarray], sx, sy, x, ways: int, scale: float = SCALE):
     """Matching Networks on the standard mlp's ``features`` (two ReLU layers), in float64."""
+
     def features(inputs):
         h = np.maximum(inputs @ weights["features.0.weight"].T + weights["features.0.bias"], 0)
         return np.maximum(h @ weights["features.1.weight"].T + weights["features.1.bias"], 0)
@@ -29,14 +30,17 @@ def numpy_log_probabilities(weights: dict[str, np.ndarray], sx, sy, x, ways: int
 
 
 def numpy_loss(weights, batch, ways):
-    losses = [-numpy_log_probabilities(weights, sx, sy, qx, ways)[np.arange(len(qy)), qy].mean()
-              for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True)]
+    losses = [
+        -numpy_log_probabilities(weights, sx, sy, qx, ways)[np.arange(len(qy)), qy].mean()
+        for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True)
+    ]
     return float(np.mean(losses))
 
 
 def model_weights(algorithm) -> dict[str, np.ndarray]:
-    return {k[len("model."):]: v.astype(np.float64) for k, v in algorithm.state_dict().items()
-            if k.startswith("model.")}
+    return {
+        k[len("model.") :]: v.astype(np.float64) for k, v in algorithm.state_dict().items() if k.startswith("model.")
+    }
 
 
 def hard_sampler():
@@ -79,8 +83,10 @@ def test_rejects_bad_options(options):
         build_algorithm("matchingnet", "torch", hard_sampler().spec, **options)
 
 
-OMNIGLOT = pytest.mark.skipif(not (data_dir("omniglot") / "images_background.zip").is_file(),
-                              reason="Omniglot not available (set METAPLUG_DATA_DIR)")
+OMNIGLOT = pytest.mark.skipif(
+    not (data_dir("omniglot") / "images_background.zip").is_file(),
+    reason="Omniglot not available (set METAPLUG_DATA_DIR)",
+)
 
 
 def omniglot_run(steps: int, meta_batch: int, test_tasks: int) -> tuple[float, float]:

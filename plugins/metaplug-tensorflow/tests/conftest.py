@@ -49,8 +49,15 @@ def model_spec(spec: TaskSpec) -> ModelSpec:
     return ModelSpec("mlp", spec.input_shape, spec.output_size, {"hidden": (8, 8)})
 
 
-def make_algorithm(name: str, spec: TaskSpec, *, dtype: str = "float64", seed: int = 0,
-                   optimizer: Callable[..., Any] | None = None, **hyper: Any) -> Any:
+def make_algorithm(
+    name: str,
+    spec: TaskSpec,
+    *,
+    dtype: str = "float64",
+    seed: int = 0,
+    optimizer: Callable[..., Any] | None = None,
+    **hyper: Any,
+) -> Any:
     """A TensorFlow algorithm on a small standard model (SGD at rate 1 unless told), built as the
     host builds it (an ``inner_rule`` option is resolved through the registry to ``rule=``)."""
     backend = Backend(dtype=dtype)
@@ -58,8 +65,14 @@ def make_algorithm(name: str, spec: TaskSpec, *, dtype: str = "float64", seed: i
     model = backend.build_model(model_spec(spec))
     found = registry()
     cls = found.load("algorithms", name, backend="tensorflow")
-    return cls(backend=backend, model=model, spec=spec, optimizer=optimizer or functools.partial(SGD, lr=1.0),
-               **host_arguments(found, cls, hyper, "tensorflow"), **hyper)
+    return cls(
+        backend=backend,
+        model=model,
+        spec=spec,
+        optimizer=optimizer or functools.partial(SGD, lr=1.0),
+        **host_arguments(found, cls, hyper, "tensorflow"),
+        **hyper,
+    )
 
 
 @pytest.fixture(scope="session")

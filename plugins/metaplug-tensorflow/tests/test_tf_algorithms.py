@@ -14,7 +14,8 @@ SLOW_TRACING = ("fomaml", "reptile", "metasgd")
 
 CASES = [
     pytest.param(name, data, marks=[pytest.mark.slow] if data == "image_batches" and name in SLOW_TRACING else [])
-    for data in ("sinusoid_batches", "image_batches") for name in ALGORITHMS
+    for data in ("sinusoid_batches", "image_batches")
+    for name in ALGORITHMS
     if not (name == "protonet" and data == "sinusoid_batches")
 ]
 
@@ -78,8 +79,7 @@ def test_reptile_moves_towards_mean_adapted_weights(make, grad, sinusoid_batches
     algorithm = make("reptile", spec, inner_lr=0.05, inner_steps=3)
     batch = batches[0]
     theta = [v.numpy() for v in algorithm.model.variables]
-    phis = [algorithm.adapt(batch.support_x[t], batch.support_y[t], steps=3).state
-            for t in range(batch.num_tasks)]
+    phis = [algorithm.adapt(batch.support_x[t], batch.support_y[t], steps=3).state for t in range(batch.num_tasks)]
     gradient = grad(algorithm, batch)
     for i, name in enumerate(algorithm.model.names):
         expected = theta[i] - np.mean([phi[i].numpy() for phi in phis], axis=0)

@@ -27,8 +27,7 @@ print(json.dumps({"shapes": out, "metaplug_imported": any(m.startswith("metaplug
 
 def test_saved_models_serve_without_metaplug(make, sinusoid_batches, image_batches, tmp_path):
     jobs, expected = [], {}
-    for name, (spec, batches) in [("maml", sinusoid_batches), ("protonet", image_batches),
-                                  ("anil", image_batches)]:
+    for name, (spec, batches) in [("maml", sinusoid_batches), ("protonet", image_batches), ("anil", image_batches)]:
         algorithm = make(name, spec, dtype="float32")
         batch = batches[3]
         adapted = algorithm.adapt(batch.support_x[0], batch.support_y[0])
@@ -36,8 +35,7 @@ def test_saved_models_serve_without_metaplug(make, sinusoid_batches, image_batch
         np.save(tmp_path / f"{name}.npy", batch.query_x[0])
         expected[name] = adapted.predict(batch.query_x[0])
         jobs.append((name, str(path), str(tmp_path / f"{name}.npy")))
-    result = subprocess.run([sys.executable, "-c", SERVE, json.dumps(jobs)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", SERVE, json.dumps(jobs)], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["metaplug_imported"] is False
     for name, path, _ in jobs:

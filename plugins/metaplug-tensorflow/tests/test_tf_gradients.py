@@ -35,12 +35,15 @@ def directional_check(algorithm, gradient, batch, steps, prefixes=("model.",), d
     algorithm.load_state_dict(state)
 
 
-@pytest.mark.parametrize("data, name, lr", [
-    ("sinusoid_batches", "maml", 0.05),
-    ("image_batches", "maml", 0.3),
-    ("sinusoid_batches", "metasgd", 0.05),
-    ("image_batches", "anil", 0.3),
-])
+@pytest.mark.parametrize(
+    "data, name, lr",
+    [
+        ("sinusoid_batches", "maml", 0.05),
+        ("image_batches", "maml", 0.3),
+        ("sinusoid_batches", "metasgd", 0.05),
+        ("image_batches", "anil", 0.3),
+    ],
+)
 def test_meta_gradient_matches_finite_differences(request, make, grad, data, name, lr):
     spec, batches = request.getfixturevalue(data)
     algorithm = make(name, spec, inner_lr=lr, inner_steps=2, batching="loop")

@@ -24,8 +24,13 @@ from metaplug_tensorflow.optimizers import Adam
 def train(cls, sampler, model_spec, steps, meta_batch, lr=1e-3, **hyper):
     backend = Backend()
     backend.seed(0)
-    algorithm = cls(backend=backend, model=backend.build_model(model_spec), spec=sampler.spec,
-                    optimizer=functools.partial(Adam, lr=lr), **hyper)
+    algorithm = cls(
+        backend=backend,
+        model=backend.build_model(model_spec),
+        spec=sampler.spec,
+        optimizer=functools.partial(Adam, lr=lr),
+        **hyper,
+    )
     for _ in range(steps):
         metrics = algorithm.meta_train_step(sampler.sample(meta_batch))
     assert np.isfinite(metrics["loss"])

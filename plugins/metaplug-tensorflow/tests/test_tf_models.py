@@ -24,8 +24,10 @@ def numpy_conv4(weights: dict[str, np.ndarray], x: np.ndarray, pooling: str) -> 
         mean = h.mean(axis=(0, 2, 3), keepdims=True)
         var = ((h - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True)
         h = (h - mean) / np.sqrt(var + 1e-5)
-        h = h * weights[f"features.{i}.norm.weight"][None, :, None, None] + \
-            weights[f"features.{i}.norm.bias"][None, :, None, None]
+        h = (
+            h * weights[f"features.{i}.norm.weight"][None, :, None, None]
+            + weights[f"features.{i}.norm.bias"][None, :, None, None]
+        )
         h = np.maximum(h, 0)
         if pooling == "max":
             n, c, hh, ww = h.shape
@@ -74,8 +76,14 @@ def test_conv4_matches_numpy_reference(backend, pooling, size, feature_size):
 
 def test_mlp_matches_numpy_reference_and_layout(backend):
     model = backend.build_model(ModelSpec("mlp", (1,), 1))
-    assert [tuple(to_shared(v.numpy()).shape) for v in model.variables] == \
-        [(40, 1), (40,), (40, 40), (40,), (1, 40), (1,)]
+    assert [tuple(to_shared(v.numpy()).shape) for v in model.variables] == [
+        (40, 1),
+        (40,),
+        (40, 40),
+        (40,),
+        (1, 40),
+        (1,),
+    ]
     weights = shared_weights(model)
     x = np.random.default_rng(1).uniform(-5, 5, size=(3, 10, 1))
     out = model(model.variables, backend.inputs(x, 1)).numpy()
@@ -91,7 +99,7 @@ def test_per_task_weights_loop_and_vectorized_agree(backend):
     vec = model(per_task, x, per_task=True, vectorized=True).numpy()
     np.testing.assert_allclose(loop, vec, rtol=1e-12)
     for t in range(3):
-        one = model([p[t] for p in per_task], x[t:t + 1]).numpy()[0]
+        one = model([p[t] for p in per_task], x[t : t + 1]).numpy()[0]
         np.testing.assert_allclose(loop[t], one, rtol=1e-12)
 
 
@@ -106,12 +114,15 @@ def test_layout_round_trip_and_channels_last():
     assert np.array_equal(channels_last(images, 3)[0, 1, :, :, 0], images[0, 1, 0])
 
 
-@pytest.mark.parametrize("name, spec, message", [
-    ("resnet", ModelSpec("resnet", (1,), 1), "unknown model 'resnet'"),
-    ("conv4 small", ModelSpec("conv4", (1, 8, 8), 5), "at least 16x16"),
-    ("conv4 pooling", ModelSpec("conv4", (1, 28, 28), 5, {"pooling": "avg"}), "pooling"),
-    ("mlp option", ModelSpec("mlp", (1,), 1, {"hiden": (4,)}), "unknown mlp option"),
-])
+@pytest.mark.parametrize(
+    "name, spec, message",
+    [
+        ("resnet", ModelSpec("resnet", (1,), 1), "unknown model 'resnet'"),
+        ("conv4 small", ModelSpec("conv4", (1, 8, 8), 5), "at least 16x16"),
+        ("conv4 pooling", ModelSpec("conv4", (1, 28, 28), 5, {"pooling": "avg"}), "pooling"),
+        ("mlp option", ModelSpec("mlp", (1,), 1, {"hiden": (4,)}), "unknown mlp option"),
+    ],
+)
 def test_bad_model_specs_raise_config_errors(backend, name, spec, message):
     with pytest.raises(ConfigError, match=message):
         backend.build_model(spec)

@@ -14,8 +14,15 @@ from metaplug_tensorflow.optimizers import SGD, Adam, RMSprop
 STEPS = 7
 
 
-def numpy_run(rule: str, p: np.ndarray, grads: list[np.ndarray], lr: float, decay_every: int = 0,
-              decay_rate: float = 0.5, **o: float) -> np.ndarray:
+def numpy_run(
+    rule: str,
+    p: np.ndarray,
+    grads: list[np.ndarray],
+    lr: float,
+    decay_every: int = 0,
+    decay_rate: float = 0.5,
+    **o: float,
+) -> np.ndarray:
     """Textbook updates (PyTorch's documented algorithms), one per gradient."""
     m = np.zeros_like(p)
     v = np.zeros_like(p)
@@ -89,7 +96,8 @@ def test_updates_match_torch_optim(rule, cls, options):
     opt = cls([var], lr=0.05, **options)
     param = torch.nn.Parameter(torch.tensor(start))
     reference = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[rule](
-        [param], lr=0.05, foreach=False, **options)
+        [param], lr=0.05, foreach=False, **options
+    )
     for g in grads:
         opt.apply([tf.constant(g)])
         param.grad = torch.tensor(g)
@@ -126,13 +134,16 @@ def test_schedule_decays_every_n_steps():
     assert rates == [1.0, 1.0, 0.5, 0.5, 0.25]
 
 
-@pytest.mark.parametrize("cls, options, message", [
-    (SGD, {"lr": 0.0}, "lr must be greater than 0, got 0.0"),
-    (SGD, {"lr": 0.1, "nesterov": True}, "nesterov needs a positive momentum"),
-    (Adam, {"lr": 0.1, "betas": (1.0, 0.9)}, r"betas must be in \[0, 1\), got 1.0"),
-    (Adam, {"lr": 0.1, "amsgrad": "yes"}, "amsgrad must be true or false, got 'yes'"),
-    (RMSprop, {"lr": 0.1, "decay_every": -1}, "decay_every must be at least 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "cls, options, message",
+    [
+        (SGD, {"lr": 0.0}, "lr must be greater than 0, got 0.0"),
+        (SGD, {"lr": 0.1, "nesterov": True}, "nesterov needs a positive momentum"),
+        (Adam, {"lr": 0.1, "betas": (1.0, 0.9)}, r"betas must be in \[0, 1\), got 1.0"),
+        (Adam, {"lr": 0.1, "amsgrad": "yes"}, "amsgrad must be true or false, got 'yes'"),
+        (RMSprop, {"lr": 0.1, "decay_every": -1}, "decay_every must be at least 0, got -1"),
+    ],
+)
 def test_bad_options_raise_config_errors(cls, options, message):
     with pytest.raises(ConfigError, match=message):
         cls([tf.Variable(1.0)], **options)

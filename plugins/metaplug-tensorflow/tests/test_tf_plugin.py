@@ -24,8 +24,13 @@ def test_every_component_is_registered_for_tensorflow():
         assert record.plugin == "tensorflow" and record.distribution.startswith("metaplug-tensorflow")
         assert isinstance(record.load(), type)
     assert reg.get("algorithms", "protonet", backend="tensorflow").problems == ("classification",)
-    for name, role in [("sgd", "outer"), ("adam", "outer"), ("rmsprop", "outer"),
-                       ("inner-sgd", "inner"), ("inner-metasgd", "inner")]:
+    for name, role in [
+        ("sgd", "outer"),
+        ("adam", "outer"),
+        ("rmsprop", "outer"),
+        ("inner-sgd", "inner"),
+        ("inner-metasgd", "inner"),
+    ]:
         assert reg.get("optimizers", name, backend="tensorflow").role == role
     backend = reg.load("backends", "tensorflow")()
     assert isinstance(backend, Backend) and backend.name == "tensorflow"
@@ -51,15 +56,18 @@ def test_algorithm_satisfies_the_protocol(make):
     assert isinstance(make("maml", sampler.spec), Algorithm)
 
 
-@pytest.mark.parametrize("name, hyper, message", [
-    ("maml", {"inner_rule": "inner-sdg"}, "unknown optimizer 'inner-sdg'. Did you mean 'inner-sgd'"),
-    ("maml", {"inner_rule": "adam"}, "is an outer optimizer"),
-    ("maml", {"batching": "vmap"}, "batching must be one of auto, vectorized, loop, reference, got 'vmap'"),
-    ("maml", {"batching": "reference"}, "batching 'reference' .* is torch only"),
-    ("maml", {"inner_lr": -1}, "inner_lr must be greater than 0, got -1.0"),
-    ("reptile", {"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
-    ("finetune", {"finetune": "some"}, "finetune must be one of all, head, got 'some'"),
-])
+@pytest.mark.parametrize(
+    "name, hyper, message",
+    [
+        ("maml", {"inner_rule": "inner-sdg"}, "unknown optimizer 'inner-sdg'. Did you mean 'inner-sgd'"),
+        ("maml", {"inner_rule": "adam"}, "is an outer optimizer"),
+        ("maml", {"batching": "vmap"}, "batching must be one of auto, vectorized, loop, reference, got 'vmap'"),
+        ("maml", {"batching": "reference"}, "batching 'reference' .* is torch only"),
+        ("maml", {"inner_lr": -1}, "inner_lr must be greater than 0, got -1.0"),
+        ("reptile", {"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
+        ("finetune", {"finetune": "some"}, "finetune must be one of all, head, got 'some'"),
+    ],
+)
 def test_bad_hyperparameters_are_one_line_errors(make, name, hyper, message):
     spec = SinusoidSampler("train", 0).spec
     with pytest.raises(MetaplugError, match=message) as info:
@@ -81,9 +89,14 @@ def test_batches_that_do_not_fit_the_spec_are_refused(make, image_batches):
         algorithm.adapt(image_batches[1][0].support_x[0], image_batches[1][0].support_y[0])
 
 
-@pytest.mark.parametrize("device, message", [("cpu:3", "TensorFlow sees 1 CPU device(s)"),
-                                             ("tpu", "device must be 'cpu', 'gpu' or 'gpu:N'"),
-                                             ("gpu:x", "device must be 'cpu', 'gpu' or 'gpu:N'")])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("cpu:3", "TensorFlow sees 1 CPU device(s)"),
+        ("tpu", "device must be 'cpu', 'gpu' or 'gpu:N'"),
+        ("gpu:x", "device must be 'cpu', 'gpu' or 'gpu:N'"),
+    ],
+)
 def test_a_device_tensorflow_would_not_use_is_a_config_error(device, message):
     from metaplug_tensorflow.backend import Backend
 

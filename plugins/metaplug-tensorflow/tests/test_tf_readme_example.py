@@ -33,8 +33,9 @@ def test_readme_example_learns(image_batches, batching):
     backend = Backend(dtype="float64")
     backend.seed(0)
     model = backend.build_model(ModelSpec("conv4", spec.input_shape, spec.output_size, {"filters": 4}))
-    algorithm = readme_algorithm()(backend=backend, model=model, spec=spec,
-                                   optimizer=functools.partial(Adam, lr=0.01), batching=batching)
+    algorithm = readme_algorithm()(
+        backend=backend, model=model, spec=spec, optimizer=functools.partial(Adam, lr=0.01), batching=batching
+    )
     assert set(algorithm.trainables) == {f"model.{n}" for n in algorithm.model.names if n.startswith("features.")}
     before = algorithm.evaluate(batches[0])
     for _ in range(10):

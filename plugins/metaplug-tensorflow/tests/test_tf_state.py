@@ -11,11 +11,14 @@ from metaplug.errors import ConfigError
 from metaplug_tensorflow.optimizers import Adam
 
 
-@pytest.mark.parametrize("name, data", [
-    ("metasgd", "sinusoid_batches"),
-    ("finetune", "image_batches"),
-    ("protonet", "image_batches"),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("metasgd", "sinusoid_batches"),
+        ("finetune", "image_batches"),
+        ("protonet", "image_batches"),
+    ],
+)
 def test_resume_from_saved_state_continues_exactly(request, make, tmp_path, name, data):
     spec, batches = request.getfixturevalue(data)
     optimizer = functools.partial(Adam, lr=0.01, decay_every=2, decay_rate=0.5)

@@ -76,6 +76,7 @@ def test_anil_adapts_only_the_head():
     batch = regression_batch(tasks=1)
     algorithm = build("anil", SINUSOID, inner_lr=0.1)
     params, data = algorithm.detached_parameters(), algorithm.episode_tensors(batch)
-    adapted = algorithm.adapt_task(params, {}, algorithm.task_inputs(params, data.support_x[0]),
-                                   data.support_y[0], 2, second_order=False)
+    adapted = algorithm.adapt_task(
+        params, {}, algorithm.task_inputs(params, data.support_x[0]), data.support_y[0], 2, second_order=False
+    )
     assert set(adapted) == {"head.weight", "head.bias"}

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch_helpers import ALGORITHMS, IMAGES, SINUSOID, build, image_batch, regression_batch
 
-CASES = [(name, spec) for name in ALGORITHMS for spec in (SINUSOID, IMAGES)
-         if not (name == "protonet" and spec is SINUSOID)]
+CASES = [
+    (name, spec) for name in ALGORITHMS for spec in (SINUSOID, IMAGES) if not (name == "protonet" and spec is SINUSOID)
+]
 
 
 def run(name, spec, batching):

@@ -8,8 +8,21 @@ import sys
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "metaplug", "bench", "--backend", "torch", "--workload", "sinusoid-maml",
-               "--steps", "1", "--warmup", "0", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "metaplug",
+        "bench",
+        "--backend",
+        "torch",
+        "--workload",
+        "sinusoid-maml",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True)
 
 

@@ -10,8 +10,19 @@ import tomllib
 import pytest
 import torch
 
-TINY = ["--backend", "torch", "--iterations", "2", "--meta-batch-size", "2", "--val-every", "0",
-        "--test-tasks", "0", "--quiet"]
+TINY = [
+    "--backend",
+    "torch",
+    "--iterations",
+    "2",
+    "--meta-batch-size",
+    "2",
+    "--val-every",
+    "0",
+    "--test-tasks",
+    "0",
+    "--quiet",
+]
 
 
 def metaplug(*args: str) -> subprocess.CompletedProcess:
@@ -32,8 +43,10 @@ def test_device_is_saved_and_can_change_on_resume_and_evaluation(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("device, message", [("cuda", "device 'cuda' requested but CUDA is not available"),
-                                             ("tpu", "invalid torch device 'tpu'")])
+@pytest.mark.parametrize(
+    "device, message",
+    [("cuda", "device 'cuda' requested but CUDA is not available"), ("tpu", "invalid torch device 'tpu'")],
+)
 def test_an_unusable_device_is_a_one_line_error(tmp_path, device, message):
     done = metaplug("train", *TINY, "--device", device, "--run-dir", str(tmp_path / "run"))
     assert done.returncode != 0 and "Traceback" not in done.stderr

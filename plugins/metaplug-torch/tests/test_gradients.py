@@ -18,8 +18,9 @@ def mlp_forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def conv4_forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     for i in range(4):
         x = F.conv2d(x, p[f"features.{i}.conv.weight"], p[f"features.{i}.conv.bias"], padding=1)
-        x = F.batch_norm(x, None, None, p[f"features.{i}.norm.weight"], p[f"features.{i}.norm.bias"],
-                         training=True, eps=1e-5)
+        x = F.batch_norm(
+            x, None, None, p[f"features.{i}.norm.weight"], p[f"features.{i}.norm.bias"], training=True, eps=1e-5
+        )
         x = F.max_pool2d(F.relu(x), 2)
     return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
 
@@ -61,8 +62,9 @@ def model_params(algorithm) -> dict[str, np.ndarray]:
 def test_mlp_meta_gradient_matches_independent_loop(batching, name):
     batch = regression_batch()
     algorithm = build(name, SINUSOID, inner_steps=2, batching=batching)
-    expected = independent_maml_gradient(mlp_forward, model_params(algorithm), batch, F.mse_loss, 0.01, 2,
-                                         head_only=name == "anil")
+    expected = independent_maml_gradient(
+        mlp_forward, model_params(algorithm), batch, F.mse_loss, 0.01, 2, head_only=name == "anil"
+    )
     assert_close(meta_gradient(algorithm, batch), expected)
 
 
@@ -88,8 +90,9 @@ def test_mlp_meta_gradient_matches_finite_differences():
 
     def meta_loss(shift: float) -> float:
         params = {k: p.detach() + shift * torch.from_numpy(direction[k]) for k, p in algorithm.params.items()}
-        losses = algorithm.map_tasks(algorithm._train_task, (params, {}),
-                                (data.support_x, data.support_y, data.query_x, data.query_y))[0]
+        losses = algorithm.map_tasks(
+            algorithm._train_task, (params, {}), (data.support_x, data.support_y, data.query_x, data.query_y)
+        )[0]
         return float(losses.mean())
 
     eps = 1e-5
@@ -106,8 +109,9 @@ def test_metasgd_rates_get_the_gradient_of_the_inner_step():
     rates = {k: torch.full_like(v, 0.01).requires_grad_() for k, v in theta.items()}
     total = 0.0
     for t in range(batch.num_tasks):
-        sx, sy, qx, qy = (torch.from_numpy(a[t]).double() for a in
-                          (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+        sx, sy, qx, qy = (
+            torch.from_numpy(a[t]).double() for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        )
         grads = torch.autograd.grad(F.mse_loss(mlp_forward(theta, sx), sy), list(theta.values()), create_graph=True)
         fast = {k: theta[k] - rates[k] * g for k, g in zip(theta, grads, strict=True)}
         total = total + F.mse_loss(mlp_forward(fast, qx), qy) / batch.num_tasks

@@ -18,11 +18,10 @@ def train(name, sampler, steps, meta_batch, lr=1e-3, model_options=None, **hyper
     backend = Backend("cpu")
     backend.seed(0)
     spec = sampler.spec
-    model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
-                                          model_options or {}))
+    model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size, model_options or {}))
     algorithm = registry().load("algorithms", name, backend="torch")(
-        backend=backend, model=model, spec=spec, optimizer=functools.partial(optimizers.Adam, lr=lr),
-        **hyperparameters)
+        backend=backend, model=model, spec=spec, optimizer=functools.partial(optimizers.Adam, lr=lr), **hyperparameters
+    )
     for _ in range(steps):
         algorithm.meta_train_step(sampler.sample(meta_batch))
     return algorithm
@@ -50,10 +49,13 @@ def omniglot():
         pytest.skip(f"Omniglot not available: {exc}")
 
 
-@pytest.mark.parametrize("name,hyperparameters,lr,minimum", [
-    ("protonet", {}, 1e-3, 0.5),
-    ("maml", {"inner_lr": 0.4, "test_inner_steps": 3}, 3e-3, 0.4),
-])
+@pytest.mark.parametrize(
+    "name,hyperparameters,lr,minimum",
+    [
+        ("protonet", {}, 1e-3, 0.5),
+        ("maml", {"inner_lr": 0.4, "test_inner_steps": 3}, 3e-3, 0.4),
+    ],
+)
 def test_omniglot_5way_1shot_beats_chance(omniglot, name, hyperparameters, lr, minimum):
     train_sampler, test = omniglot
     algorithm = train(name, train_sampler, 40, 4, lr=lr, model_options={"filters": 32}, **hyperparameters)

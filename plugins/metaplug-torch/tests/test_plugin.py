@@ -25,18 +25,27 @@ def test_every_component_is_registered_for_torch():
         assert record.plugin == "torch"
         assert record.problems == (("classification",) if name == "protonet" else ("regression", "classification"))
         assert record.load().name == name
-    roles = {n: reg.get("optimizers", n, backend="torch").role for n in
-             ("sgd", "adam", "rmsprop", "inner-sgd", "inner-metasgd")}
-    assert roles == {"sgd": "outer", "adam": "outer", "rmsprop": "outer", "inner-sgd": "inner",
-                     "inner-metasgd": "inner"}
+    roles = {
+        n: reg.get("optimizers", n, backend="torch").role
+        for n in ("sgd", "adam", "rmsprop", "inner-sgd", "inner-metasgd")
+    }
+    assert roles == {
+        "sgd": "outer",
+        "adam": "outer",
+        "rmsprop": "outer",
+        "inner-sgd": "inner",
+        "inner-metasgd": "inner",
+    }
     assert isinstance(reg.load("optimizers", "inner-metasgd", backend="torch")(), InnerRule)
     backend = reg.load("backends", "torch")()
     assert backend.name == "torch" and set(backend.models) == {"mlp", "conv4"}
 
 
 def test_discovery_imports_no_torch():
-    code = ("import sys, metaplug.plugins.discovery as p; p.registry().names('algorithms'); "
-            "import metaplug_torch.plugin; print('torch' in sys.modules)")
+    code = (
+        "import sys, metaplug.plugins.discovery as p; p.registry().names('algorithms'); "
+        "import metaplug_torch.plugin; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -45,8 +54,13 @@ def test_standard_models_have_the_documented_layout():
     backend = Backend("cpu")
     mlp = backend.build_model(ModelSpec("mlp", (1,), 1))
     assert {k: tuple(v.shape) for k, v in mlp.state_dict().items()} == {
-        "features.0.weight": (40, 1), "features.0.bias": (40,), "features.1.weight": (40, 40),
-        "features.1.bias": (40,), "head.weight": (1, 40), "head.bias": (1,)}
+        "features.0.weight": (40, 1),
+        "features.0.bias": (40,),
+        "features.1.weight": (40, 40),
+        "features.1.bias": (40,),
+        "head.weight": (1, 40),
+        "head.bias": (1,),
+    }
     conv = backend.build_model(ModelSpec("conv4", (1, 28, 28), 5))
     shapes = {k: tuple(v.shape) for k, v in conv.state_dict().items()}
     assert shapes["features.0.conv.weight"] == (64, 1, 3, 3)
@@ -89,11 +103,14 @@ def test_built_directly_an_algorithm_finds_only_the_builtin_rules():
         build("reptile", SINUSOID, rule=InnerSGD())
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"batching": "fast"}, "batching must be one of auto, vectorized, loop, reference, got 'fast'"),
-    ({"inner_lr": -1.0}, "inner_lr must be greater than 0, got -1.0"),
-    ({"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"batching": "fast"}, "batching must be one of auto, vectorized, loop, reference, got 'fast'"),
+        ({"inner_lr": -1.0}, "inner_lr must be greater than 0, got -1.0"),
+        ({"inner_steps": 0}, "inner_steps must be at least 1, got 0"),
+    ],
+)
 def test_bad_hyperparameters_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         build("maml", SINUSOID, **options)
@@ -113,8 +130,12 @@ def test_bad_models_are_config_errors():
 
 
 def test_user_module_with_native_batch_norm_trains_per_task():
-    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8, track_running_stats=False),
-                                torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(1, 8),
+        torch.nn.BatchNorm1d(8, track_running_stats=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 1),
+    )
     algorithm = build("maml", SINUSOID, model=model)
     assert algorithm.mode == "loop"  # native batch norm's second-order gradients are wrong under vmap
     batch = regression_batch()

@@ -25,8 +25,7 @@ def readme_algorithm() -> type[MetaLearner]:
     """The class defined by the README's example, executed with the imports it names."""
     code = re.search(r"```python\n(class CosineProtos\(MetaLearner\):.*?)```", README.read_text(), re.S)
     assert code, "the README lost its 'Writing a torch algorithm' example"
-    namespace = {"F": F, "torch": torch, "one_hot": one_hot, "MetaLearner": MetaLearner,
-                 "AdaptedModel": AdaptedModel}
+    namespace = {"F": F, "torch": torch, "one_hot": one_hot, "MetaLearner": MetaLearner, "AdaptedModel": AdaptedModel}
     exec(code.group(1), namespace)
     return namespace["CosineProtos"]
 
@@ -43,8 +42,9 @@ def test_readme_example_learns_omniglot_5way_1shot():
     backend.seed(0)
     spec = train.spec
     model = backend.build_model(ModelSpec("conv4", spec.input_shape, spec.output_size, {"filters": 32}))
-    algorithm = readme_algorithm()(backend=backend, model=model, spec=spec,
-                                   optimizer=functools.partial(optimizers.Adam, lr=1e-3))
+    algorithm = readme_algorithm()(
+        backend=backend, model=model, spec=spec, optimizer=functools.partial(optimizers.Adam, lr=1e-3)
+    )
     for _ in range(40):
         algorithm.meta_train_step(train.sample(4))
     result = algorithm.evaluate(test)

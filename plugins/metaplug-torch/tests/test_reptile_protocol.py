@@ -26,8 +26,8 @@ def numpy_adam(p, grads, lr, b1, b2, eps):
     m, v, out = np.zeros_like(p), np.zeros_like(p), []
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g ** 2
-        p = p - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+        v = b2 * v + (1 - b2) * g**2
+        p = p - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
         out.append(p)
     return out
 
@@ -101,8 +101,7 @@ def test_adam_state_runs_through_the_tasks_in_order_and_evaluation_leaves_it(bat
 
 def test_adam_with_mini_batches_resumes_bit_for_bit(tmp_path):
     data = [image_batch(tasks=2, shots=3, seed=i) for i in range(4)]
-    options = {"inner_batch_size": 4, "test_inner_batch_size": 2, "transductive": False,
-               "optimizer": "sgd", "lr": 1.0}
+    options = {"inner_batch_size": 4, "test_inner_batch_size": 2, "transductive": False, "optimizer": "sgd", "lr": 1.0}
 
     straight = build("reptile", IMAGES, inner_optimizer="adam", inner_lr=1e-3, **options)
     for batch in data:
@@ -140,7 +139,7 @@ def test_non_transductive_predictions_are_one_pass_per_query_with_the_support_se
     transductive = build(name, IMAGES, **options).adapt(sx, sy)
     algorithm = build(name, IMAGES, transductive=False, **options)
     adapted = algorithm.adapt(sx, sy)
-    expected = np.stack([transductive.predict(np.concatenate([sx, qx[j:j + 1]]))[-1] for j in range(len(qx))])
+    expected = np.stack([transductive.predict(np.concatenate([sx, qx[j : j + 1]]))[-1] for j in range(len(qx))])
     np.testing.assert_allclose(adapted.predict(qx), expected, rtol=1e-12)
     assert not np.allclose(transductive.predict(qx), expected)  # batch norm sees other statistics
 
@@ -151,12 +150,15 @@ def test_non_transductive_predictions_are_one_pass_per_query_with_the_support_se
 
 
 def test_new_options_are_checked():
-    for options, message in [({"inner_optimizer": "rmsprop"}, "inner_optimizer must be one of sgd, adam"),
-                             ({"inner_batch_size": 0}, "inner_batch_size must be at least 1, got 0"),
-                             ({"test_inner_batch_size": 2.5}, "test_inner_batch_size must be an integer"),
-                             ({"adam_beta1": 1.0}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
-                             ({"adam_beta2": -0.1}, "adam_beta2"), ({"adam_epsilon": 0}, "adam_epsilon"),
-                             ({"transductive": "no"}, "transductive must be true or false, got 'no'")]:
+    for options, message in [
+        ({"inner_optimizer": "rmsprop"}, "inner_optimizer must be one of sgd, adam"),
+        ({"inner_batch_size": 0}, "inner_batch_size must be at least 1, got 0"),
+        ({"test_inner_batch_size": 2.5}, "test_inner_batch_size must be an integer"),
+        ({"adam_beta1": 1.0}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
+        ({"adam_beta2": -0.1}, "adam_beta2"),
+        ({"adam_epsilon": 0}, "adam_epsilon"),
+        ({"transductive": "no"}, "transductive must be true or false, got 'no'"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             build("reptile", SINUSOID, **options)
     default = build("reptile", SINUSOID).state_dict()
@@ -215,12 +217,24 @@ def published_reptile(sampler, steps, **options):
     backend = Backend("cpu")
     backend.seed(0)
     spec = sampler.spec
-    model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
-                                          {"filters": 32} if spec.default_model == "conv4" else {}))
+    model = backend.build_model(
+        ModelSpec(
+            spec.default_model,
+            spec.input_shape,
+            spec.output_size,
+            {"filters": 32} if spec.default_model == "conv4" else {},
+        )
+    )
     reptile = registry().load("algorithms", "reptile", backend="torch")(
-        backend=backend, model=model, spec=spec,
+        backend=backend,
+        model=model,
+        spec=spec,
         optimizer=functools.partial(optimizers.SGD, lr=1.0, final_lr=0.0, anneal_steps=steps),
-        inner_optimizer="adam", inner_steps=5, transductive=False, **options)
+        inner_optimizer="adam",
+        inner_steps=5,
+        transductive=False,
+        **options,
+    )
     for _ in range(steps):
         reptile.meta_train_step(sampler.sample(5))
     return reptile
@@ -234,13 +248,20 @@ def test_published_reptile_beats_chance_on_omniglot_5way_1shot():
         test = OmniglotSampler("test", seed=0, ways=5, shots=1, queries=5).sample(40)
     except DatasetError as exc:  # the data lives outside the repository
         pytest.skip(f"Omniglot not available: {exc}")
-    reptile = published_reptile(train, 30, inner_lr=1e-3, inner_batch_size=10, test_inner_steps=5,
-                                test_inner_batch_size=5)
+    reptile = published_reptile(
+        train, 30, inner_lr=1e-3, inner_batch_size=10, test_inner_steps=5, test_inner_batch_size=5
+    )
     assert reptile.evaluate(test)["accuracy"].mean() > 0.4  # chance is 0.2 (0.61 when written)
 
 
 def test_published_reptile_learns_sinusoids():
-    reptile = published_reptile(SinusoidSampler("train", 0, shots=10), 150, inner_lr=0.01, inner_batch_size=5,
-                                test_inner_steps=20, test_inner_batch_size=5)
+    reptile = published_reptile(
+        SinusoidSampler("train", 0, shots=10),
+        150,
+        inner_lr=0.01,
+        inner_batch_size=5,
+        test_inner_steps=20,
+        test_inner_batch_size=5,
+    )
     result = reptile.evaluate(SinusoidSampler("test", 0, shots=10).sample(100))
     assert result["loss"].mean() < 0.6 * result["loss_before"].mean()

@@ -44,8 +44,9 @@ def test_resumed_run_is_bit_identical(name, spec, tmp_path):
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     support_x, support_y, query_x = data[0].support_x[0], data[0].support_y[0], data[0].query_x[0]
-    np.testing.assert_array_equal(resumed.adapt(support_x, support_y).predict(query_x),
-                                  straight.adapt(support_x, support_y).predict(query_x))
+    np.testing.assert_array_equal(
+        resumed.adapt(support_x, support_y).predict(query_x), straight.adapt(support_x, support_y).predict(query_x)
+    )
 
 
 def test_state_holds_the_documented_entries():
@@ -65,7 +66,7 @@ def test_learning_rate_schedule_is_saved_and_restored():
     for batch in data:
         algorithm.meta_train_step(batch)
     state = algorithm.state_dict()
-    assert float(state["optimizer.lr.0"]) == pytest.approx(0.1 * 0.5 ** 2)
+    assert float(state["optimizer.lr.0"]) == pytest.approx(0.1 * 0.5**2)
     assert int(state["optimizer.steps"]) == 5
     restored = build("maml", SINUSOID, optimizer="adam", lr=0.1, optimizer_options={"decay_every": 2})
     restored.load_state_dict(state)

@@ -40,17 +40,25 @@ def image_batch(tasks: int = 2, ways: int = 3, shots: int = 2, queries: int = 2,
     return EpisodeBatch(sx, sy, qx, qy, "classification", classes=classes.astype(np.int64))
 
 
-def build(name: str, spec: TaskSpec, *, seed: int = 0, dtype: torch.dtype = torch.float64,
-          lr: float = 1e-3, optimizer: str = "adam", optimizer_options: dict | None = None,
-          model: torch.nn.Module | None = None, **options):
+def build(
+    name: str,
+    spec: TaskSpec,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    optimizer_options: dict | None = None,
+    model: torch.nn.Module | None = None,
+    **options,
+):
     """Algorithm ``name`` on a freshly seeded standard model (16x16 conv4 with 8 filters), built
     as the host builds it (the rule its ``inner_rule`` names as ``rule=``, unless given)."""
     backend = Backend("cpu")
     backend.seed(seed)
     if model is None:
         model_options = {"filters": 8} if spec.default_model == "conv4" else {"hidden": (16, 16)}
-        model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size,
-                                              model_options))
+        model = backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size, model_options))
     model = model.to(dtype)
     reg = registry()
     factory = functools.partial(reg.load("optimizers", optimizer, backend="torch"), lr=lr, **(optimizer_options or {}))

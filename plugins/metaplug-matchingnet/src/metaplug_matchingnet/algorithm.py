@@ -35,8 +35,9 @@ from metaplug_torch.functional import Params, one_hot
 class MatchingNetOptions(BatchingOptions):
     """``batching`` (metaplug-torch's modes) and the attention's ``scale``."""
 
-    scale: float = option(10.0, minimum=0, exclusive=True,
-                          help="multiplies the cosine similarities before the softmax (the paper: 1)")
+    scale: float = option(
+        10.0, minimum=0, exclusive=True, help="multiplies the cosine similarities before the softmax (the paper: 1)"
+    )
 
 
 class MatchingNetworks(MetaLearner):
@@ -64,8 +65,7 @@ class MatchingNetworks(MetaLearner):
         """The embedding is the model's ``features``: it needs ``features`` and ``head`` parts."""
         self.model.require_parts(self.name)
 
-    def log_probabilities(self, params: Params, sx: torch.Tensor, sy: torch.Tensor,
-                          x: torch.Tensor) -> torch.Tensor:
+    def log_probabilities(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``log p(y | x, S)``, shape ``(len(x), ways)``, for one task's support set ``(sx, sy)``."""
         shots = sx.shape[0]
         embedded = self.model.embed(params, torch.cat([sx, x]))
@@ -75,8 +75,9 @@ class MatchingNetworks(MetaLearner):
         probabilities = attention @ one_hot(sy, self.spec.output_size, attention.dtype)
         return torch.log(probabilities.clamp_min(1e-12))
 
-    def _task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-              qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _task(
+        self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # cross-entropy of log-probabilities is their negative log-likelihood (they sum to 1)
         return self.loss_and_accuracy(self.log_probabilities(params, sx, sy, qx), qy)
 
@@ -84,8 +85,9 @@ class MatchingNetworks(MetaLearner):
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
         return self.map_tasks(self._task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
-    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, accuracy = self._task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), accuracy
 
@@ -93,8 +95,9 @@ class MatchingNetworks(MetaLearner):
         """Remember the support set; ``predict(x)`` gives log-probabilities. ``steps`` is ignored."""
         support_y = np.asarray(support_y)
         if support_y.ndim != 1 or not np.issubdtype(support_y.dtype, np.integer):
-            raise ConfigError(f"support_y must be integer labels of shape (N,), got {support_y.dtype} "
-                              f"{support_y.shape}")
+            raise ConfigError(
+                f"support_y must be integer labels of shape (N,), got {support_y.dtype} {support_y.shape}"
+            )
         params = self.detached_parameters()
         sx = self.backend.tensor(support_x, self.dtype)
         sy = self.backend.tensor(support_y)

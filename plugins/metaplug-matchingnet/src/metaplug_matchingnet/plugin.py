@@ -11,10 +11,12 @@ from metaplug import Component, Register, hookimpl
 @hookimpl
 def register_algorithms(register: Register) -> None:
     """Register 'matchingnet' for the torch backend: the host calls this once, during discovery."""
-    register(Component(
-        name="matchingnet",
-        summary="Matching Networks: cosine attention over support embeddings (Vinyals et al. 2016).",
-        target="metaplug_matchingnet.algorithm:MatchingNetworks",
-        backends=("torch",),
-        problems=("classification",),
-    ))
+    register(
+        Component(
+            name="matchingnet",
+            summary="Matching Networks: cosine attention over support embeddings (Vinyals et al. 2016).",
+            target="metaplug_matchingnet.algorithm:MatchingNetworks",
+            backends=("torch",),
+            problems=("classification",),
+        )
+    )

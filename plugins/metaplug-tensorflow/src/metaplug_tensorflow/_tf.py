@@ -33,8 +33,11 @@ def _import_quietly():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                    if line.strip() and not _BANNER.search(line)]
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines()
+                if line.strip() and not _BANNER.search(line)
+            ]
             if kept:
                 print("\n".join(kept), file=sys.stderr)
     return tensorflow

@@ -49,8 +49,9 @@ class Backend:
             if kind == "gpu" and not found:
                 raise ConfigError(f"device {device!r} requested but TensorFlow sees no GPU")
             if index and int(index) >= found:  # TensorFlow would silently place ops elsewhere
-                raise ConfigError(f"device {device!r} requested but TensorFlow sees {found} {kind.upper()} "
-                                  f"device(s), numbered from 0")
+                raise ConfigError(
+                    f"device {device!r} requested but TensorFlow sees {found} {kind.upper()} device(s), numbered from 0"
+                )
         self.device = device
         self.dtype = DTYPES[dtype]
         self._rng = np.random.default_rng(0)

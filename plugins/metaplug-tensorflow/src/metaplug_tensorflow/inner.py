@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from metaplug.contract.interfaces import InnerRule
-from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import InnerRule, resolve_inner_rule
 from metaplug_tensorflow._tf import tf
 
 Params = Mapping[str, tf.Tensor]
@@ -53,20 +52,7 @@ BUILTIN_RULES: dict[str, type[InnerRule]] = {"inner-sgd": InnerSGD, "inner-metas
 
 
 def resolve_rule(rule: InnerRule | None, name: str | None, algorithm: str) -> InnerRule:
-    """The inner rule of an algorithm whose ``inner_rule`` option is ``name`` (``None``: it has
-    no such option, and its inner loop is :class:`InnerSGD`): ``rule`` as the host passes it,
-    else the built-in rule of that name."""
-    if name is None:
-        if rule is not None:
-            raise ConfigError(f"{algorithm} has no inner_rule option; it takes no rule=")
-        return InnerSGD()
-    if rule is None:
-        if name not in BUILTIN_RULES:
-            raise ConfigError(f"inner_rule {name!r} is not built into metaplug-tensorflow "
-                              f"({', '.join(BUILTIN_RULES)}); pass rule=<the rule instance>, or run through "
-                              f"metaplug, which loads registered rules")
-        return BUILTIN_RULES[name]()
-    if not isinstance(rule, InnerRule):
-        raise ConfigError(f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), "
-                          f"got {type(rule).__name__}")
-    return rule
+    """The inner rule of ``algorithm`` whose ``inner_rule`` option is ``name`` (see
+    :func:`metaplug.contract.interfaces.resolve_inner_rule`; :class:`InnerSGD` without that
+    option)."""
+    return resolve_inner_rule(rule, name, BUILTIN_RULES, InnerSGD, algorithm, "metaplug-tensorflow")

@@ -79,8 +79,9 @@ class FunctionalModel:
         """Index of the first head weight in :attr:`names`."""
         return len(self.names) - len(HEAD)
 
-    def features(self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False,
-                 vectorized: bool = True) -> tf.Tensor:
+    def features(
+        self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False, vectorized: bool = True
+    ) -> tf.Tensor:
         """Feature vectors ``(T, N, F)`` of inputs ``(T, N, *example)``; ``params`` are the
         feature weights (``params[:head_index]`` of the full list)."""
         if not per_task:
@@ -89,8 +90,7 @@ class FunctionalModel:
             return self._features_vectorized(list(params), x)
         num_tasks = x.shape[0]
         columns = [tf.unstack(p, num=num_tasks) for p in params]
-        rows = [self._features([c[t][None] for c in columns], x[t:t + 1], True)
-                for t in range(num_tasks)]
+        rows = [self._features([c[t][None] for c in columns], x[t : t + 1], True) for t in range(num_tasks)]
         return tf.concat(rows, axis=0)
 
     def head(self, params: Sequence[tf.Tensor], h: tf.Tensor, per_task: bool = False) -> tf.Tensor:
@@ -98,8 +98,9 @@ class FunctionalModel:
         weight, bias = params
         return dense(h, weight, bias, per_task)
 
-    def __call__(self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False,
-                 vectorized: bool = True) -> tf.Tensor:
+    def __call__(
+        self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False, vectorized: bool = True
+    ) -> tf.Tensor:
         """Outputs ``(T, N, out)`` from the full list of weights."""
         k = self.head_index
         h = self.features(params[:k], x, per_task, vectorized)
@@ -137,7 +138,7 @@ class Conv4(FunctionalModel):
         tasks, n = leading_dims(x)
         h = tf.reshape(x, [tasks * n, *x.shape[2:]])
         for i in range(0, len(params), 4):
-            kernel, bias, scale, shift = params[i:i + 4]
+            kernel, bias, scale, shift = params[i : i + 4]
             h = tf.nn.conv2d(h, kernel, self.stride, PADDING_1) + bias
             h = tf.reshape(h, [tasks, n, *h.shape[1:]])
             h = tf.nn.relu(batch_norm(h, scale, shift))
@@ -224,8 +225,9 @@ def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> Functio
         raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: mlp, conv4")
     unknown = set(spec.options) - MODEL_OPTIONS[spec.name]
     if unknown:
-        raise ConfigError(f"unknown {spec.name} option(s) {sorted(unknown)}; "
-                          f"available: {sorted(MODEL_OPTIONS[spec.name])}")
+        raise ConfigError(
+            f"unknown {spec.name} option(s) {sorted(unknown)}; available: {sorted(MODEL_OPTIONS[spec.name])}"
+        )
     if spec.output_size < 1:
         raise ConfigError(f"model output size must be positive, got {spec.output_size}")
     cls, init = ARCHITECTURES[spec.name]

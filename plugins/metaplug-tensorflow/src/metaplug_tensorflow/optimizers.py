@@ -147,8 +147,11 @@ class RMSprop(OuterOptimizer):
 
     @property
     def slot_names(self) -> tuple[str, ...]:
-        return ("square_avg",) + (("momentum_buffer",) if self.options.momentum else ()) + (
-            ("grad_avg",) if self.options.centered else ())
+        return (
+            ("square_avg",)
+            + (("momentum_buffer",) if self.options.momentum else ())
+            + (("grad_avg",) if self.options.centered else ())
+        )
 
     def _update(self, i: int, var: tf.Variable, grad: tf.Tensor, lr: tf.Tensor, step: tf.Tensor) -> None:
         alpha, momentum = self.options.alpha, self.options.momentum

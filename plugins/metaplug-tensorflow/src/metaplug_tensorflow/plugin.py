@@ -18,20 +18,36 @@ ALGORITHMS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("fomaml", "algorithms.maml:FOMAML", BOTH, "First-order MAML (Finn et al. 2017)."),
     ("reptile", "algorithms.reptile:Reptile", BOTH, "Reptile: move towards task-adapted weights (Nichol et al. 2018)."),
     ("anil", "algorithms.maml:ANIL", BOTH, "Almost No Inner Loop: MAML adapting only the head (Raghu et al. 2020)."),
-    ("metasgd", "algorithms.maml:MetaSGD", BOTH,
-     "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017)."),
-    ("protonet", "algorithms.protonet:ProtoNet", ("classification",),
-     "Prototypical Networks, classification only (Snell et al. 2017)."),
-    ("finetune", "algorithms.finetune:FineTune", BOTH,
-     "Transfer baseline: pre-train on all training tasks, fine-tune per task."),
+    (
+        "metasgd",
+        "algorithms.maml:MetaSGD",
+        BOTH,
+        "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017).",
+    ),
+    (
+        "protonet",
+        "algorithms.protonet:ProtoNet",
+        ("classification",),
+        "Prototypical Networks, classification only (Snell et al. 2017).",
+    ),
+    (
+        "finetune",
+        "algorithms.finetune:FineTune",
+        BOTH,
+        "Transfer baseline: pre-train on all training tasks, fine-tune per task.",
+    ),
 )
 """Rows ``(name, target, problems, summary)``."""
 
 OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
     ("sgd", "optimizers:SGD", "outer", "SGD with momentum; step decay or linear annealing (PyTorch's rule)."),
     ("adam", "optimizers:Adam", "outer", "Adam, AMSGrad optional; step decay or linear annealing (PyTorch's rule)."),
-    ("rmsprop", "optimizers:RMSprop", "outer",
-     "RMSprop, centred optional; step decay or linear annealing (PyTorch's rule)."),
+    (
+        "rmsprop",
+        "optimizers:RMSprop",
+        "outer",
+        "RMSprop, centred optional; step decay or linear annealing (PyTorch's rule).",
+    ),
     ("inner-sgd", "inner:InnerSGD", "inner", "Inner-loop gradient descent p - lr * grad."),
     ("inner-metasgd", "inner:InnerMetaSGD", "inner", "Inner-loop descent with learned per-parameter rates (Meta-SGD)."),
 )
@@ -40,8 +56,13 @@ OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
 
 @hookimpl
 def register_backends(register: Register) -> None:
-    register(Component(BACKEND, "TensorFlow 2: CPU or GPU; models mlp and conv4; compiled with tf.function.",
-                       f"{PACKAGE}.backend:Backend"))
+    register(
+        Component(
+            BACKEND,
+            "TensorFlow 2: CPU or GPU; models mlp and conv4; compiled with tf.function.",
+            f"{PACKAGE}.backend:Backend",
+        )
+    )
 
 
 @hookimpl

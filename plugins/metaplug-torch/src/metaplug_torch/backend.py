@@ -38,8 +38,10 @@ class Backend:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available")
         if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
-                              f"are visible, numbered from 0")
+            raise ConfigError(
+                f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
+                f"are visible, numbered from 0"
+            )
 
     def seed(self, seed: int) -> None:
         """Seed torch's generators (CPU and every CUDA device)."""
@@ -57,8 +59,9 @@ class Backend:
 
     def to_tensors(self, batch: EpisodeBatch, dtype: torch.dtype | None = None) -> Episodes:
         """The batch on the device: inputs and regression targets as ``dtype``, labels int64."""
-        return Episodes(*(self.tensor(a, dtype) for a in (batch.support_x, batch.support_y, batch.query_x,
-                                                          batch.query_y)))
+        return Episodes(
+            *(self.tensor(a, dtype) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+        )
 
     def build_model(self, spec: ModelSpec) -> torch.nn.Module:
         """A freshly initialised standard model (``mlp`` or ``conv4``) on the device."""

@@ -69,7 +69,7 @@ def map_tasks(
         pieces = []
         with execution_style("vectorized"):
             for start in range(0, num_tasks, size):
-                out = mapped(shared, *(t[start:start + size] for t in tasks))
+                out = mapped(shared, *(t[start : start + size] for t in tasks))
                 pieces.append(_finish(out, backward_scale, lambda loss: loss.sum()))
         return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
     pieces = []
@@ -80,8 +80,9 @@ def map_tasks(
     return tuple(torch.stack(parts) for parts in zip(*pieces, strict=True))
 
 
-def _finish(out: tuple[torch.Tensor, ...], scale: float | None,
-            total: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _finish(
+    out: tuple[torch.Tensor, ...], scale: float | None, total: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, ...]:
     if scale is not None and out[0].requires_grad:
         (total(out[0]) * scale).backward()
     return tuple(o.detach() for o in out)

@@ -33,7 +33,8 @@ class FunctionalModel:
         self.buffers = dict(module.named_buffers())
         self.names = [n for n, _ in module.named_parameters()]
         self.has_parts = isinstance(getattr(module, "features", None), nn.Module) and isinstance(
-            getattr(module, "head", None), nn.Module)
+            getattr(module, "head", None), nn.Module
+        )
         self.has_native_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
         self.has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
 
@@ -55,12 +56,14 @@ class FunctionalModel:
 
     def require_parts(self, algorithm: str) -> None:
         if not self.has_parts:
-            raise ConfigError(f"{algorithm} needs a model with 'features' and 'head' submodules "
-                              f"(every standard model has them); got {type(self.module).__name__}")
+            raise ConfigError(
+                f"{algorithm} needs a model with 'features' and 'head' submodules "
+                f"(every standard model has them); got {type(self.module).__name__}"
+            )
 
 
 def _call_part(part: nn.Module, prefix: str, params: Params, x: torch.Tensor) -> torch.Tensor:
-    sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    sub = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
     return functional_call(part, sub, (x,))
 
 

@@ -22,8 +22,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from metaplug.contract.interfaces import InnerRule
-from metaplug.errors import ConfigError
+from metaplug.contract.interfaces import InnerRule, resolve_inner_rule
 
 Params = Mapping[str, torch.Tensor]
 
@@ -54,22 +53,10 @@ BUILTIN_RULES: dict[str, type[InnerRule]] = {"inner-sgd": InnerSGD, "inner-metas
 
 
 def resolve_rule(rule: InnerRule | None, name: str | None, algorithm: str) -> InnerRule:
-    """The inner rule of an algorithm whose ``inner_rule`` option is ``name`` (``None``: it has
-    no such option, and its inner loop is :class:`InnerSGD`): ``rule`` as the host passes it,
-    else the built-in rule of that name."""
-    if name is None:
-        if rule is not None:
-            raise ConfigError(f"{algorithm} has no inner_rule option; it takes no rule=")
-        return InnerSGD()
-    if rule is None:
-        if name not in BUILTIN_RULES:
-            raise ConfigError(f"inner_rule {name!r} is not built into metaplug-torch ({', '.join(BUILTIN_RULES)}); "
-                              f"pass rule=<the rule instance>, or run through metaplug, which loads registered rules")
-        return BUILTIN_RULES[name]()
-    if not isinstance(rule, InnerRule):
-        raise ConfigError(f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), "
-                          f"got {type(rule).__name__}")
-    return rule
+    """The inner rule of ``algorithm`` whose ``inner_rule`` option is ``name`` (see
+    :func:`metaplug.contract.interfaces.resolve_inner_rule`; :class:`InnerSGD` without that
+    option)."""
+    return resolve_inner_rule(rule, name, BUILTIN_RULES, InnerSGD, algorithm, "metaplug-torch")
 
 
 def inner_loop(

@@ -57,8 +57,13 @@ def execution_style(style: str) -> Iterator[None]:
         _STYLE.reset(token)
 
 
-def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = BATCH_NORM_EPS,
-               elementary: bool | None = None) -> torch.Tensor:
+def batch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = BATCH_NORM_EPS,
+    elementary: bool | None = None,
+) -> torch.Tensor:
     """Normalise ``x`` (N, C, ...) over every axis but the channels with its own statistics."""
     if elementary is None:
         elementary = _STYLE.get() == "vectorized"
@@ -185,8 +190,7 @@ BUILDERS: dict[str, Callable[..., FeaturesAndHead]] = {"mlp": mlp, "conv4": conv
 def build(spec: ModelSpec) -> FeaturesAndHead:
     """The standard model that ``spec`` names, freshly initialised (PyTorch's default init)."""
     if spec.name not in BUILDERS:
-        raise ConfigError(f"unknown model {spec.name!r}.{suggest(spec.name, BUILDERS)} "
-                          f"Models: {', '.join(BUILDERS)}")
+        raise ConfigError(f"unknown model {spec.name!r}.{suggest(spec.name, BUILDERS)} Models: {', '.join(BUILDERS)}")
     builder = BUILDERS[spec.name]
     options: Mapping[str, Any] = dict(spec.options)
     allowed = tuple(inspect.signature(builder).parameters)[2:]

@@ -37,8 +37,12 @@ class Scheduled:
         self.options = self.Options.parse(options, owner=f"optimizer {type(self).__name__}")
         self.initial_lr = checked("lr", lr, float, minimum=0, exclusive=True)
         self.steps_taken = 0
-        super().__init__(params, lr=self.initial_lr, weight_decay=self.options.weight_decay,  # type: ignore[call-arg]
-                         **self.torch_options())
+        super().__init__(
+            params,
+            lr=self.initial_lr,
+            weight_decay=self.options.weight_decay,  # type: ignore[call-arg]
+            **self.torch_options(),
+        )
 
     def torch_options(self) -> dict[str, Any]:
         """The ``torch.optim`` keywords besides ``lr`` and ``weight_decay``."""
@@ -73,8 +77,7 @@ class Adam(Scheduled, torch.optim.Adam):
     options: AdamOptions
 
     def torch_options(self) -> dict[str, Any]:
-        return {"betas": self.options.betas, "eps": self.options.eps, "amsgrad": self.options.amsgrad,
-                "foreach": False}
+        return {"betas": self.options.betas, "eps": self.options.eps, "amsgrad": self.options.amsgrad, "foreach": False}
 
 
 class RMSprop(Scheduled, torch.optim.RMSprop):
@@ -84,8 +87,13 @@ class RMSprop(Scheduled, torch.optim.RMSprop):
     options: RMSpropOptions
 
     def torch_options(self) -> dict[str, Any]:
-        return {"alpha": self.options.alpha, "eps": self.options.eps, "momentum": self.options.momentum,
-                "centered": self.options.centered, "foreach": False}
+        return {
+            "alpha": self.options.alpha,
+            "eps": self.options.eps,
+            "momentum": self.options.momentum,
+            "centered": self.options.centered,
+            "foreach": False,
+        }
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
@@ -114,7 +122,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, arrays: Mapping[str, 
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in arrays.items():
         if key.startswith(f"{PREFIX}state."):
-            index, _, name = key[len(f"{PREFIX}state."):].partition(".")
+            index, _, name = key[len(f"{PREFIX}state.") :].partition(".")
             state.setdefault(int(index), {})[name] = torch.from_numpy(np.array(value))
     groups = optimizer.state_dict()["param_groups"]
     for g, group in enumerate(groups):

@@ -18,12 +18,24 @@ ALGORITHMS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("fomaml", "algorithms.maml:FOMAML", BOTH, "First-order MAML (Finn et al. 2017)."),
     ("reptile", "algorithms.reptile:Reptile", BOTH, "Reptile: move towards task-adapted weights (Nichol et al. 2018)."),
     ("anil", "algorithms.maml:ANIL", BOTH, "Almost No Inner Loop: MAML adapting only the head (Raghu et al. 2020)."),
-    ("metasgd", "algorithms.maml:MetaSGD", BOTH,
-     "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017)."),
-    ("protonet", "algorithms.protonet:ProtoNet", ("classification",),
-     "Prototypical Networks, classification only (Snell et al. 2017)."),
-    ("finetune", "algorithms.finetune:FineTune", BOTH,
-     "Transfer baseline: pre-train on all training tasks, fine-tune per task."),
+    (
+        "metasgd",
+        "algorithms.maml:MetaSGD",
+        BOTH,
+        "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017).",
+    ),
+    (
+        "protonet",
+        "algorithms.protonet:ProtoNet",
+        ("classification",),
+        "Prototypical Networks, classification only (Snell et al. 2017).",
+    ),
+    (
+        "finetune",
+        "algorithms.finetune:FineTune",
+        BOTH,
+        "Transfer baseline: pre-train on all training tasks, fine-tune per task.",
+    ),
 )
 """Rows ``(name, target, problems, summary)``."""
 
@@ -39,8 +51,13 @@ OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
 
 @hookimpl
 def register_backends(register: Register) -> None:
-    register(Component(BACKEND, "PyTorch: CPU or CUDA; models mlp and conv4; tasks batched with torch.func.",
-                       f"{PACKAGE}.backend:Backend"))
+    register(
+        Component(
+            BACKEND,
+            "PyTorch: CPU or CUDA; models mlp and conv4; tasks batched with torch.func.",
+            f"{PACKAGE}.backend:Backend",
+        )
+    )
 
 
 @hookimpl

@@ -7,5 +7,15 @@ from metaplug_tensorflow.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from metaplug_tensorflow.algorithms.protonet import ProtoNet
 from metaplug_tensorflow.algorithms.reptile import Reptile
 
-__all__ = ["ANIL", "FOMAML", "MAML", "AdaptedModel", "FineTune", "GradientMetaLearner", "MetaLearner", "MetaSGD",
-           "ProtoNet", "Reptile"]
+__all__ = [
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "AdaptedModel",
+    "FineTune",
+    "GradientMetaLearner",
+    "MetaLearner",
+    "MetaSGD",
+    "ProtoNet",
+    "Reptile",
+]

@@ -79,25 +79,31 @@ class MetaLearner:
     has_loss_before = True
     """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
 
-    def __init__(self, backend: Backend | None = None, model: FunctionalModel | None = None,
-                 spec: TaskSpec | None = None, optimizer: Callable[..., OuterOptimizer] | None = None,
-                 rule: InnerRule | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        model: FunctionalModel | None = None,
+        spec: TaskSpec | None = None,
+        optimizer: Callable[..., OuterOptimizer] | None = None,
+        rule: InnerRule | None = None,
+        **options: Any,
+    ) -> None:
         self.options = self.Options.parse(options, owner=f"algorithm {self.name!r}")
         if spec is None:
             raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
-            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
-                              f"not {spec.problem} tasks")
+            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, not {spec.problem} tasks")
         self.spec, self.problem = spec, spec.problem
         self.backend = backend if backend is not None else Backend()
         if not isinstance(self.backend, Backend):
-            raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, "
-                              f"got {type(backend).__name__}")
+            raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, got {type(backend).__name__}")
         if model is None:
             model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
         if not isinstance(model, FunctionalModel):
-            raise ConfigError("the tensorflow algorithms take a model from metaplug_tensorflow's "
-                              f"Backend.build_model, got {type(model).__name__}")
+            raise ConfigError(
+                "the tensorflow algorithms take a model from metaplug_tensorflow's "
+                f"Backend.build_model, got {type(model).__name__}"
+            )
         self.model = model
         self.mode = self._resolve_batching()
         self.rule = resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
@@ -105,7 +111,9 @@ class MetaLearner:
             self.extra = {k: tf.Variable(v, dtype=self.backend.dtype) for k, v in self.extra_parameters().items()}
         weights = dict(zip(self.model.names, self.model.variables, strict=True))
         self.trainables: dict[str, tf.Variable] = {
-            **{f"model.{n}": weights[n] for n in self.trained_names()}, **self.extra}
+            **{f"model.{n}": weights[n] for n in self.trained_names()},
+            **self.extra,
+        }
         self._saved = {**{f"model.{n}": v for n, v in weights.items()}, **self.trainables}
         with self.backend.scope():
             self.optimizer = (optimizer or Adam)(list(self.trainables.values()))
@@ -118,8 +126,10 @@ class MetaLearner:
     def _resolve_batching(self) -> str:
         batching = self.options.batching
         if batching == "reference":
-            raise ConfigError("batching 'reference' (the plain per-task loop torch's benchmarks compare against) "
-                              "is torch only; tensorflow takes auto, vectorized or loop")
+            raise ConfigError(
+                "batching 'reference' (the plain per-task loop torch's benchmarks compare against) "
+                "is torch only; tensorflow takes auto, vectorized or loop"
+            )
         return AUTO_BATCHING.get(self.model.spec.name, "loop") if batching == "auto" else batching
 
     @property
@@ -130,7 +140,7 @@ class MetaLearner:
     @property
     def feature_weights(self) -> list[tf.Variable]:
         """The model's ``features.*`` variables (all but the head)."""
-        return self.model.variables[:self.model.head_index]
+        return self.model.variables[: self.model.head_index]
 
     # -- what subclasses implement or override --------------------------------------------
 
@@ -155,8 +165,9 @@ class MetaLearner:
         (variables inside ``self.backend.scope()``, saved with :meth:`register_state`).
         Default: nothing."""
 
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       *extra: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, *extra: tf.Tensor
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         """Outer gradients and per-task metrics for a group of tasks (required).
 
         Receives support ``sx`` ``(T, S, ...)``, ``sy`` and query ``qx``, ``qy`` with a
@@ -169,8 +180,9 @@ class MetaLearner:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
 
-    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int, *extra: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         """Per-task query metrics after adapting to the support set with ``steps`` inner
         steps (required).
 
@@ -224,8 +236,16 @@ class MetaLearner:
         """The full model on weights with a task axis, batched as ``self.mode`` says."""
         return self.model(weights, x, per_task=True, vectorized=self.vectorized)
 
-    def inner_loop(self, forward: Callable[[Weights, tf.Tensor], tf.Tensor], weights: Weights,
-                   x: tf.Tensor, y: tf.Tensor, steps: int, update: Update, second_order: bool = False) -> Weights:
+    def inner_loop(
+        self,
+        forward: Callable[[Weights, tf.Tensor], tf.Tensor],
+        weights: Weights,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        steps: int,
+        update: Update,
+        second_order: bool = False,
+    ) -> Weights:
         """``steps`` inner updates ``weights = update(weights, grads)`` of per-task ``weights``
         on the loss of ``forward(weights, x)`` against ``y``.
 
@@ -252,8 +272,9 @@ class MetaLearner:
         weights being named ``names`` (the rule works on name-keyed mappings)."""
 
         def update(weights: Weights, grads: Weights) -> Weights:
-            stepped = self.rule.step(dict(zip(names, weights, strict=True)), dict(zip(names, grads, strict=True)),
-                                     learnables, lr)
+            stepped = self.rule.step(
+                dict(zip(names, weights, strict=True)), dict(zip(names, grads, strict=True)), learnables, lr
+            )
             return [stepped[n] for n in names]
 
         return update
@@ -295,9 +316,13 @@ class MetaLearner:
         """The keys of :meth:`loss_and_accuracy`: ``loss`` (and ``accuracy`` for classification)."""
         return ("loss", "accuracy") if self.problem == "classification" else ("loss",)
 
-    def map_tasks(self, fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
-                  tensors: Sequence[tf.Tensor], sums: Sequence[tf.Tensor],
-                  keys: Sequence[str]) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def map_tasks(
+        self,
+        fn: Callable[..., tuple[list[tf.Tensor], dict[str, tf.Tensor]]],
+        tensors: Sequence[tf.Tensor],
+        sums: Sequence[tf.Tensor],
+        keys: Sequence[str],
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         """Run ``fn(*tensors) -> (sums over tasks, per-task metrics)`` on the whole batch
         (vectorized) or one task at a time in a ``tf.while_loop`` (loop: traced once,
         memory for one task), adding up the sums and stacking the ``keys`` metrics.
@@ -312,8 +337,9 @@ class MetaLearner:
             totals = [a + b for a, b in zip(totals, part, strict=True)]
             return i + 1, totals, {k: arrays[k].write(i, metrics[k][0]) for k in keys}
 
-        _, totals, arrays = tf.while_loop(lambda i, *_: i < num_tasks, body,
-                                          (tf.constant(0), list(sums), arrays), parallel_iterations=1)
+        _, totals, arrays = tf.while_loop(
+            lambda i, *_: i < num_tasks, body, (tf.constant(0), list(sums), arrays), parallel_iterations=1
+        )
         return totals, {k: a.stack() for k, a in arrays.items()}
 
     # -- the compiled entry points ------------------------------------------------------------
@@ -326,8 +352,9 @@ class MetaLearner:
         self.optimizer.apply([s / num_tasks for s in sums])
         return {k: tf.reduce_mean(v) for k, v in metrics.items()}
 
-    def _evaluate_impl(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _evaluate_impl(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int, *extra: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         def evaluate(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
             return [], self.evaluate_tasks(*tensors[:4], steps, *tensors[4:])
 
@@ -386,15 +413,20 @@ class MetaLearner:
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            detail = "; ".join(part for part in (
-                f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
-                f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
-                if unexpected else "") if part)
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
+                    f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+                    if unexpected
+                    else "",
+                )
+                if part
+            )
             raise ConfigError(f"state does not fit this {self.name}: {detail}")
         for name, reference in expected.items():
             if np.shape(state[name]) != reference.shape:
-                raise ConfigError(f"state entry {name!r} has shape {np.shape(state[name])}, "
-                                  f"expected {reference.shape}")
+                raise ConfigError(f"state entry {name!r} has shape {np.shape(state[name])}, expected {reference.shape}")
         for name, variable in self._saved.items():
             variable.assign(to_native(np.asarray(state[name])).astype(variable.dtype.as_numpy_dtype))
         optimizer: dict[str, Any] = {"steps": state["optimizer.steps"]}
@@ -404,8 +436,9 @@ class MetaLearner:
 
     def _check_examples(self, x: np.ndarray) -> None:
         if tuple(x.shape[2:]) != tuple(self.spec.input_shape):
-            raise ConfigError(f"examples have shape {tuple(x.shape[2:])}, the task spec says "
-                              f"{tuple(self.spec.input_shape)}")
+            raise ConfigError(
+                f"examples have shape {tuple(x.shape[2:])}, the task spec says {tuple(self.spec.input_shape)}"
+            )
 
 
 class AdaptedModel:

@@ -38,7 +38,7 @@ class FineTune(MetaLearner):
     def trained_names(self) -> list[str]:
         """Classification: the features (the pre-training head is ``pretrain.head.*``);
         regression: every weight."""
-        return list(self.model.names[:self.model.head_index] if self.classify else self.model.names)
+        return list(self.model.names[: self.model.head_index] if self.classify else self.model.names)
 
     def extra_parameters(self) -> dict[str, np.ndarray]:
         """Classification: the pre-training head over all training classes, initialised as
@@ -49,8 +49,10 @@ class FineTune(MetaLearner):
             raise ConfigError("finetune needs the number of training classes (spec.num_classes)")
         size, classes = int(self.model.variables[self.model.head_index].shape[0]), self.spec.num_classes
         rng = self.backend.rng
-        return {PRETRAIN + "weight": _uniform(rng, (size, classes), size),
-                PRETRAIN + "bias": _uniform(rng, (classes,), size)}
+        return {
+            PRETRAIN + "weight": _uniform(rng, (size, classes), size),
+            PRETRAIN + "bias": _uniform(rng, (classes,), size),
+        }
 
     # -- pre-training ----------------------------------------------------------------
 
@@ -60,12 +62,14 @@ class FineTune(MetaLearner):
         if batch.classes is None:
             raise ConfigError("finetune pre-training needs the batch's class ids (batch.classes)")
         if int(np.max(batch.classes)) >= (self.spec.num_classes or 0):
-            raise ConfigError(f"class id {int(np.max(batch.classes))} is outside the "
-                              f"{self.spec.num_classes} training classes")
+            raise ConfigError(
+                f"class id {int(np.max(batch.classes))} is outside the {self.spec.num_classes} training classes"
+            )
         return (self.backend.tensor(np.asarray(batch.classes, dtype=np.int64)),)
 
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       *classes: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, *classes: tf.Tensor
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         x, y = tf.concat([sx, qx], axis=1), tf.concat([sy, qy], axis=1)
         with tf.GradientTape() as tape:
             if self.classify:
@@ -107,8 +111,9 @@ class FineTune(MetaLearner):
         update = self.rule_update(names, {}, self.options.inner_lr)
         return self.inner_loop(self._forward, self._start(sx), self._inputs(sx), sy, steps, update)
 
-    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int
+    ) -> dict[str, tf.Tensor]:
         start = self._start(sx)
         before = self._forward(start, self._inputs(qx))
         after = self._forward(self._tune(sx, sy, steps), self._inputs(qx))

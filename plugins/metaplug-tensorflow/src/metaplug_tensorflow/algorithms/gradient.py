@@ -44,7 +44,7 @@ class GradientMetaLearner(MetaLearner):
     def adapted_names(self) -> list[str]:
         """Names (in ``self.model.names``) of the weights the inner loop adapts: all of them,
         or ``head.*`` when ``head_only``."""
-        return list(self.model.names[self.model.head_index:] if self.head_only else self.model.names)
+        return list(self.model.names[self.model.head_index :] if self.head_only else self.model.names)
 
     def extra_parameters(self) -> dict[str, tf.Tensor]:
         """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
@@ -54,7 +54,7 @@ class GradientMetaLearner(MetaLearner):
 
     def inner_learnables(self) -> dict[str, tf.Variable]:
         """The inner rule's meta-learned variables (``self.extra``), keyed by weight name."""
-        return {k[len("inner."):]: v for k, v in self.extra.items()}
+        return {k[len("inner.") :]: v for k, v in self.extra.items()}
 
     def task_inputs(self, x: tf.Tensor) -> tf.Tensor:
         """What ``x`` becomes before the adapted weights act (computed once per task):
@@ -76,8 +76,11 @@ class GradientMetaLearner(MetaLearner):
         else row ``j`` is the last output of a pass over the support set and query ``j``."""
         transductive = self.options.transductive
         if fast is None:
-            return self.model(self.model.variables, qx) if transductive else per_query(
-                lambda x: self.model(self.model.variables, x), sx, qx)
+            return (
+                self.model(self.model.variables, qx)
+                if transductive
+                else per_query(lambda x: self.model(self.model.variables, x), sx, qx)
+            )
         if transductive:
             return self.task_output(fast, self.task_inputs(qx))
 
@@ -108,8 +111,9 @@ class GradientMetaLearner(MetaLearner):
         with its own inner loop overrides this, e.g. Reptile)."""
         return self.adapt_tasks(self.task_inputs(sx), sy, steps)
 
-    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int, *extra: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         before = self.query_output(None, sx, qx)
         after = self.query_output(self.adapt_support(sx, sy, steps, *extra), sx, qx)
         return {**self.loss_and_accuracy(after, qy), "loss_before": task_loss(self.problem, before, qy)}

@@ -33,8 +33,9 @@ class MAML(GradientMetaLearner):
         ``first_order`` option; FOMAML sets it for good)."""
         return self.options.first_order
 
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
-                       qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             h_support, h_query = self.task_inputs(sx), self.task_inputs(qx)
             fast = self.adapt_tasks(h_support, sy, self.options.inner_steps, second_order=not self.first_order)

@@ -45,10 +45,9 @@ class ProtoNet(MetaLearner):
 
     def trained_names(self) -> list[str]:
         """The feature weights (the head is built but unused)."""
-        return list(self.model.names[:self.model.head_index])
+        return list(self.model.names[: self.model.head_index])
 
-    def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor,
-                qx: tf.Tensor) -> tf.Tensor:
+    def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
         shots, ways = sx.shape[1], self.spec.output_size
         embedded = self.model.features(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
         protos = prototypes(embedded[:, :shots], sy, ways)
@@ -58,15 +57,17 @@ class ProtoNet(MetaLearner):
         present = tf.reduce_any(tf.equal(sy[:, :, None], tf.range(ways, dtype=sy.dtype)), axis=1)
         return tf.where(present[:, None, :], logits, tf.constant(-float("inf"), logits.dtype))
 
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor,
-                       qy: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         with tf.GradientTape() as tape:
             metrics = self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
             loss = tf.reduce_sum(metrics["loss"])
         return self.gradients(loss, tape), metrics
 
-    def evaluate_tasks(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       steps: int) -> dict[str, tf.Tensor]:
+    def evaluate_tasks(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int
+    ) -> dict[str, tf.Tensor]:
         return self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
 
     def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:

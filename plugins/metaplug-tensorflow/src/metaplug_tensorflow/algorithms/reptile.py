@@ -53,11 +53,16 @@ class Reptile(GradientMetaLearner):
                 self.adam_m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
                 self.adam_v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.model.variables]
                 self.adam_t = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.register_state({**{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m, strict=True)},
-                                 **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v, strict=True)},
-                                 "inner_adam.t": self.adam_t})
-        self.batches = MiniBatchDraws(self.backend.seed_value, self.options.inner_batch_size,
-                                      self.options.evaluation_batch_size)
+            self.register_state(
+                {
+                    **{f"inner_adam.m.{n}": m for n, m in zip(self.model.names, self.adam_m, strict=True)},
+                    **{f"inner_adam.v.{n}": v for n, v in zip(self.model.names, self.adam_v, strict=True)},
+                    "inner_adam.t": self.adam_t,
+                }
+            )
+        self.batches = MiniBatchDraws(
+            self.backend.seed_value, self.options.inner_batch_size, self.options.evaluation_batch_size
+        )
 
     # -- mini-batches ------------------------------------------------------------------
 
@@ -88,24 +93,28 @@ class Reptile(GradientMetaLearner):
 
     # -- the inner loop ------------------------------------------------------------------
 
-    def adam_step(self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor],
-                  state: AdamState) -> tuple[list[tf.Tensor], AdamState]:
+    def adam_step(
+        self, params: Sequence[tf.Tensor], grads: Sequence[tf.Tensor], state: AdamState
+    ) -> tuple[list[tf.Tensor], AdamState]:
         """TF1's ``AdamOptimizer``: ``t += 1``, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2)
         g^2``, ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``."""
         m, v, t = state
         b1, b2, eps = self.options.adam_beta1, self.options.adam_beta2, self.options.adam_epsilon
         t = t + 1
         power = tf.cast(t, tf.float64)
-        rate = self.options.inner_lr * tf.sqrt(1 - tf.pow(tf.constant(b2, tf.float64), power)) / (
-            1 - tf.pow(tf.constant(b1, tf.float64), power))
+        rate = (
+            self.options.inner_lr
+            * tf.sqrt(1 - tf.pow(tf.constant(b2, tf.float64), power))
+            / (1 - tf.pow(tf.constant(b1, tf.float64), power))
+        )
         m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads, strict=True)]
         v = [b2 * vi + (1 - b2) * tf.square(g) for vi, g in zip(v, grads, strict=True)]
-        params = [p - tf.cast(rate, p.dtype) * mi / (tf.sqrt(vi) + eps)
-                  for p, mi, vi in zip(params, m, v, strict=True)]
+        params = [p - tf.cast(rate, p.dtype) * mi / (tf.sqrt(vi) + eps) for p, mi, vi in zip(params, m, v, strict=True)]
         return params, (m, v, t)
 
-    def adapt_with(self, fast: Weights, x: tf.Tensor, y: tf.Tensor, steps: int, batches: tf.Tensor | None,
-                   adam: AdamState | None) -> tuple[Weights, AdamState | None]:
+    def adapt_with(
+        self, fast: Weights, x: tf.Tensor, y: tf.Tensor, steps: int, batches: tf.Tensor | None, adam: AdamState | None
+    ) -> tuple[Weights, AdamState | None]:
         """``steps`` first-order inner steps of per-task weights ``fast`` on the support set
         ``(x, y)``: on all of it, or on the mini-batches ``batches`` ``(T, steps, B)``; with the
         inner rule (SGD), or with Adam from state ``adam`` (returned updated)."""
@@ -134,11 +143,13 @@ class Reptile(GradientMetaLearner):
 
     # -- meta-training -------------------------------------------------------------------
 
-    def meta_gradients(self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor,
-                       *batches: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    def meta_gradients(
+        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, *batches: tf.Tensor
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         theta = self.model.variables
-        fast, _ = self.adapt_with(tile(theta, sx.shape[0]), sx, sy, self.options.inner_steps,
-                                  batches[0] if batches else None, None)
+        fast, _ = self.adapt_with(
+            tile(theta, sx.shape[0]), sx, sy, self.options.inner_steps, batches[0] if batches else None, None
+        )
         sums = [tf.reduce_sum(p[None] - phi, axis=0) for p, phi in zip(theta, fast, strict=True)]
         return sums, self.loss_and_accuracy(self.task_output(fast, qx), qy)
 
@@ -154,15 +165,17 @@ class Reptile(GradientMetaLearner):
 
         def body(i: tf.Tensor, totals: list[tf.Tensor], adam: AdamState, arrays: dict) -> tuple:
             sx, sy, qx, qy, *batches = [t[i][None] for t in tensors]
-            fast, carried = self.adapt_with(tile(theta, 1), sx, sy, self.options.inner_steps,
-                                            batches[0] if batches else None, adam)
+            fast, carried = self.adapt_with(
+                tile(theta, 1), sx, sy, self.options.inner_steps, batches[0] if batches else None, adam
+            )
             totals = [s + (p - phi[0]) for s, p, phi in zip(totals, theta, fast, strict=True)]
             metrics = self.loss_and_accuracy(self.task_output(fast, qx), qy)
             return i + 1, totals, carried, {k: arrays[k].write(i, metrics[k][0]) for k in self.metric_keys}
 
         zeros = [tf.zeros_like(p) for p in theta]
-        _, sums, (m, v, t), arrays = tf.while_loop(lambda i, *_: i < num_tasks, body,
-                                                   (tf.constant(0), zeros, adam, arrays), parallel_iterations=1)
+        _, sums, (m, v, t), arrays = tf.while_loop(
+            lambda i, *_: i < num_tasks, body, (tf.constant(0), zeros, adam, arrays), parallel_iterations=1
+        )
         for variable, value in zip([*self.adam_m, *self.adam_v], [*m, *v], strict=True):
             variable.assign(value[0])
         self.adam_t.assign(t)
@@ -174,6 +187,12 @@ class Reptile(GradientMetaLearner):
     def adapt_support(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *batches: tf.Tensor) -> Weights:
         """From the inner Adam state left by training (unchanged), on the evaluation mini-batches."""
         num_tasks = sx.shape[0]
-        fast, _ = self.adapt_with(tile(self.model.variables, num_tasks), sx, sy, steps,
-                                  batches[0] if batches else None, self._adam_state(num_tasks))
+        fast, _ = self.adapt_with(
+            tile(self.model.variables, num_tasks),
+            sx,
+            sy,
+            steps,
+            batches[0] if batches else None,
+            self._adam_state(num_tasks),
+        )
         return fast

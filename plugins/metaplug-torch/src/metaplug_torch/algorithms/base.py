@@ -23,8 +23,7 @@ MODEL_PREFIX = "model."
 class AdaptedModel:
     """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients."""
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: Backend,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: Backend, dtype: torch.dtype) -> None:
         self._forward, self._backend, self._dtype = forward, backend, dtype
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -60,15 +59,20 @@ class MetaLearner:
     vmap_chunk: int | None = None
     """Tasks per ``torch.func.vmap`` call in ``vectorized`` mode (``None``: the whole batch)."""
 
-    def __init__(self, backend: Backend | None = None, model: torch.nn.Module | None = None,
-                 spec: TaskSpec | None = None, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 rule: InnerRule | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        model: torch.nn.Module | None = None,
+        spec: TaskSpec | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        rule: InnerRule | None = None,
+        **options: Any,
+    ) -> None:
         self.options = self.Options.parse(options, owner=f"algorithm {self.name!r}")
         if spec is None:
             raise ConfigError(f"{self.name} needs the task spec (spec=sampler.spec)")
         if spec.problem not in self.problems:
-            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, "
-                              f"not {spec.problem} tasks")
+            raise ConfigError(f"{self.name} supports {' and '.join(self.problems)} only, not {spec.problem} tasks")
         self.spec = spec
         self.backend = backend if backend is not None else Backend()
         if model is None:
@@ -119,8 +123,9 @@ class MetaLearner:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement meta_gradients()")
 
-    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One task's query ``(loss, loss_before, accuracy)``, scalar tensors, after adapting
         to its support set ``(sx, sy)`` with ``steps`` inner steps.
 
@@ -164,7 +169,9 @@ class MetaLearner:
         with batching.no_grad_unless(self.mode != "vectorized"):
             loss, before, acc = self.map_tasks(
                 lambda shared, sx, sy, qx, qy, *extra: self.evaluate_task(shared, sx, sy, qx, qy, steps, *extra),
-                self.evaluation_parameters(), self.evaluation_tasks(data, steps))
+                self.evaluation_parameters(),
+                self.evaluation_tasks(data, steps),
+            )
         result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
         if self.spec.problem == "classification":
             result["accuracy"] = _numpy(acc)
@@ -196,11 +203,11 @@ class MetaLearner:
             for key, target in targets.items():
                 value = np.asarray(state[key])
                 if tuple(value.shape) != tuple(target.shape):
-                    raise ConfigError(f"state entry {key!r} has shape {value.shape}, "
-                                      f"expected {tuple(target.shape)}")
+                    raise ConfigError(f"state entry {key!r} has shape {value.shape}, expected {tuple(target.shape)}")
                 target.copy_(torch.from_numpy(np.array(value)))
         optimizers.load_optimizer_state(
-            self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)})
+            self.optimizer, {k: v for k, v in state.items() if k.startswith(optimizers.PREFIX)}
+        )
 
     # -- helpers for subclasses ---------------------------------------------------------
     def episode_tensors(self, batch: EpisodeBatch) -> Episodes:
@@ -210,8 +217,9 @@ class MetaLearner:
             raise ConfigError(f"{self.name} was set up for {self.spec.problem} but got a {batch.problem} batch")
         return self.backend.to_tensors(batch, self.dtype)
 
-    def map_tasks(self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor],
-                  backward_scale: float | None = None) -> tuple[torch.Tensor, ...]:
+    def map_tasks(
+        self, fn: batching.TaskFn, shared: Any, tasks: Sequence[torch.Tensor], backward_scale: float | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Run ``fn(shared, *task)`` on every task and stack its outputs along a new task axis.
 
         ``tasks`` are tensors with a task axis first (e.g. ``(sx, sy, qx, qy)``); ``fn``
@@ -222,8 +230,7 @@ class MetaLearner:
         in ``.grad``), so ``backward_scale=1/T`` leaves the mean loss's gradient there.
         Returned outputs are detached.
         """
-        return batching.map_tasks(fn, shared, tasks, self.mode, backward_scale=backward_scale,
-                                  chunk=self.vmap_chunk)
+        return batching.map_tasks(fn, shared, tasks, self.mode, backward_scale=backward_scale, chunk=self.vmap_chunk)
 
     def detached_parameters(self) -> dict[str, torch.Tensor]:
         """The model's parameters cut from the meta-gradient (requiring gradients of their

@@ -55,8 +55,9 @@ class FineTune(MetaLearner):
         return {PRETRAIN + "weight": head.weight, PRETRAIN + "bias": head.bias}
 
     # -- pre-training -------------------------------------------------------------------
-    def _pretrain_task(self, shared: tuple[Params, Params], x: torch.Tensor,
-                       y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pretrain_task(
+        self, shared: tuple[Params, Params], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         params, head = shared
         if self.classification:
             z = self.model.embed(params, x)
@@ -68,8 +69,9 @@ class FineTune(MetaLearner):
             if batch.classes is None:
                 raise ConfigError("finetune pre-training needs batch.classes (split-wide class ids)")
             if int(np.max(batch.classes)) >= (self.spec.num_classes or 0) or int(np.min(batch.classes)) < 0:
-                raise ConfigError(f"class id {int(np.max(batch.classes))} is outside the "
-                                  f"{self.spec.num_classes} training classes")
+                raise ConfigError(
+                    f"class id {int(np.max(batch.classes))} is outside the {self.spec.num_classes} training classes"
+                )
             classes = self.backend.tensor(batch.classes)
             support_y = torch.gather(classes, 1, data.support_y)
             query_y = torch.gather(classes, 1, data.query_y)
@@ -77,8 +79,7 @@ class FineTune(MetaLearner):
             support_y, query_y = data.support_y, data.query_y
         x = torch.cat([data.support_x, data.query_x], 1)
         y = torch.cat([support_y, query_y], 1)
-        return self.map_tasks(self._pretrain_task, (self.params, self.extra), (x, y),
-                              backward_scale=1.0 / len(x))
+        return self.map_tasks(self._pretrain_task, (self.params, self.extra), (x, y), backward_scale=1.0 / len(x))
 
     # -- fine-tuning --------------------------------------------------------------------
     def _start(self, params: Params) -> Params:
@@ -104,20 +105,30 @@ class FineTune(MetaLearner):
             return F.linear(z, fast["head.weight"], fast["head.bias"])
         return self.model.head(fast, z)
 
-    def _finetune(self, params: Params, sx: torch.Tensor, sy: torch.Tensor,
-                  steps: int) -> tuple[Params, dict[str, torch.Tensor]]:
+    def _finetune(
+        self, params: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int
+    ) -> tuple[Params, dict[str, torch.Tensor]]:
         h_support = self._inputs(params, sx)
         start = self._start(params)
 
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
 
-        fast = inner_loop(support_loss, start, self.rule, {}, self.options.inner_lr, steps, second_order=False,
-                          functional=self.mode == "vectorized")
+        fast = inner_loop(
+            support_loss,
+            start,
+            self.rule,
+            {},
+            self.options.inner_lr,
+            steps,
+            second_order=False,
+            functional=self.mode == "vectorized",
+        )
         return start, fast
 
-    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         start, fast = self._finetune(shared, sx, sy, steps)
         h_query = self._inputs(shared, qx)
         before, _ = self.loss_and_accuracy(self._output(shared, start, h_query), qy)

@@ -48,7 +48,7 @@ class GradientMetaLearner(MetaLearner):
 
     def inner_learnables(self) -> Params:
         """The inner rule's meta-learned tensors (``self.extra``), keyed by parameter name."""
-        return {k[len("inner."):]: v for k, v in self.extra.items()}
+        return {k[len("inner.") :]: v for k, v in self.extra.items()}
 
     def task_inputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """What ``x`` becomes before the adapted parameters act (computed once per task):
@@ -62,20 +62,30 @@ class GradientMetaLearner(MetaLearner):
             return self.model.head(fast, h)
         return self.model({**params, **fast}, h)
 
-    def query_output(self, params: Params, fast: Params, sx: torch.Tensor, qx: torch.Tensor,
-                     h_query: torch.Tensor | None = None) -> torch.Tensor:
+    def query_output(
+        self, params: Params, fast: Params, sx: torch.Tensor, qx: torch.Tensor, h_query: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The model's output on the query inputs ``qx`` with ``fast`` in place: one batch of
         queries (``h_query``, when given, is ``task_inputs(params, qx)``) when transductive,
         else row ``j`` is the last output of a pass over ``cat(sx, qx[j:j+1])``."""
         if self.options.transductive:
             return self.task_output(params, fast, self.task_inputs(params, qx) if h_query is None else h_query)
-        rows = [self.task_output(params, fast, self.task_inputs(params, torch.cat([sx, qx[j:j + 1]])))[-1]
-                for j in range(qx.shape[0])]
+        rows = [
+            self.task_output(params, fast, self.task_inputs(params, torch.cat([sx, qx[j : j + 1]])))[-1]
+            for j in range(qx.shape[0])
+        ]
         return torch.stack(rows)
 
     # -- the inner loop ---------------------------------------------------------------
-    def adapt_task(self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor,
-                   steps: int, second_order: bool) -> Params:
+    def adapt_task(
+        self,
+        params: Params,
+        learnables: Params,
+        h_support: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
+        second_order: bool,
+    ) -> Params:
         """The adapted parameters (names of :meth:`adapted_names`) after ``steps`` inner-rule
         steps on the support loss; differentiable back to ``params`` and ``learnables``
         when ``second_order`` (else the inner gradients are constants)."""
@@ -86,15 +96,24 @@ class GradientMetaLearner(MetaLearner):
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
 
-        return inner_loop(support_loss, start, self.rule, learnables, self.options.inner_lr, steps,
-                          second_order=second_order, functional=self.mode == "vectorized")
+        return inner_loop(
+            support_loss,
+            start,
+            self.rule,
+            learnables,
+            self.options.inner_lr,
+            steps,
+            second_order=second_order,
+            functional=self.mode == "vectorized",
+        )
 
     def evaluation_parameters(self) -> Any:
         """``(detached model parameters, detached inner learnables)``."""
         return self.detached_parameters(), {k: v.detach() for k, v in self.inner_learnables().items()}
 
-    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         params, learnables = shared
         h_support = self.task_inputs(params, sx)
         h_query = self.task_inputs(params, qx) if self.options.transductive else None
@@ -116,7 +135,8 @@ class GradientMetaLearner(MetaLearner):
         frozen = {n: p.detach() for n, p in params.items()}
         return AdaptedModel(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
 
-    def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
-                      steps: int) -> Params:
+    def adapt_support(
+        self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int
+    ) -> Params:
         """The adapted parameters :meth:`adapt` predicts with (one task, no task axis)."""
         return self.adapt_task(params, learnables, self.task_inputs(params, sx), sy, steps, second_order=False)

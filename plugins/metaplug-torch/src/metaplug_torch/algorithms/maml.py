@@ -32,18 +32,21 @@ class MAML(GradientMetaLearner):
         ``first_order`` option; FOMAML sets it for good)."""
         return self.options.first_order
 
-    def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                    qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_task(
+        self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         params, learnables = shared
         h_support, h_query = self.task_inputs(params, sx), self.task_inputs(params, qx)
-        fast = self.adapt_task(params, learnables, h_support, sy, self.options.inner_steps,
-                               second_order=not self.first_order)
+        fast = self.adapt_task(
+            params, learnables, h_support, sy, self.options.inner_steps, second_order=not self.first_order
+        )
         return self.loss_and_accuracy(self.task_output(params, fast, h_query), qy)
 
     def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self.map_tasks(self._train_task, (self.params, self.inner_learnables()), tasks,
-                              backward_scale=1.0 / len(data.support_x))
+        return self.map_tasks(
+            self._train_task, (self.params, self.inner_learnables()), tasks, backward_scale=1.0 / len(data.support_x)
+        )
 
 
 class FOMAML(MAML):

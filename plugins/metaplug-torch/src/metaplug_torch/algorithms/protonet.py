@@ -47,16 +47,18 @@ class ProtoNet(MetaLearner):
         # classes absent from the support set have no prototype and never win.
         return torch.where(counts > 0, logits, torch.full_like(logits, -math.inf))
 
-    def _train_task(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                    qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_task(
+        self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss_and_accuracy(self._logits(params, sx, sy, qx), qy)
 
     def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
         return self.map_tasks(self._train_task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
 
-    def evaluate_task(self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, acc = self._train_task(shared, sx, sy, qx, qy)
         return loss, torch.full_like(loss, math.nan), acc
 

@@ -38,15 +38,16 @@ class AdamState:
         return AdamState({n: m.detach() for n, m in self.m.items()}, {n: v.detach() for n, v in self.v.items()}, self.t)
 
 
-def adam_step(params: Params, grads: Params, state: AdamState, lr: float, beta1: float, beta2: float,
-              epsilon: float) -> tuple[dict[str, torch.Tensor], AdamState]:
+def adam_step(
+    params: Params, grads: Params, state: AdamState, lr: float, beta1: float, beta2: float, epsilon: float
+) -> tuple[dict[str, torch.Tensor], AdamState]:
     """One step of TF1's ``tf.train.AdamOptimizer``: ``t += 1``, ``m = b1 m + (1 - b1) g``,
     ``v = b2 v + (1 - b2) g^2``, ``p -= lr_t m / (sqrt(v) + eps)`` with
     ``lr_t = lr sqrt(1 - b2^t) / (1 - b1^t)`` (computed in Python floats)."""
     t = state.t + 1
     m = {n: beta1 * state.m[n] + (1 - beta1) * g for n, g in grads.items()}
     v = {n: beta2 * state.v[n] + (1 - beta2) * g * g for n, g in grads.items()}
-    lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    lr_t = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     return {n: p - lr_t * m[n] / (v[n].sqrt() + epsilon) for n, p in params.items()}, AdamState(m, v, t)
 
 
@@ -78,12 +79,20 @@ class Reptile(GradientMetaLearner):
         if self.options.inner_optimizer == "adam":
             zeros = {n: torch.zeros_like(p.detach()) for n, p in self.params.items()}
             self.inner_adam = AdamState(zeros, dict(zeros), 0)
-        self.batches = MiniBatchDraws(torch.initial_seed(), self.options.inner_batch_size,
-                                      self.options.evaluation_batch_size)
+        self.batches = MiniBatchDraws(
+            torch.initial_seed(), self.options.inner_batch_size, self.options.evaluation_batch_size
+        )
 
     # -- the inner loop ------------------------------------------------------------------
-    def adapt_with(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int,
-                   batches: torch.Tensor | None, adam: AdamState | None) -> tuple[Params, AdamState | None]:
+    def adapt_with(
+        self,
+        params: Params,
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
+        batches: torch.Tensor | None,
+        adam: AdamState | None,
+    ) -> tuple[Params, AdamState | None]:
         """The weights after ``steps`` first-order inner steps on the support set from
         ``params``, and the inner Adam state after them (``None`` with SGD). ``batches``
         (``(steps, batch)`` indices) picks each step's examples; ``None``: all of them."""
@@ -118,8 +127,15 @@ class Reptile(GradientMetaLearner):
         return None if rows is None else torch.from_numpy(rows).to(self.device)
 
     # -- meta-training ------------------------------------------------------------------
-    def _train_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                    qy: torch.Tensor, batches: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def _train_task(
+        self,
+        shared: tuple[Params, Params],
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        qx: torch.Tensor,
+        qy: torch.Tensor,
+        batches: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         params, _ = shared
         fast, adam = self.adapt_with(params, sx, sy, self.options.inner_steps, batches, self.inner_adam)
         if adam is not None:  # tasks run one after another: the next one continues this state
@@ -146,9 +162,16 @@ class Reptile(GradientMetaLearner):
         draws = self.draws(EVAL, len(data.support_x), steps, data.support_x.shape[1])
         return super().evaluation_tasks(data, steps) + (() if draws is None else (draws,))
 
-    def evaluate_task(self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-                      qy: torch.Tensor, steps: int,
-                      batches: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_task(
+        self,
+        shared: tuple[Params, Params],
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        qx: torch.Tensor,
+        qy: torch.Tensor,
+        steps: int,
+        batches: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As the base's; ``batches`` (from :meth:`evaluation_tasks`) are the task's
         mini-batch indices, when there are any."""
         params, _ = shared
@@ -158,8 +181,9 @@ class Reptile(GradientMetaLearner):
         loss, acc = self.loss_and_accuracy(self.query_output(params, fast, sx, qx), qy)
         return loss.detach(), before.detach(), acc.detach()
 
-    def adapt_support(self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor,
-                      steps: int) -> Params:
+    def adapt_support(
+        self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int
+    ) -> Params:
         """For :meth:`adapt`: the next evaluation mini-batches, from the inner Adam state left
         by training (unchanged)."""
         draws = self.draws(EVAL, 1, steps, len(sx))
@@ -192,7 +216,12 @@ class Reptile(GradientMetaLearner):
                 raise ConfigError(f"state entry {key!r} has shape {np.shape(state[key])}, expected {value.shape}")
         super().load_state_dict({k: v for k, v in state.items() if k not in own})
         if self.inner_adam is not None:
-            m, v = ({n: torch.as_tensor(np.array(state[f"inner_adam.{slot}.{n}"]), dtype=self.dtype, device=self.device)
-                     for n in self.model.names} for slot in ("m", "v"))
+            m, v = (
+                {
+                    n: torch.as_tensor(np.array(state[f"inner_adam.{slot}.{n}"]), dtype=self.dtype, device=self.device)
+                    for n in self.model.names
+                }
+                for slot in ("m", "v")
+            )
             self.inner_adam = AdamState(m, v, int(state["inner_adam.t"]))
         self.batches.load_state(state)
