@@ -139,6 +139,11 @@ class ScheduleOptions(Options):
     final_lr: float | None = option(None, minimum=0, help="anneal the rate linearly to this value")
     anneal_steps: int = option(0, minimum=0, help="steps over which the rate is annealed to final_lr")
 
+    @property
+    def constant(self) -> bool:
+        """Whether the learning rate never changes (neither step decay nor annealing)."""
+        return not self.decay_every and self.final_lr is None
+
     def validate(self) -> None:
         if self.final_lr is None and self.anneal_steps:
             raise ConfigError(f"anneal_steps ({self.anneal_steps!r}) needs final_lr, the learning rate to anneal to")

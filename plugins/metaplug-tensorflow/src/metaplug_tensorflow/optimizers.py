@@ -59,8 +59,10 @@ class OuterOptimizer:
     def schedule(self) -> None:
         """Set :attr:`rate` to :meth:`learning_rate`. A compiled step cannot run Python, so
         whoever compiles :meth:`apply` calls this before each call (``MetaLearner`` does);
-        an eager :meth:`apply` calls it itself."""
-        self.rate.assign(self.learning_rate())
+        an eager :meth:`apply` calls it itself. A constant rate is set once, at construction
+        (no per-step read of :attr:`steps` and write of :attr:`rate`)."""
+        if not self.options.constant:
+            self.rate.assign(self.learning_rate())
 
     def apply(self, grads: Sequence[tf.Tensor]) -> None:
         """One update of every variable from its gradient (graph-safe)."""
