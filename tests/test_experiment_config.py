@@ -91,6 +91,19 @@ def test_component_options_are_checked_against_their_declarations(section, key, 
         check(config.from_dict(raw))
 
 
+def test_a_batching_mode_the_backend_does_not_run_is_rejected_before_building():
+    pytest.importorskip("metaplug_tensorflow")
+    raw = config.defaults()
+    raw["backend"], raw["algorithm"]["batching"] = "tensorflow", "reference"
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "algorithm.batching 'reference' is not available on backend 'tensorflow'; it runs auto, vectorized, loop"
+        ),
+    ):
+        check(config.from_dict(raw))
+
+
 def test_checking_fills_in_every_declared_default():
     cfg = check(config.from_dict(config.defaults()))
     assert cfg.tasks.options == {

@@ -11,6 +11,7 @@ import click
 
 from metaplug.cli import cli, debugging
 from metaplug.contract.records import KINDS
+from metaplug.errors import ConfigError
 from metaplug.experiment.components import describe_options
 from metaplug.experiment.tomlio import format_value
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
@@ -116,7 +117,7 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
 @click.option("--backend", help="Which backend's implementation to describe.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> None:
-    """Describe one component: its record, docstring and parameters."""
+    """Describe one component: its record, docstring and options."""
     kind = normalize_kind(kind)
     reg = registry()
     if backend is None and kind in ("algorithms", "optimizers"):
@@ -143,7 +144,8 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
         click.echo("\noptions:")
         for o in data["options"]:
             help_text = f"  # {o['help']}" if o["help"] else ""
-            click.echo(f"  {o['name']}: {o['type']} = {_toml(o['default'])}{help_text}")
+            default = " (required)" if o["required"] else f" = {_toml(o['default'])}"
+            click.echo(f"  {o['name']}: {o['type']}{default}{help_text}")
 
 
 def _cell(value: Any) -> str:
@@ -153,7 +155,13 @@ def _cell(value: Any) -> str:
 
 
 def _toml(value: Any) -> str:
-    return "None" if value is None else format_value(value)
+    """A default as configuration files write it (``None``, else TOML, else its ``repr``)."""
+    if value is None:
+        return "None"
+    try:
+        return format_value(value)
+    except ConfigError:
+        return repr(value)
 
 
 __all__ = ["HOOK_FOR_KIND", "echo_json", "format_table"]

@@ -61,7 +61,10 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--val-tasks", type=int, help="Validation episodes each time.")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every N steps (0: only at the end).")
 @click.option("--test-tasks", type=int, help="Held-out test episodes scored after training (0: none).")
-@click.option("--data-dir", help="Dataset root (sets METAPLUG_DATA_DIR; Omniglot in DATA_DIR/omniglot).")
+@click.option(
+    "--data-dir",
+    help="Dataset root, passed to the task sampler (default: $METAPLUG_DATA_DIR; Omniglot in DATA_DIR/omniglot).",
+)
 @click.option(
     "--device",
     help="Device of the backend, e.g. cpu, cuda or cuda:1 (torch), cpu or gpu:0 "

@@ -105,8 +105,9 @@ class TaskSampler(Protocol):
     """Produces batches of episodes as numpy arrays, reproducibly from a seed.
 
     Constructed as ``Sampler(split="train", seed=0, **options)`` where ``split``
-    is one of :data:`SPLITS`, plus ``data_dir=`` (the root of local datasets: the run's
-    ``data_dir`` or ``$METAPLUG_DATA_DIR``) when ``__init__`` accepts it. The options are
+    is one of :data:`SPLITS`, plus ``data_dir=`` (the root of local datasets, when the run
+    sets ``data_dir``) if ``__init__`` accepts it; without it, look in
+    ``$METAPLUG_DATA_DIR`` (:func:`metaplug.tasks.datasets.data_dir`). The options are
     declared in an ``Options`` class attribute (or are the other keyword parameters of
     ``__init__``). The same seed, split and options give the same episodes on every run
     and machine.
@@ -138,6 +139,10 @@ class Backend(Protocol):
     name: str
     models: tuple[str, ...]
     """Names :meth:`build_model` accepts."""
+    batching_modes: tuple[str, ...]
+    """The values of the standard algorithms' ``batching`` option that this backend runs
+    (optional: without it, every value of :data:`metaplug.contract.hyperparameters.BATCHING`);
+    the host rejects any other before building anything."""
 
     def seed(self, seed: int) -> None:
         """Seed the framework's random generators (model initialisation, dropout)."""

@@ -52,14 +52,18 @@ class Rule:
     choices: tuple[Any, ...] = ()
     help: str = ""
 
-    def check(self, name: str, value: Any) -> None:
+    def check(self, name: str, value: Any, given: Any = None) -> None:
+        """One-line :class:`ConfigError` unless the normalised ``value`` fits; messages show
+        ``given``, the value as the user wrote it (default: ``value``)."""
+        given = value if given is None else given
         if self.choices and value not in self.choices:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
-        for item in value if isinstance(value, tuple) else (value,):
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, self.choices))}, got {given!r}")
+        items, shown = (value, given) if isinstance(value, tuple) else ((value,), (given,))
+        for item, raw in zip(items, shown, strict=True):
             if isinstance(item, (int, float)) and not isinstance(item, bool):
-                self._check_range(name, item)
+                self._check_range(name, item, raw)
 
-    def _check_range(self, name: str, value: float) -> None:
+    def _check_range(self, name: str, value: float, given: Any) -> None:
         low, high = self.minimum, self.maximum
         if (
             low is not None
@@ -72,13 +76,13 @@ class Rule:
             )
         ):
             opening, closing = "(" if self.exclusive else "[", ")" if self.below_maximum else "]"
-            raise ConfigError(f"{name} must be in {opening}{low:g}, {high:g}{closing}, got {value!r}")
+            raise ConfigError(f"{name} must be in {opening}{low:g}, {high:g}{closing}, got {given!r}")
         if low is not None and (value <= low if self.exclusive else value < low):
             bound = f"greater than {low:g}" if self.exclusive else f"at least {low:g}"
-            raise ConfigError(f"{name} must be {bound}, got {value!r}")
+            raise ConfigError(f"{name} must be {bound}, got {given!r}")
         if high is not None and (value >= high if self.below_maximum else value > high):
             bound = f"less than {high:g}" if self.below_maximum else f"at most {high:g}"
-            raise ConfigError(f"{name} must be {bound}, got {value!r}")
+            raise ConfigError(f"{name} must be {bound}, got {given!r}")
 
 
 def option(
@@ -108,17 +112,21 @@ class OptionInfo:
     name: str
     type: str
     default: Any
-    help: str
-    choices: tuple[Any, ...]
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+    required: bool = False
+    """No default: the option must be set (only undeclared options, read from ``__init__``)."""
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: a default that is not a plain value is shown by its ``repr``."""
+        plain = self.default is None or isinstance(self.default, (bool, int, float, str, tuple, list))
         return {
             "name": self.name,
             "type": self.type,
-            "default": self.default,
+            "default": self.default if plain else repr(self.default),
             "help": self.help,
             "choices": list(self.choices),
-            "required": False,
+            "required": self.required,
         }
 
 
@@ -136,11 +144,12 @@ class Options:
     def __post_init__(self) -> None:
         hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = _normalise(f.name, getattr(self, f.name), hints[f.name])
+            given = getattr(self, f.name)
+            value = _normalise(f.name, given, hints[f.name])
             object.__setattr__(self, f.name, value)
             rule = f.metadata.get(_RULE)
             if rule is not None and value is not None:
-                rule.check(f.name, value)
+                rule.check(f.name, value, given)
         self.validate()
 
     def validate(self) -> None:
@@ -193,10 +202,10 @@ def checked(name: str, value: Any, kind: Any, **rule: Any) -> Any:
     """``value`` checked as an option of type ``kind`` with the :func:`option` keywords
     ``rule`` (``minimum``, ``choices``...), normalised; the same messages as :class:`Options`.
     For arguments that are not options, such as ``evaluate(..., steps=3)``."""
-    value = _normalise(name, value, kind)
-    if value is not None:
-        Rule(**rule).check(name, value)
-    return value
+    normalised = _normalise(name, value, kind)
+    if normalised is not None:
+        Rule(**rule).check(name, normalised, value)
+    return normalised
 
 
 def options_of(implementation: Any) -> type[Options] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, replace
@@ -80,10 +81,21 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
     _check_episode_shape(cfg, tasks)
     algorithm = resolve_options(cfg.algorithm, records.algorithm, "algorithm")
     optimizer = resolve_options(cfg.optimizer, records.optimizer, "optimizer")
+    _check_batching(algorithm, records.backend)
     rule = algorithm.options.get("inner_rule")
     if isinstance(rule, str):
         inner_rule_record(reg, rule, backend)
     return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer)
+
+
+def _check_batching(algorithm: Choice, backend: Component) -> None:
+    """``algorithm.batching`` must be a mode the backend runs (its ``batching_modes``)."""
+    batching = algorithm.options.get("batching")
+    modes = getattr(backend.load(), "batching_modes", None)
+    if isinstance(batching, str) and modes is not None and batching not in modes:
+        raise ConfigError(
+            f"algorithm.batching {batching!r} is not available on backend {backend.name!r}; it runs {', '.join(modes)}"
+        )
 
 
 def _check_episode_shape(cfg: ExperimentConfig, tasks: Choice) -> None:
@@ -140,30 +152,41 @@ def resolve_options(choice: Choice, record: Component, section: str) -> Choice:
 
 def describe_options(implementation: Any, kind: str) -> list[OptionInfo]:
     """The options of a component implementation, as ``metaplug info`` shows them: its
-    declared :class:`~metaplug.contract.options.Options`, else its keyword parameters."""
+    declared :class:`~metaplug.contract.options.Options`, else its keyword parameters.
+    Backends have none: the host constructs them with at most ``device=``."""
+    if kind == "backends":
+        return []
     declared = options_of(implementation)
     if declared is not None:
         return declared.describe()
     described = []
     for p in (keyword_parameters(implementation, HOST_ARGUMENTS[kind]) or {}).values():
-        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-        default = None if p.default is inspect.Parameter.empty else p.default
-        described.append(OptionInfo(p.name, str(annotation or "any"), default, "", ()))
+        if p.annotation is inspect.Parameter.empty:
+            annotation = "any"
+        else:
+            annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "any")
+        required = p.default is inspect.Parameter.empty
+        described.append(OptionInfo(p.name, annotation, None if required else p.default, required=required))
     return described
 
 
 def inner_rule_record(reg: Registry, name: str, backend: str) -> Component:
     """The inner-loop rule registered as ``name`` for ``backend``; one line if there is none."""
+    rules = sorted(
+        n
+        for n in reg.names("optimizers")
+        if any(r.role == "inner" and backend in r.backends for r in reg.records("optimizers", n))
+    )
+    if name not in reg.names("optimizers"):
+        raise ConfigError(
+            f"algorithm.inner_rule {name!r} is unknown.{suggest(name, rules)} Inner rules for {backend}: "
+            f"{', '.join(rules) or 'none'}"
+        )
     try:
         record = reg.get("optimizers", name, backend=backend)
     except MetaplugError as exc:
         raise ConfigError(f"algorithm.inner_rule: {exc}") from None
     if record.role != "inner":
-        rules = sorted(
-            n
-            for n in reg.names("optimizers")
-            if any(r.role == "inner" and backend in r.backends for r in reg.records("optimizers", n))
-        )
         raise ConfigError(
             f"algorithm.inner_rule {name!r} is an outer optimizer; inner rules for {backend}: {', '.join(rules)}"
         )
@@ -184,8 +207,9 @@ def host_arguments(reg: Registry, implementation: Any, options: dict[str, Any], 
     declared = options_of(implementation)
     if declared is None or "inner_rule" not in declared.names():
         return {}
-    default = next(o.default for o in declared.describe() if o.name == "inner_rule")
-    return {"rule": load_inner_rule(reg, options.get("inner_rule", default), backend)}
+    default = next(f.default for f in dataclasses.fields(declared) if f.name == "inner_rule")
+    name = options.get("inner_rule", default)
+    return {"rule": load_inner_rule(reg, name, backend)}
 
 
 def make_backend(record: Component, device: str | None) -> Any:

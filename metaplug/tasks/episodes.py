@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from metaplug.contract.interfaces import SPLITS, EpisodeBatch, TaskSpec
+from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
 
 _SPLIT_KEYS = {name: index for index, name in enumerate(SPLITS)}
@@ -139,6 +140,6 @@ class EpisodeSampler:
 
 
 def check_positive(**values: int) -> None:
+    """Each value an integer of at least 1 (the messages of declared options)."""
     for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        checked(name, value, int, minimum=1)

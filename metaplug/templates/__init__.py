@@ -60,7 +60,7 @@ class PluginNames:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         name = name.strip().lower()
-        name = name[len("metaplug-"):] if name.startswith("metaplug-") else name
+        name = name.removeprefix("metaplug-")
         if not _NAME.match(name) or "--" in name:
             raise ConfigError(
                 f"plugin name {name!r} must be lower-case letters, digits and single '-', starting with a letter"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch_helpers import IMAGES, SINUSOID, build, image_batch, regression_batch
@@ -80,3 +81,19 @@ def test_anil_adapts_only_the_head():
         params, {}, algorithm.task_inputs(params, data.support_x[0]), data.support_y[0], 2, second_order=False
     )
     assert set(adapted) == {"head.weight", "head.bias"}
+
+
+def test_an_algorithms_options_must_extend_batching_options():
+    from dataclasses import dataclass
+
+    from metaplug import Options, option
+    from metaplug_torch.algorithms.base import MetaLearner
+
+    @dataclass(frozen=True)
+    class Plain(Options):
+        x: int = option(1)
+
+    with pytest.raises(TypeError, match="Options must extend metaplug.contract.hyperparameters.BatchingOptions"):
+
+        class Bad(MetaLearner):
+            Options = Plain

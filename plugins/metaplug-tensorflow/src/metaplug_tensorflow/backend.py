@@ -38,6 +38,8 @@ class Backend:
 
     name = "tensorflow"
     models: tuple[str, ...] = ("mlp", "conv4")
+    batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop")
+    """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
 
     def __init__(self, device: str | None = None, dtype: str = "float32") -> None:
         checked("dtype", dtype, str, choices=tuple(DTYPES))

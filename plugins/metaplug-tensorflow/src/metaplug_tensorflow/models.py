@@ -31,7 +31,7 @@ from metaplug.contract.interfaces import ModelSpec
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 
-BN_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5
 PADDING_1 = [[0, 0], [1, 1], [1, 1], [0, 0]]
 HEAD = ("head.weight", "head.bias")
 
@@ -59,7 +59,7 @@ def batch_norm(h: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     mean = tf.reduce_mean(h, axis=[1, 2, 3], keepdims=True)
     centred = h - mean
     variance = tf.reduce_mean(tf.square(centred), axis=[1, 2, 3], keepdims=True)
-    return centred * tf.math.rsqrt(variance + BN_EPS) * scale + shift
+    return centred * tf.math.rsqrt(variance + BATCH_NORM_EPS) * scale + shift
 
 
 @dataclass
@@ -79,7 +79,7 @@ class FunctionalModel:
         """Index of the first head weight in :attr:`names`."""
         return len(self.names) - len(HEAD)
 
-    def features(
+    def embed(
         self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False, vectorized: bool = True
     ) -> tf.Tensor:
         """Feature vectors ``(T, N, F)`` of inputs ``(T, N, *example)``; ``params`` are the
@@ -103,7 +103,7 @@ class FunctionalModel:
     ) -> tf.Tensor:
         """Outputs ``(T, N, out)`` from the full list of weights."""
         k = self.head_index
-        h = self.features(params[:k], x, per_task, vectorized)
+        h = self.embed(params[:k], x, per_task, vectorized)
         return self.head(params[k:], h, per_task)
 
     def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
@@ -214,14 +214,14 @@ def _conv4_weights(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.nd
     return weights
 
 
-ARCHITECTURES = {"mlp": (MLP, _mlp_weights), "conv4": (Conv4, _conv4_weights)}
+BUILDERS = {"mlp": (MLP, _mlp_weights), "conv4": (Conv4, _conv4_weights)}
 
 MODEL_OPTIONS = {"mlp": {"hidden"}, "conv4": {"filters", "pooling"}}
 
 
 def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> FunctionalModel:
     """A freshly initialised standard model with weights drawn from ``rng``."""
-    if spec.name not in ARCHITECTURES:
+    if spec.name not in BUILDERS:
         raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: mlp, conv4")
     unknown = set(spec.options) - MODEL_OPTIONS[spec.name]
     if unknown:
@@ -230,7 +230,7 @@ def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> Functio
         )
     if spec.output_size < 1:
         raise ConfigError(f"model output size must be positive, got {spec.output_size}")
-    cls, init = ARCHITECTURES[spec.name]
+    cls, init = BUILDERS[spec.name]
     weights = init(spec, rng)
     variables = [tf.Variable(w, dtype=dtype, name=n.replace(".", "_")) for n, w in weights.items()]
     return cls(spec, tuple(weights), variables)

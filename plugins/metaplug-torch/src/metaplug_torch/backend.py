@@ -27,6 +27,7 @@ class Backend:
 
     name = "torch"
     models: tuple[str, ...] = tuple(models.BUILDERS)
+    batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop", "reference")
 
     def __init__(self, device: str | None = None) -> None:
         if device is None:

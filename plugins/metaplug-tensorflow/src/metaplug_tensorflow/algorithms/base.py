@@ -79,6 +79,14 @@ class MetaLearner:
     has_loss_before = True
     """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BatchingOptions)):
+            raise TypeError(
+                f"{cls.__name__}.Options must extend metaplug.contract.hyperparameters.BatchingOptions "
+                f"(MetaLearner runs its batching option)"
+            )
+
     def __init__(
         self,
         backend: Backend | None = None,
@@ -124,11 +132,10 @@ class MetaLearner:
         self.setup()
 
     def _resolve_batching(self) -> str:
-        batching = self.options.batching
-        if batching == "reference":
+        batching, modes = self.options.batching, self.backend.batching_modes
+        if batching not in modes:
             raise ConfigError(
-                "batching 'reference' (the plain per-task loop torch's benchmarks compare against) "
-                "is torch only; tensorflow takes auto, vectorized or loop"
+                f"batching {batching!r} is not available on backend 'tensorflow'; it runs {', '.join(modes)}"
             )
         return AUTO_BATCHING.get(self.model.spec.name, "loop") if batching == "auto" else batching
 

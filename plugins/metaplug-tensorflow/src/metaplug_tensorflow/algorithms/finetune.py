@@ -32,18 +32,18 @@ class FineTune(MetaLearner):
     options: FineTuneOptions
 
     @property
-    def classify(self) -> bool:
+    def classification(self) -> bool:
         return self.problem == "classification"
 
     def trained_names(self) -> list[str]:
         """Classification: the features (the pre-training head is ``pretrain.head.*``);
         regression: every weight."""
-        return list(self.model.names[: self.model.head_index] if self.classify else self.model.names)
+        return list(self.model.names[: self.model.head_index] if self.classification else self.model.names)
 
     def extra_parameters(self) -> dict[str, np.ndarray]:
         """Classification: the pre-training head over all training classes, initialised as
         the model's head is (from the backend's generator)."""
-        if not self.classify:
+        if not self.classification:
             return {}
         if not self.spec.num_classes:
             raise ConfigError("finetune needs the number of training classes (spec.num_classes)")
@@ -57,7 +57,7 @@ class FineTune(MetaLearner):
     # -- pre-training ----------------------------------------------------------------
 
     def extra_train_inputs(self, batch: EpisodeBatch) -> tuple[tf.Tensor, ...]:
-        if not self.classify:
+        if not self.classification:
             return ()
         if batch.classes is None:
             raise ConfigError("finetune pre-training needs the batch's class ids (batch.classes)")
@@ -72,10 +72,10 @@ class FineTune(MetaLearner):
     ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
         x, y = tf.concat([sx, qx], axis=1), tf.concat([sy, qy], axis=1)
         with tf.GradientTape() as tape:
-            if self.classify:
+            if self.classification:
                 y = tf.gather(classes[0], y, batch_dims=1)
                 head = [self.extra[PRETRAIN + "weight"], self.extra[PRETRAIN + "bias"]]
-                outputs = self.model.head(head, self.model.features(self.feature_weights, x))
+                outputs = self.model.head(head, self.model.embed(self.feature_weights, x))
             else:
                 outputs = self.model(self.model.variables, x)
             metrics = self.loss_and_accuracy(outputs, y)
@@ -88,7 +88,7 @@ class FineTune(MetaLearner):
         """Per-task starting weights of the part that is fine-tuned."""
         num_tasks = sx.shape[0]
         k = self.model.head_index
-        if self.classify:
+        if self.classification:
             head = [tf.zeros([num_tasks, *v.shape], v.dtype) for v in self.model.variables[k:]]
         else:
             head = tile(self.model.variables[k:], num_tasks)
@@ -102,10 +102,10 @@ class FineTune(MetaLearner):
 
     def _inputs(self, x: tf.Tensor) -> tf.Tensor:
         if self.options.finetune == "head":
-            return self.model.features(self.feature_weights, x)
+            return self.model.embed(self.feature_weights, x)
         return x
 
-    def _tune(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
+    def _finetune(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         k = self.model.head_index
         names = (self.model.names[:k] if self.options.finetune == "all" else ()) + self.model.names[k:]
         update = self.rule_update(names, {}, self.options.inner_lr)
@@ -116,11 +116,11 @@ class FineTune(MetaLearner):
     ) -> dict[str, tf.Tensor]:
         start = self._start(sx)
         before = self._forward(start, self._inputs(qx))
-        after = self._forward(self._tune(sx, sy, steps), self._inputs(qx))
+        after = self._forward(self._finetune(sx, sy, steps), self._inputs(qx))
         return {**self.loss_and_accuracy(after, qy), "loss_before": task_loss(self.problem, before, qy)}
 
     def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        fast = [w[0] for w in self._tune(sx, sy, steps)]
+        fast = [w[0] for w in self._finetune(sx, sy, steps)]
         if len(fast) == len(self.model.names):
             return fast
         return [tf.identity(v) for v in self.feature_weights] + fast

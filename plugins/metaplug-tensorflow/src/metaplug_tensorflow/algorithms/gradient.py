@@ -61,7 +61,7 @@ class GradientMetaLearner(MetaLearner):
         ``features`` of ``x`` when ``head_only``, else ``x`` itself."""
         if not self.head_only:
             return x
-        return self.model.features(self.feature_weights, x)
+        return self.model.embed(self.feature_weights, x)
 
     def task_output(self, fast: Sequence[tf.Tensor], h: tf.Tensor) -> tf.Tensor:
         """The model's output on ``h = task_inputs(x)`` with the per-task adapted weights

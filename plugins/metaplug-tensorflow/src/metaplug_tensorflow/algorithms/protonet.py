@@ -49,7 +49,7 @@ class ProtoNet(MetaLearner):
 
     def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
         shots, ways = sx.shape[1], self.spec.output_size
-        embedded = self.model.features(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
+        embedded = self.model.embed(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
         protos = prototypes(embedded[:, :shots], sy, ways)
         logits = scores(embedded[:, shots:], protos, self.options.distance)
         # Episodes with fewer ways than the spec (e.g. 60-way training, 5-way testing):

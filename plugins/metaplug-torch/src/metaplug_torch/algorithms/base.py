@@ -59,6 +59,14 @@ class MetaLearner:
     vmap_chunk: int | None = None
     """Tasks per ``torch.func.vmap`` call in ``vectorized`` mode (``None``: the whole batch)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BatchingOptions)):
+            raise TypeError(
+                f"{cls.__name__}.Options must extend metaplug.contract.hyperparameters.BatchingOptions "
+                f"(MetaLearner runs its batching option)"
+            )
+
     def __init__(
         self,
         backend: Backend | None = None,

@@ -137,7 +137,7 @@ def test_schedule_decays_every_n_steps():
 @pytest.mark.parametrize(
     "cls, options, message",
     [
-        (SGD, {"lr": 0.0}, "lr must be greater than 0, got 0.0"),
+        (SGD, {"lr": 0}, "lr must be greater than 0, got 0$"),
         (SGD, {"lr": 0.1, "nesterov": True}, "nesterov needs a positive momentum"),
         (Adam, {"lr": 0.1, "betas": (1.0, 0.9)}, r"betas must be in \[0, 1\), got 1.0"),
         (Adam, {"lr": 0.1, "amsgrad": "yes"}, "amsgrad must be true or false, got 'yes'"),

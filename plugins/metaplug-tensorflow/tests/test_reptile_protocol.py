@@ -245,7 +245,7 @@ def test_non_transductive_predictions_are_one_pass_per_query_with_the_support_se
         ({"test_inner_batch_size": 2.5}, "test_inner_batch_size must be an integer, got 2.5"),
         ({"adam_beta1": 1.0}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
         ({"adam_beta2": -0.1}, r"adam_beta2 must be in \[0, 1\), got -0.1"),
-        ({"adam_epsilon": 0}, "adam_epsilon must be greater than 0, got 0.0"),
+        ({"adam_epsilon": 0}, "adam_epsilon must be greater than 0, got 0$"),
         ({"transductive": "no"}, "transductive must be true or false"),
     ],
 )

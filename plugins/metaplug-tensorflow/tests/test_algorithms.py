@@ -109,3 +109,19 @@ def test_finetune_pretrains_over_all_training_classes(make, grad, image_batches)
     assert bias.sum() == pytest.approx(0, abs=1e-6)
     assert np.any(bias[np.unique(batches[0].classes)] < 0)
     assert not np.any(gradient["model.head.weight"])  # the episode head is not pre-trained
+
+
+def test_an_algorithms_options_must_extend_batching_options():
+    from dataclasses import dataclass
+
+    from metaplug import Options, option
+    from metaplug_tensorflow.algorithms.base import MetaLearner
+
+    @dataclass(frozen=True)
+    class Plain(Options):
+        x: int = option(1)
+
+    with pytest.raises(TypeError, match="Options must extend metaplug.contract.hyperparameters.BatchingOptions"):
+
+        class Bad(MetaLearner):
+            Options = Plain
