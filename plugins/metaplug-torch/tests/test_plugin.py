@@ -88,7 +88,8 @@ def test_protonet_on_regression_is_a_config_error():
 
 
 def test_unknown_inner_rule_suggests_the_right_name():
-    with pytest.raises(ConfigError, match="inner_rule 'inner-sdg' is unknown. Did you mean 'inner-sgd'\\? Inner rules for torch: "):
+    message = "inner_rule 'inner-sdg' is unknown. Did you mean 'inner-sgd'\\? Inner rules for torch: "
+    with pytest.raises(ConfigError, match=message):
         build("maml", SINUSOID, inner_rule="inner-sdg")
     with pytest.raises(ConfigError, match="'adam' is an outer optimizer; inner rules for torch: inner-metasgd, "):
         build("maml", SINUSOID, inner_rule="adam")
