@@ -18,6 +18,8 @@ never :mod:`metaplug.plugins`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pluggy
 
 __version__ = "0.1.0"
@@ -32,4 +34,13 @@ from metaplug.contract.options import Options, option  # noqa: E402  (after hook
 from metaplug.contract.records import Component, Register  # noqa: E402
 from metaplug.errors import MetaplugError  # noqa: E402
 
-__all__ = ["Component", "MetaplugError", "Options", "Register", "__version__", "hookimpl", "option"]
+__all__ = ["Component", "MetaplugError", "Options", "Register", "__version__", "algorithm", "hookimpl", "option"]
+
+
+def __getattr__(name: str) -> Any:
+    """``metaplug.algorithm``, imported on first use (it needs plugin discovery)."""
+    if name == "algorithm":
+        from metaplug.experiment.components import algorithm
+
+        return algorithm
+    raise AttributeError(f"module 'metaplug' has no attribute {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,59 @@ def _accepts(cls: Any, name: str) -> bool:
         return False
 
 
+def construct(
+    reg: Registry, cls: Any, backend: Any, model: Any, spec: TaskSpec, optimizer: Any, options: Mapping[str, Any]
+) -> Any:
+    """``cls(backend=, model=, spec=, optimizer=, [rule=,] **options)``: an algorithm built as
+    the host builds every algorithm (the inner rule its options name resolved to ``rule=``)."""
+    arguments = host_arguments(reg, cls, dict(options), backend.name)
+    return cls(backend=backend, model=model, spec=spec, optimizer=optimizer, **arguments, **options)
+
+
+def algorithm(
+    name: str,
+    *,
+    spec: TaskSpec,
+    backend: str | None = None,
+    model: Any = None,
+    model_options: Mapping[str, Any] | None = None,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    optimizer_options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    **options: Any,
+) -> Any:
+    """The registered algorithm ``name``, ready to meta-train: the Python twin of ``metaplug
+    train``'s building step (``metaplug.algorithm``).
+
+    ``spec`` is the tasks' :class:`~metaplug.contract.interfaces.TaskSpec` (a sampler's
+    ``spec``); ``backend`` a backend name (default: torch, then tensorflow); ``model`` your
+    own framework model (a ``torch.nn.Module`` on torch), or the name of a standard model
+    (default: ``spec.default_model``) built with ``model_options`` after seeding the backend
+    with ``seed``; ``optimizer`` the outer optimizer at rate ``lr`` with ``optimizer_options``;
+    ``options`` the algorithm's own (``inner_lr=0.4``...). Example::
+
+        learner = metaplug.algorithm("maml", spec=sampler.spec, backend="torch", inner_lr=0.4)
+        learner.meta_train_step(sampler.sample(32))
+    """
+    reg = default_registry()
+    backend_name = backend or choose_backend(reg)
+    instance = make_backend(reg.get("backends", backend_name), device)
+    instance.seed(seed)
+    if model is None or isinstance(model, str):
+        model_spec = ModelSpec(
+            model or spec.default_model, spec.input_shape, spec.output_size, dict(model_options or {})
+        )
+        model = instance.build_model(model_spec)
+    record = reg.get("optimizers", optimizer, backend=backend_name)
+    if record.role != "outer":
+        raise ConfigError(f"optimizer {optimizer!r} is an inner-loop rule, not an outer optimizer")
+    factory = functools.partial(record.load(), lr=lr, **(optimizer_options or {}))
+    cls = reg.load("algorithms", name, backend=backend_name)
+    return construct(reg, cls, instance, model, spec, factory, options)
+
+
 def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     """Seed the backend, then build the training sampler, the model and the algorithm (in that order)."""
     reg = reg or default_registry()
@@ -310,14 +364,6 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
         )
     model = backend.build_model(ModelSpec(model_name, spec.input_shape, spec.output_size, dict(cfg.model.options)))
     factory = functools.partial(records.optimizer.load(), lr=cfg.lr, **cfg.optimizer.options)
-    cls = records.algorithm.load()
-    algorithm = cls(
-        backend=backend,
-        model=model,
-        spec=spec,
-        optimizer=factory,
-        **host_arguments(reg, cls, cfg.algorithm.options, backend.name),
-        **cfg.algorithm.options,
-    )
+    algorithm = construct(reg, records.algorithm.load(), backend, model, spec, factory, cfg.algorithm.options)
     cfg = replace(cfg, model=replace(cfg.model, name=model_name))
     return Experiment(cfg, backend, algorithm, spec, sampler, records)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
-from metaplug.contract.interfaces import ModelSpec, TaskSpec
-from metaplug.experiment.components import host_arguments, keyword_parameters, make_backend
+from metaplug.contract.interfaces import TaskSpec
+from metaplug.experiment.components import algorithm, keyword_parameters, make_backend
 from metaplug.plugins.discovery import registry
 
 
@@ -34,20 +33,15 @@ def build_algorithm(
     """``Algorithm(backend=..., model=..., spec=..., optimizer=...)`` for the registered
     ``name`` on ``backend``, its model (``model`` or ``spec.default_model``) initialised
     after ``backend.seed(seed)``, the outer optimizer ``optimizer`` bound to ``lr`` and, when
-    the options name an ``inner_rule``, that rule as ``rule=``."""
-    found = registry()
-    algorithm_class = found.load("algorithms", name, backend=backend)
-    factory = found.load("optimizers", optimizer, backend=backend)
-    instance = found.load("backends", backend)()
-    instance.seed(seed)
-    network = instance.build_model(
-        ModelSpec(model or spec.default_model, spec.input_shape, spec.output_size, dict(model_options or {}))
-    )
-    return algorithm_class(
-        backend=instance,
-        model=network,
+    the options name an ``inner_rule``, that rule as ``rule=`` (:func:`metaplug.algorithm`)."""
+    return algorithm(
+        name,
         spec=spec,
-        optimizer=functools.partial(factory, lr=lr),
-        **host_arguments(found, algorithm_class, hyperparameters, backend),
+        backend=backend,
+        model=model,
+        model_options=model_options,
+        optimizer=optimizer,
+        lr=lr,
+        seed=seed,
         **hyperparameters,
     )

@@ -37,7 +37,7 @@ class Backend:
     """
 
     name = "tensorflow"
-    models: tuple[str, ...] = ("mlp", "conv4")
+    models: tuple[str, ...] = ("mlp", "conv4", "resnet12")
     batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop")
     """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
 
@@ -111,6 +111,6 @@ class Backend:
         )
 
     def build_model(self, spec: ModelSpec) -> FunctionalModel:
-        """A freshly initialised standard model (``mlp`` or ``conv4``) on :attr:`device`."""
+        """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on :attr:`device`."""
         with self.scope():
             return build(spec, self._rng, self.dtype)

@@ -13,7 +13,7 @@ Weights come in two forms:
 * per task: each weight carries a leading task axis ``T`` (``per_task=True``),
   as the inner loop produces. These run either as one vectorized computation
   (``vectorized=True``: batched matrix products for the MLP, ``tf.vectorized_map``
-  for conv4) or as a loop over the tasks unrolled in the graph.
+  for conv4 and resnet12) or as a loop over the tasks unrolled in the graph.
 
 Names, shapes and initialisation follow ``docs/models.md``; weights are stored in
 TensorFlow's layout (see :mod:`metaplug_tensorflow.layout`).
@@ -124,7 +124,18 @@ class MLP(FunctionalModel):
         return h
 
 
-class Conv4(FunctionalModel):
+class ImageModel(FunctionalModel):
+    """A convolutional model; per-task weights run one task at a time under ``tf.vectorized_map``."""
+
+    def _features_vectorized(self, params: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        def one_task(args: tuple[list[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+            weights, inputs = args
+            return self._features(list(weights), inputs[None], False)[0]
+
+        return tf.vectorized_map(one_task, (params, x))
+
+
+class Conv4(ImageModel):
     """Four blocks of 3x3 convolution (padding 1), batch norm, ReLU and 2x2 max-pooling
     (or stride 2 instead of pooling); flattened channel-first before the head."""
 
@@ -148,12 +159,45 @@ class Conv4(FunctionalModel):
         h = tf.transpose(h, [0, 3, 1, 2])  # channel-first flatten, as the shared layout
         return tf.reshape(h, [tasks, n, -1])
 
-    def _features_vectorized(self, params: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        def one_task(args: tuple[list[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-            weights, inputs = args
-            return self._features(list(weights), inputs[None], False)[0]
 
-        return tf.vectorized_map(one_task, (params, x))
+def leaky_relu(h: tf.Tensor, leak: float) -> tf.Tensor:
+    """``h`` where positive, else ``leak * h`` (PyTorch's gradient at 0: ``leak``).
+
+    Not ``tf.nn.leaky_relu``, whose slope is a float32 attribute (0.1 becomes
+    0.10000000149 in float64 models)."""
+    return tf.where(h > 0, h, h * tf.cast(leak, h.dtype))
+
+
+RESNET12_BLOCK = 12
+"""Weights per ResNet-12 block: three convolutions with their norms' scale and shift, then
+the shortcut's convolution, scale and shift."""
+
+
+class ResNet12(ImageModel):
+    """Four residual blocks (three 3x3 convolutions without bias, padding 1, batch norm,
+    leaky ReLU after the first two; a 1x1 convolution and batch norm as shortcut; sum,
+    leaky ReLU, 2x2 max-pooling), then the mean over the pixels."""
+
+    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
+        if per_task:  # a task axis of length 1 on every weight
+            params = [p[0] for p in params]
+        leak = float(self.spec.options.get("leak", 0.1))
+        tasks, n = leading_dims(x)
+
+        def norm(h: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+            pixels = h.shape[1:]
+            h = batch_norm(tf.reshape(h, [tasks, n, *pixels]), scale, shift)
+            return tf.reshape(h, [tasks * n, *pixels])
+
+        h = tf.reshape(x, [tasks * n, *x.shape[2:]])
+        for i in range(0, len(params), RESNET12_BLOCK):
+            k1, s1, b1, k2, s2, b2, k3, s3, b3, k0, s0, b0 = params[i : i + RESNET12_BLOCK]
+            out = leaky_relu(norm(tf.nn.conv2d(h, k1, 1, PADDING_1), s1, b1), leak)
+            out = leaky_relu(norm(tf.nn.conv2d(out, k2, 1, PADDING_1), s2, b2), leak)
+            out = norm(tf.nn.conv2d(out, k3, 1, PADDING_1), s3, b3) + norm(tf.nn.conv2d(h, k0, 1, "VALID"), s0, b0)
+            # leaky ReLU is monotone: pooling first gives the same values on 4x fewer elements
+            h = leaky_relu(tf.nn.max_pool2d(out, 2, 2, "VALID"), leak)
+        return tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [tasks, n, -1])
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
@@ -214,15 +258,45 @@ def _conv4_weights(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.nd
     return weights
 
 
-BUILDERS = {"mlp": (MLP, _mlp_weights), "conv4": (Conv4, _conv4_weights)}
+def _resnet12_weights(spec: ModelSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if len(spec.input_shape) != 3:
+        raise ConfigError(f"resnet12 takes images (channels, height, width), got input shape {spec.input_shape}")
+    if min(spec.input_shape[1:]) < 16:
+        raise ConfigError(f"resnet12 needs images of at least 16x16 pixels, got {spec.input_shape[1:]}")
+    given = tuple(spec.options.get("channels", (64, 160, 320, 640)))
+    widths = tuple(int(c) for c in given)
+    if len(widths) != 4 or any(c < 1 for c in widths):
+        raise ConfigError(f"resnet12 option 'channels' must be four positive widths, got {given!r}")
+    channels = spec.input_shape[0]
+    weights: dict[str, np.ndarray] = {}
+    for i, width in enumerate(widths):
+        block = f"features.{i}"
+        for j, inputs in enumerate((channels, width, width), start=1):
+            weights[f"{block}.conv{j}.weight"] = _uniform(rng, (3, 3, inputs, width), inputs * 9)
+            weights[f"{block}.norm{j}.weight"] = np.ones(width)
+            weights[f"{block}.norm{j}.bias"] = np.zeros(width)
+        weights[f"{block}.shortcut.conv.weight"] = _uniform(rng, (1, 1, channels, width), channels)
+        weights[f"{block}.shortcut.norm.weight"] = np.ones(width)
+        weights[f"{block}.shortcut.norm.bias"] = np.zeros(width)
+        channels = width
+    weights["head.weight"] = _uniform(rng, (channels, spec.output_size), channels)
+    weights["head.bias"] = _uniform(rng, (spec.output_size,), channels)
+    return weights
 
-MODEL_OPTIONS = {"mlp": {"hidden"}, "conv4": {"filters", "pooling"}}
+
+BUILDERS = {
+    "mlp": (MLP, _mlp_weights),
+    "conv4": (Conv4, _conv4_weights),
+    "resnet12": (ResNet12, _resnet12_weights),
+}
+
+MODEL_OPTIONS = {"mlp": {"hidden"}, "conv4": {"filters", "pooling"}, "resnet12": {"channels", "leak"}}
 
 
 def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> FunctionalModel:
     """A freshly initialised standard model with weights drawn from ``rng``."""
     if spec.name not in BUILDERS:
-        raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: mlp, conv4")
+        raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: {', '.join(BUILDERS)}")
     unknown = set(spec.options) - MODEL_OPTIONS[spec.name]
     if unknown:
         raise ConfigError(

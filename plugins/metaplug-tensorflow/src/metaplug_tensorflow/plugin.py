@@ -59,7 +59,7 @@ def register_backends(register: Register) -> None:
     register(
         Component(
             BACKEND,
-            "TensorFlow 2: CPU or GPU; models mlp and conv4; compiled with tf.function.",
+            "TensorFlow 2: CPU or GPU; models mlp, conv4 and resnet12; compiled with tf.function.",
             f"{PACKAGE}.backend:Backend",
         )
     )

@@ -65,5 +65,5 @@ class Backend:
         )
 
     def build_model(self, spec: ModelSpec) -> torch.nn.Module:
-        """A freshly initialised standard model (``mlp`` or ``conv4``) on the device."""
+        """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on the device."""
         return models.build(spec).to(self.device)

@@ -1,4 +1,4 @@
-"""The standard models ``mlp`` and ``conv4`` with the weight layout of ``docs/models.md``.
+"""The standard models ``mlp``, ``conv4`` and ``resnet12`` with the weight layout of ``docs/models.md``.
 
 Every model is ``head(features(x))`` with submodules named ``features`` and
 ``head``, so algorithms can embed (ProtoNets), adapt only the head (ANIL) or
@@ -148,6 +148,51 @@ def _memory_format(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class Shortcut(nn.Module):
+    """A residual block's projection: 1x1 convolution (no bias), then batch norm."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.norm = BatchNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class ResidualBlock(nn.Module):
+    """ResNet-12's block: three 3x3 convolutions (padding 1, no bias) with batch norm and
+    leaky ReLU after the first two; the sum with the :class:`Shortcut`, leaky ReLU, then
+    2x2 max-pooling."""
+
+    def __init__(self, in_channels: int, channels: int, leak: float) -> None:
+        super().__init__()
+        self.leak = leak
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
+        self.norm1 = BatchNorm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = BatchNorm(channels)
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm3 = BatchNorm(channels)
+        self.shortcut = Shortcut(in_channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.norm1(self.conv1(x)), self.leak)
+        h = F.leaky_relu(self.norm2(self.conv2(h)), self.leak)
+        h = self.norm3(self.conv3(h)) + self.shortcut(x)
+        if _STYLE.get() == "reference":  # the textbook order
+            return F.max_pool2d(F.leaky_relu(h, self.leak), 2)
+        # leaky ReLU is monotone: pooling first gives the same values on 4x fewer elements
+        return F.leaky_relu(F.max_pool2d(h, 2), self.leak)
+
+
+class ResidualStack(nn.Sequential):
+    """The resnet12 ``features``: the blocks, then the mean over the spatial axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).mean((2, 3))
+
+
 class FeaturesAndHead(nn.Module):
     """``head(features(x))``."""
 
@@ -184,7 +229,36 @@ def conv4(input_shape: Sequence[int], output_size: int, filters: int = 64, pooli
     return FeaturesAndHead(blocks, nn.Linear(filters * height * width, output_size))
 
 
-BUILDERS: dict[str, Callable[..., FeaturesAndHead]] = {"mlp": mlp, "conv4": conv4}
+RESNET12_CHANNELS = (64, 160, 320, 640)
+
+
+def resnet12(
+    input_shape: Sequence[int],
+    output_size: int,
+    channels: Sequence[int] = RESNET12_CHANNELS,
+    leak: float = 0.1,
+) -> FeaturesAndHead:
+    """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): four residual blocks, global
+    average pooling, a linear head. Without DropBlock."""
+    widths = resnet12_channels(channels)
+    if len(input_shape) != 3:
+        raise ConfigError(f"resnet12 needs (channels, height, width) inputs, got input_shape {tuple(input_shape)}")
+    if min(int(s) for s in input_shape[1:]) < 16:
+        raise ConfigError(f"resnet12 input {tuple(input_shape)} is too small for four halvings (at least 16x16)")
+    sizes = [int(input_shape[0]), *widths]
+    blocks = ResidualStack(*(ResidualBlock(a, b, float(leak)) for a, b in itertools.pairwise(sizes)))
+    return FeaturesAndHead(blocks, nn.Linear(widths[-1], output_size))
+
+
+def resnet12_channels(channels: Sequence[int]) -> tuple[int, ...]:
+    """The four block widths of ``channels``, checked."""
+    widths = tuple(int(c) for c in channels)
+    if len(widths) != 4 or any(c < 1 for c in widths):
+        raise ConfigError(f"resnet12 channels must be four positive widths, got {tuple(channels)}")
+    return widths
+
+
+BUILDERS: dict[str, Callable[..., FeaturesAndHead]] = {"mlp": mlp, "conv4": conv4, "resnet12": resnet12}
 
 
 def build(spec: ModelSpec) -> FeaturesAndHead:

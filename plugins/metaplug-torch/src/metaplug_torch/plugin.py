@@ -54,7 +54,7 @@ def register_backends(register: Register) -> None:
     register(
         Component(
             BACKEND,
-            "PyTorch: CPU or CUDA; models mlp and conv4; tasks batched with torch.func.",
+            "PyTorch: CPU or CUDA; models mlp, conv4 and resnet12; tasks batched with torch.func.",
             f"{PACKAGE}.backend:Backend",
         )
     )
