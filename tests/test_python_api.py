@@ -42,3 +42,16 @@ def test_bad_names_and_options_are_one_line_errors():
         metaplug.algorithm("maml", spec=spec, backend="torch", inner_lrr=0.1)
     with pytest.raises(metaplug.MetaplugError, match="unknown algorithm 'mamal'. Did you mean 'maml'"):
         metaplug.algorithm("mamal", spec=spec, backend="torch")
+
+
+def test_the_readme_example_runs():
+    pytest.importorskip("metaplug_torch")
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["predictions"].shape == (10, 1)
