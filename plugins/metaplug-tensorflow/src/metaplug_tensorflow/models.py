@@ -165,7 +165,7 @@ def leaky_relu(h: tf.Tensor, leak: float) -> tf.Tensor:
 
     Not ``tf.nn.leaky_relu``, whose slope is a float32 attribute (0.1 becomes
     0.10000000149 in float64 models)."""
-    return tf.where(h > 0, h, h * tf.cast(leak, h.dtype))
+    return tf.where(h > 0, h, h * tf.constant(leak, h.dtype))
 
 
 RESNET12_BLOCK = 12
