@@ -34,7 +34,7 @@ def test_every_component_is_registered_for_tensorflow():
         assert reg.get("optimizers", name, backend="tensorflow").role == role
     backend = reg.load("backends", "tensorflow")()
     assert isinstance(backend, Backend) and backend.name == "tensorflow"
-    assert backend.models == ("mlp", "conv4")
+    assert backend.models == ("mlp", "conv4", "resnet12")
 
 
 def test_discovery_imports_no_framework():

@@ -38,7 +38,7 @@ def test_every_component_is_registered_for_torch():
     }
     assert isinstance(reg.load("optimizers", "inner-metasgd", backend="torch")(), InnerRule)
     backend = reg.load("backends", "torch")()
-    assert backend.name == "torch" and set(backend.models) == {"mlp", "conv4"}
+    assert backend.name == "torch" and set(backend.models) == {"mlp", "conv4", "resnet12"}
 
 
 def test_discovery_imports_no_torch():
