@@ -76,6 +76,10 @@ def test_omniglot_protonet_and_maml_from_the_local_data(tmp_path):
             "train",
             "--tasks",
             "omniglot",
+            "--model",
+            "conv4",
+            "--set",
+            "model.filters=16",
             "--algorithm",
             algorithm,
             "--iterations",
@@ -95,7 +99,8 @@ def test_omniglot_protonet_and_maml_from_the_local_data(tmp_path):
         )
         assert done.returncode == 0, done.stderr
         assert "held-out test tasks (4 episodes" in done.stdout and "accuracy" in done.stdout
-        assert 'name = "conv4"' in (tmp_path / algorithm / "config.toml").read_text()
+        saved = (tmp_path / algorithm / "config.toml").read_text()
+        assert 'name = "conv4"' in saved and "filters = 16" in saved and 'pooling = "max"' in saved
 
 
 def test_bench_measures_torch_in_a_child_process_with_reference_speedup():

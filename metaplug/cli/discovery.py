@@ -15,7 +15,7 @@ from metaplug.errors import ConfigError
 from metaplug.experiment.components import describe_options
 from metaplug.experiment.tomlio import format_value
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
-from metaplug.plugins.registry import normalize_kind
+from metaplug.plugins.registry import BACKEND_KINDS, normalize_kind
 
 
 def echo_json(data: Any) -> None:
@@ -64,7 +64,7 @@ def echo_errors(lines: bool = True) -> None:
 @click.option("--backend", help="Only components available for this backend.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
-    """List components: backends, algorithms, task-samplers or optimizers (default: all)."""
+    """List components: backends, algorithms, task-samplers, optimizers or models (default: all)."""
     kinds = [normalize_kind(kind)] if kind else list(KINDS)
     reg = registry()
     listing: dict[str, list[dict[str, Any]]] = {}
@@ -73,7 +73,7 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
         for name in reg.names(k):
             records = reg.records(k, name)
             backends = reg.backends_for(k, name)
-            if backend and k in ("algorithms", "optimizers") and backend not in backends:
+            if backend and k in BACKEND_KINDS and backend not in backends:
                 continue
             first = records[0]
             entries.append(
@@ -98,7 +98,7 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
             click.echo("  (none installed; see 'metaplug plugins')" if kind is None else "(none installed)")
             continue
         headers = ["name", "summary"]
-        if k in ("algorithms", "optimizers"):
+        if k in BACKEND_KINDS:
             headers.insert(1, "backends")
         if k in ("algorithms", "task-samplers"):
             headers.insert(-1, "problems")
@@ -120,7 +120,7 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
     """Describe one component: its record, docstring and options."""
     kind = normalize_kind(kind)
     reg = registry()
-    if backend is None and kind in ("algorithms", "optimizers"):
+    if backend is None and kind in BACKEND_KINDS:
         backends = reg.backends_for(kind, name) if reg.records(kind, name) else []
         backend = backends[0] if len(backends) >= 1 else None
     record = reg.get(kind, name, backend)
@@ -128,7 +128,7 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
     data = record.as_dict()
     data["doc"] = inspect.cleandoc(implementation.__doc__ or "")
     data["options"] = [o.as_dict() for o in describe_options(implementation, kind)]
-    if kind in ("algorithms", "optimizers"):
+    if kind in BACKEND_KINDS:
         data["all_backends"] = reg.backends_for(kind, name)
     if as_json:
         echo_json(data)
@@ -138,6 +138,8 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
     for field in ("backends", "problems", "role"):
         if data.get(field):
             click.echo(f"  {field}: {_cell(data[field])}")
+    if data.get("all_backends", data["backends"]) != data["backends"]:
+        click.echo(f"  all backends: {_cell(data['all_backends'])} (choose with --backend)")
     if data["doc"]:
         click.echo("\n" + data["doc"])
     if data["options"]:

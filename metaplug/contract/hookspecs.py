@@ -87,6 +87,23 @@ def register_optimizers(register: Register) -> None:
 
 
 @hookspec
+def register_models(register: Register) -> None:
+    """Register models: named networks that algorithms meta-learn.
+
+    :param register: call with ``Component(name, summary, target, backends)``. ``target``
+        names a class implementing :class:`metaplug.contract.interfaces.ModelBuilder` (its
+        options declared in an ``Options`` class attribute; the standard models' are in
+        :mod:`metaplug.contract.hyperparameters`, shared by every backend); the host calls
+        ``Builder.build(backend, spec)`` with the backend instance and a
+        :class:`~metaplug.contract.interfaces.ModelSpec` holding the validated options.
+        ``backends`` lists the backends that class builds for; register one record per
+        implementation, as for algorithms. ``problems`` and ``role`` stay empty.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``metaplug`` CLI.
 

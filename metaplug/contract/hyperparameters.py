@@ -1,4 +1,4 @@
-"""The options of the standard algorithms and outer optimizers, declared once for every backend.
+"""The options of the standard algorithms, outer optimizers and models, declared once for every backend.
 
 ``metaplug-torch`` and ``metaplug-tensorflow`` implement the same algorithms with these
 declarations, so one configuration means the same thing on both. A third-party
@@ -187,18 +187,57 @@ class RMSpropOptions(ScheduleOptions):
     centered: bool = option(False, help="normalise by the variance instead of the second moment")
 
 
+# -- models --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MLPOptions(Options):
+    """The ``mlp`` model (docs/models.md)."""
+
+    hidden: tuple[int, ...] = option((40, 40), minimum=1, help="sizes of the hidden layers, e.g. [40, 40]")
+
+    def validate(self) -> None:
+        if not self.hidden:
+            raise ConfigError("hidden must name at least one layer size")
+
+
+@dataclass(frozen=True)
+class Conv4Options(Options):
+    """The ``conv4`` model (docs/models.md)."""
+
+    filters: int = option(64, minimum=1, help="channels of every convolution")
+    pooling: str = option(
+        "max", choices=("max", "stride"), help="max: 2x2 max-pooling per block; stride: stride-2 convolutions"
+    )
+
+
+@dataclass(frozen=True)
+class ResNet12Options(Options):
+    """The ``resnet12`` model (docs/models.md)."""
+
+    channels: tuple[int, ...] = option((64, 160, 320, 640), minimum=1, help="widths of the four residual blocks")
+    leak: float = option(0.1, minimum=0, help="negative slope of the leaky ReLUs")
+
+    def validate(self) -> None:
+        if len(self.channels) != 4:
+            raise ConfigError(f"channels must be four widths, got {self.channels!r}")
+
+
 __all__ = [
     "BATCHING",
     "AdamOptions",
     "BatchingOptions",
+    "Conv4Options",
     "FOMAMLOptions",
     "FineTuneOptions",
     "InnerLoopOptions",
     "MAMLOptions",
+    "MLPOptions",
     "MetaSGDOptions",
     "ProtoNetOptions",
     "RMSpropOptions",
     "ReptileOptions",
+    "ResNet12Options",
     "SGDOptions",
     "ScheduleOptions",
 ]

@@ -89,15 +89,55 @@ class EpisodeBatch:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A standard model for :meth:`Backend.build_model`."""
+    """A model to build: for :meth:`ModelBuilder.build` and :meth:`Backend.build_model`."""
 
     name: str
-    """``"mlp"`` (sinusoid: 1-40-40-1) or ``"conv4"`` (Omniglot), or a backend extra."""
+    """A registered model (``metaplug list models``): ``"mlp"`` (sinusoid: 1-40-40-1),
+    ``"conv4"`` (Omniglot), ``"resnet12"``, or a plugin's."""
     input_shape: tuple[int, ...]
     output_size: int
     options: Mapping[str, Any] = field(default_factory=dict)
-    """Model options: ``hidden`` for the MLP; ``filters``, ``pooling`` (``"max"`` or
-    ``"stride"``) for conv4."""
+    """Model options, as the model's ``Options`` declares them: ``hidden`` for the MLP;
+    ``filters``, ``pooling`` (``"max"`` or ``"stride"``) for conv4; ``channels``, ``leak``
+    for resnet12 (:mod:`metaplug.contract.hyperparameters`)."""
+
+
+@runtime_checkable
+class ModelBuilder(Protocol):
+    """A model registered with ``register_models``: one class per model and backend.
+
+    The host never instantiates it; it validates the configuration's ``[model]`` table
+    against the class's ``Options`` attribute (a :class:`metaplug.contract.options.Options`
+    dataclass; the standard models' live in :mod:`metaplug.contract.hyperparameters`, so
+    one configuration means the same on every backend), then calls::
+
+        model = Builder.build(backend, spec)
+
+    with the backend instance (its device, dtype, random generator) and a
+    :class:`ModelSpec` whose ``options`` hold every option, defaults filled in. ``build``
+    is a classmethod (or staticmethod) returning a freshly initialised model of the
+    backend's own kind (a ``torch.nn.Module`` on torch, a
+    ``metaplug_tensorflow.models.FunctionalModel`` on TensorFlow), initialised from the
+    backend's seeded generators and placed on its device. It raises
+    :class:`~metaplug.errors.ConfigError` with one line for inputs it cannot take (an
+    image model given vectors). Example::
+
+        class MyNet:
+            Options = MyNetOptions
+
+            @classmethod
+            def build(cls, backend, spec):
+                return MyModule(spec.input_shape, spec.output_size, **spec.options).to(backend.device)
+
+    Standard models have ``features`` and ``head`` (see ``docs/models.md``).
+    """
+
+    Options: Any
+
+    @classmethod
+    def build(cls, backend: Any, spec: ModelSpec) -> Any:
+        """A freshly initialised model for ``spec`` on ``backend``."""
+        ...
 
 
 @runtime_checkable
@@ -138,7 +178,8 @@ class Backend(Protocol):
 
     name: str
     models: tuple[str, ...]
-    """Names :meth:`build_model` accepts."""
+    """Names :meth:`build_model` accepts (the conformance suite checks them); the host
+    builds models through the registry (``register_models``), not through this list."""
     batching_modes: tuple[str, ...]
     """The values of the standard algorithms' ``batching`` option that this backend runs
     (optional: without it, every value of :data:`metaplug.contract.hyperparameters.BATCHING`);
@@ -161,7 +202,9 @@ class Backend(Protocol):
         ...
 
     def build_model(self, spec: ModelSpec) -> Any:
-        """A freshly initialised standard model."""
+        """A freshly initialised standard model, for algorithms and tests that build one
+        without the host; a backend plugin implements it with the same
+        :class:`ModelBuilder` classes it registers, so both give the same model."""
         ...
 
 

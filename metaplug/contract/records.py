@@ -11,7 +11,7 @@ from typing import Any
 
 from metaplug.errors import PluginError
 
-KINDS: tuple[str, ...] = ("backends", "algorithms", "task-samplers", "optimizers")
+KINDS: tuple[str, ...] = ("backends", "algorithms", "task-samplers", "optimizers", "models")
 """Component kinds, in the order the CLI lists them."""
 
 PROBLEMS: tuple[str, ...] = ("regression", "classification")
@@ -49,7 +49,7 @@ class Component:
     target: str | Callable[[], Any]
     """``"package.module:attribute"``, or a zero-argument callable returning the implementation."""
     backends: tuple[str, ...] = ()
-    """Algorithms and optimizers: the backends this implementation runs on."""
+    """Algorithms, optimizers and models: the backends this implementation runs on."""
     problems: tuple[str, ...] = ()
     """Algorithms and task samplers: the problem kinds supported (see :data:`PROBLEMS`)."""
     role: str | None = None
@@ -108,7 +108,7 @@ def validate(component: Component, kind: str) -> Component:
         problems.append("summary must be one non-empty line")
     if not callable(c.target) and not (isinstance(c.target, str) and _TARGET.match(c.target)):
         problems.append(f"target {c.target!r} must be 'module:attribute' or a callable")
-    if kind in ("algorithms", "optimizers") and not c.backends:
+    if kind in ("algorithms", "optimizers", "models") and not c.backends:
         problems.append("backends must name at least one backend")
     if kind in ("backends", "task-samplers") and c.backends:
         problems.append(f"{kind} do not declare backends")
@@ -116,6 +116,8 @@ def validate(component: Component, kind: str) -> Component:
         bad = [p for p in c.problems if p not in PROBLEMS]
         if not c.problems or bad:
             problems.append(f"problems must be a non-empty subset of {list(PROBLEMS)}")
+    if kind == "models" and c.problems:
+        problems.append("models do not declare problems")
     if kind == "optimizers" and c.role not in OPTIMIZER_ROLES:
         problems.append(f"role must be one of {list(OPTIMIZER_ROLES)}")
     if kind != "optimizers" and c.role is not None:

@@ -13,7 +13,14 @@ from typing import Any
 from metaplug.contract.interfaces import InnerRule, ModelSpec, TaskSampler, TaskSpec
 from metaplug.contract.options import OptionInfo, checked, options_of
 from metaplug.contract.records import Component
-from metaplug.errors import ConfigError, MetaplugError, suggest
+from metaplug.errors import (
+    BackendNotSupportedError,
+    ConfigError,
+    MetaplugError,
+    PluginError,
+    UnknownComponentError,
+    suggest,
+)
 from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
 from metaplug.plugins.discovery import registry as default_registry
 from metaplug.plugins.registry import Registry
@@ -23,6 +30,7 @@ HOST_ARGUMENTS: dict[str, set[str]] = {
     "task-samplers": {"self", "split", "seed", "data_dir"},
     "algorithms": {"self", "backend", "model", "spec", "optimizer", "rule"},
     "optimizers": {"self", "params", "lr"},
+    "models": {"self", "backend", "spec"},
 }
 """Constructor arguments the host passes itself, by component kind; the others are options."""
 
@@ -86,7 +94,10 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
     rule = algorithm.options.get("inner_rule")
     if isinstance(rule, str):
         inner_rule_record(reg, rule, backend)
-    return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer)
+    model = cfg.model  # without a name, the sampler's default model: checked when it is built
+    if model.name is not None:
+        model = resolve_options(model, model_record(reg, model.name, backend), "model")
+    return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer, model=model)
 
 
 def _check_batching(algorithm: Choice, backend: Component) -> None:
@@ -213,6 +224,34 @@ def host_arguments(reg: Registry, implementation: Any, options: dict[str, Any], 
     return {"rule": load_inner_rule(reg, name, backend)}
 
 
+def model_record(reg: Registry, name: str, backend: str) -> Component:
+    """The model ``name`` registered for ``backend``; one line naming the models it has if none is."""
+    available = sorted(n for n in reg.names("models") if backend in reg.backends_for("models", n))
+    listing = f"Models for {backend}: {', '.join(available) or 'none (see metaplug plugins)'}"
+    if name not in reg.names("models"):
+        raise UnknownComponentError(f"unknown model {name!r}.{suggest(name, available)} {listing}")
+    if name not in available:
+        supported = ", ".join(reg.backends_for("models", name))
+        raise BackendNotSupportedError(
+            f"model {name!r} is not available for backend {backend!r}; it supports: {supported}. {listing}"
+        )
+    return reg.get("models", name, backend=backend)
+
+
+def make_model(
+    reg: Registry, backend: Any, backend_name: str, name: str, spec: TaskSpec, options: Mapping[str, Any]
+) -> tuple[Any, Choice]:
+    """The model ``name`` built through its registered :class:`~metaplug.contract.interfaces.ModelBuilder`
+    for ``spec``'s inputs and outputs, and the ``[model]`` choice with its options resolved."""
+    record = model_record(reg, name, backend_name)
+    choice = resolve_options(Choice(name, dict(options)), record, "model")
+    builder = record.load()
+    if not callable(getattr(builder, "build", None)):
+        raise PluginError(f"{record.describe()} has no build(backend, spec) (see ModelBuilder)")
+    model = builder.build(backend, ModelSpec(name, spec.input_shape, spec.output_size, dict(choice.options)))
+    return model, choice
+
+
 def make_backend(record: Component, device: str | None) -> Any:
     """The backend of ``record``, on ``device`` when one is given (a backend whose
     constructor takes no ``device`` cannot be placed; a device it refuses names the way out)."""
@@ -335,10 +374,7 @@ def algorithm(
     instance = make_backend(reg.get("backends", backend_name), device)
     instance.seed(seed)
     if model is None or isinstance(model, str):
-        model_spec = ModelSpec(
-            model or spec.default_model, spec.input_shape, spec.output_size, dict(model_options or {})
-        )
-        model = instance.build_model(model_spec)
+        model, _ = make_model(reg, instance, backend_name, model or spec.default_model, spec, model_options or {})
     record = reg.get("optimizers", optimizer, backend=backend_name)
     if record.role != "outer":
         raise ConfigError(f"optimizer {optimizer!r} is an inner-loop rule, not an outer optimizer")
@@ -355,15 +391,10 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     backend.seed(cfg.seed)
     sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
     spec: TaskSpec = sampler.spec
+    assert cfg.backend is not None
     model_name = cfg.model.name or spec.default_model
-    models = tuple(getattr(backend, "models", ()))
-    if models and model_name not in models:
-        raise ConfigError(
-            f"backend {cfg.backend!r} has no model {model_name!r}.{suggest(model_name, models)} "
-            f"It builds: {', '.join(models)}"
-        )
-    model = backend.build_model(ModelSpec(model_name, spec.input_shape, spec.output_size, dict(cfg.model.options)))
+    model, model_choice = make_model(reg, backend, cfg.backend, model_name, spec, cfg.model.options)
     factory = functools.partial(records.optimizer.load(), lr=cfg.lr, **cfg.optimizer.options)
     algorithm = construct(reg, records.algorithm.load(), backend, model, spec, factory, cfg.algorithm.options)
-    cfg = replace(cfg, model=replace(cfg.model, name=model_name))
+    cfg = replace(cfg, model=model_choice)
     return Experiment(cfg, backend, algorithm, spec, sampler, records)

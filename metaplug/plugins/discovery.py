@@ -37,6 +37,7 @@ HOOK_FOR_KIND: dict[str, str] = {
     "algorithms": "register_algorithms",
     "task-samplers": "register_task_samplers",
     "optimizers": "register_optimizers",
+    "models": "register_models",
 }
 
 BUILTIN_PLUGIN = "metaplug"

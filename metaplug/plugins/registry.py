@@ -28,7 +28,12 @@ _KIND_ALIASES = {
     "sampler": "task-samplers",
     "samplers": "task-samplers",
     "optimizer": "optimizers",
+    "model": "models",
 }
+
+
+BACKEND_KINDS: tuple[str, ...] = ("algorithms", "optimizers", "models")
+"""Kinds whose records name the backends they run on (one record per implementation)."""
 
 
 def normalize_kind(kind: str) -> str:
@@ -77,7 +82,7 @@ class Registry:
         return [c for n in sorted(self._records[kind]) for c in self._records[kind][n]]
 
     def backends_for(self, kind: str, name: str) -> list[str]:
-        """Backends that implement ``name`` (algorithms and optimizers)."""
+        """Backends that implement ``name`` (algorithms, optimizers and models)."""
         return sorted({b for c in self.records(kind, name) for b in c.backends})
 
     def get(self, kind: str, name: str, backend: str | None = None) -> Component:
@@ -90,7 +95,7 @@ class Registry:
             raise UnknownComponentError(
                 f"unknown {_singular(kind)} {name!r}.{suggest(name, known)}{listing}{self._failures('.')}"
             ) from self._failure_cause()
-        if backend is not None and kind in ("algorithms", "optimizers"):
+        if backend is not None and kind in BACKEND_KINDS:
             supported = self.backends_for(kind, name)
             candidates = [c for c in candidates if backend in c.backends]
             if not candidates:

@@ -54,6 +54,23 @@ def register_optimizers(register):
     )
 
 
+@metaplug.hookimpl
+def register_models(register):
+    register(
+        metaplug.Component(
+            "mlp", "Linear sin/cos weights (test double).", target="metaplug_double:LinearModel", backends=("numpy",)
+        )
+    )
+
+
+class LinearModel:
+    """The three weights of the linear model, drawn from the backend's generator."""
+
+    @classmethod
+    def build(cls, backend: NumpyBackend, spec: ModelSpec) -> np.ndarray:
+        return backend.build_model(spec)
+
+
 class NumpyBackend:
     name = "numpy"
     models = ("mlp",)

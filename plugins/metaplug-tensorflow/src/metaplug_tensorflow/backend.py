@@ -13,7 +13,7 @@ from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.layout import channels_last
-from metaplug_tensorflow.models import FunctionalModel, build
+from metaplug_tensorflow.models import FunctionalModel, builder
 
 DTYPES = {"float32": tf.float32, "float64": tf.float64}
 
@@ -112,5 +112,4 @@ class Backend:
 
     def build_model(self, spec: ModelSpec) -> FunctionalModel:
         """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on :attr:`device`."""
-        with self.scope():
-            return build(spec, self._rng, self.dtype)
+        return builder(spec.name).build(self, spec)

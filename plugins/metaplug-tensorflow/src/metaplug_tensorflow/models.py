@@ -21,13 +21,17 @@ TensorFlow's layout (see :mod:`metaplug_tensorflow.layout`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
+from metaplug.contract.hyperparameters import Conv4Options, MLPOptions, ResNet12Options
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.contract.options import Options
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 
@@ -308,3 +312,54 @@ def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> Functio
     weights = init(spec, rng)
     variables = [tf.Variable(w, dtype=dtype, name=n.replace(".", "_")) for n, w in weights.items()]
     return cls(spec, tuple(weights), variables)
+
+
+# -- register_models: the classes the plugin registers (metaplug.contract.interfaces.ModelBuilder)
+
+
+class StandardModel:
+    """A standard model as ``register_models`` names it: ``build(backend, spec)`` builds the
+    :data:`BUILDERS` entry ``name`` from the backend's generator, in its dtype and on its
+    device, with the options of ``Options`` (declared once for every backend in
+    :mod:`metaplug.contract.hyperparameters`).
+    :meth:`metaplug_tensorflow.backend.Backend.build_model` builds through these classes too."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]]
+
+    @classmethod
+    def build(cls, backend: Any, spec: ModelSpec) -> FunctionalModel:
+        with backend.scope():
+            return build(dataclasses.replace(spec, name=cls.name), backend.rng, backend.dtype)
+
+
+class MLPBuilder(StandardModel):
+    """The sinusoid MLP: ``Linear -> ReLU`` per hidden size, then a linear head (:class:`MLP`)."""
+
+    name = "mlp"
+    Options = MLPOptions
+
+
+class Conv4Builder(StandardModel):
+    """Four blocks of 3x3 convolution, batch norm, ReLU and 2x2 max-pooling, then a linear head (:class:`Conv4`)."""
+
+    name = "conv4"
+    Options = Conv4Options
+
+
+class ResNet12Builder(StandardModel):
+    """Four residual blocks, global average pooling, a linear head (:class:`ResNet12`)."""
+
+    name = "resnet12"
+    Options = ResNet12Options
+
+
+MODELS: dict[str, type[StandardModel]] = {c.name: c for c in (MLPBuilder, Conv4Builder, ResNet12Builder)}
+"""The registered classes by model name."""
+
+
+def builder(name: str) -> type[StandardModel]:
+    """The class that builds the standard model ``name``."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r} for backend 'tensorflow'; available: {', '.join(MODELS)}")
+    return MODELS[name]

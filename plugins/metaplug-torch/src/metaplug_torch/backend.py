@@ -66,4 +66,4 @@ class Backend:
 
     def build_model(self, spec: ModelSpec) -> torch.nn.Module:
         """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on the device."""
-        return models.build(spec).to(self.device)
+        return models.builder(spec.name).build(self, spec)

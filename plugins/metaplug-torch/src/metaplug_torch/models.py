@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaplug.contract.hyperparameters import Conv4Options, MLPOptions, ResNet12Options
 from metaplug.contract.interfaces import ModelSpec
+from metaplug.contract.options import Options
 from metaplug.errors import ConfigError, suggest
 
 BATCH_NORM_EPS = 1e-5
@@ -281,3 +284,54 @@ def _flat_size(shape: Sequence[int]) -> int:
     for s in shape:
         size *= int(s)
     return size
+
+
+# -- register_models: the classes the plugin registers (metaplug.contract.interfaces.ModelBuilder)
+
+
+class StandardModel:
+    """A standard model as ``register_models`` names it: ``build(backend, spec)`` builds the
+    :data:`BUILDERS` entry ``name`` on the backend's device, with the options of ``Options``
+    (declared once for every backend in :mod:`metaplug.contract.hyperparameters`).
+    :meth:`metaplug_torch.backend.Backend.build_model` builds through these classes too."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]]
+
+    @classmethod
+    def build(cls, backend: Any, spec: ModelSpec) -> FeaturesAndHead:
+        model = build(dataclasses.replace(spec, name=cls.name))
+        device = getattr(backend, "device", None)
+        return model if device is None else model.to(device)
+
+
+class MLPBuilder(StandardModel):
+    """The sinusoid MLP: ``Linear -> ReLU`` per hidden size, then a linear head (:func:`mlp`)."""
+
+    name = "mlp"
+    Options = MLPOptions
+
+
+class Conv4Builder(StandardModel):
+    """Four blocks of 3x3 convolution, batch norm, ReLU and 2x2 max-pooling, then a linear head (:func:`conv4`)."""
+
+    name = "conv4"
+    Options = Conv4Options
+
+
+class ResNet12Builder(StandardModel):
+    """Four residual blocks, global average pooling, a linear head (:func:`resnet12`)."""
+
+    name = "resnet12"
+    Options = ResNet12Options
+
+
+MODELS: dict[str, type[StandardModel]] = {c.name: c for c in (MLPBuilder, Conv4Builder, ResNet12Builder)}
+"""The registered classes by model name."""
+
+
+def builder(name: str) -> type[StandardModel]:
+    """The class that builds the standard model ``name``."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}.{suggest(name, MODELS)} Models: {', '.join(MODELS)}")
+    return MODELS[name]

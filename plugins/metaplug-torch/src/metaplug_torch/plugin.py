@@ -48,6 +48,13 @@ OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
 )
 """Rows ``(name, target, role, summary)``."""
 
+MODELS: tuple[tuple[str, str, str], ...] = (
+    ("mlp", "models:MLPBuilder", "Multi-layer perceptron, 1-40-40-1 on the sinusoid (Finn et al. 2017)."),
+    ("conv4", "models:Conv4Builder", "Four conv blocks and a linear head (Vinyals et al. 2016; Finn et al. 2017)."),
+    ("resnet12", "models:ResNet12Builder", "ResNet-12, 64-160-320-640 (Oreshkin et al. 2018; Lee et al. 2019)."),
+)
+"""Rows ``(name, target, summary)``; the options are the host's (metaplug.contract.hyperparameters)."""
+
 
 @hookimpl
 def register_backends(register: Register) -> None:
@@ -70,3 +77,9 @@ def register_algorithms(register: Register) -> None:
 def register_optimizers(register: Register) -> None:
     for name, target, role, summary in OPTIMIZERS:
         register(Component(name, summary, f"{PACKAGE}.{target}", backends=(BACKEND,), role=role))
+
+
+@hookimpl
+def register_models(register: Register) -> None:
+    for name, target, summary in MODELS:
+        register(Component(name, summary, f"{PACKAGE}.{target}", backends=(BACKEND,)))
