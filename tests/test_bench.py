@@ -71,6 +71,22 @@ def test_random_omniglot_has_the_workload_shapes(double, tmp_path, monkeypatch):
     assert np.array_equal(again[1].query_x, batches[1].query_x)  # seeded
 
 
+def test_resnet12_workloads_run_only_when_named():
+    maml = bench.workload("miniimagenet-maml")
+    assert maml.shape.model == "resnet12" and maml.shape.meta_batch_size == 2
+    assert maml.hyperparameters == {"inner_lr": 0.01, "inner_steps": 1, "first_order": False}
+    assert bench.workload("miniimagenet-protonet").algorithm == "protonet"
+    for algorithm in ("maml", "protonet", "reptile"):
+        names = [w.name for w in bench.workloads_for(algorithm, ("regression", "classification"))]
+        assert not any(n.startswith("miniimagenet-") for n in names)
+    with pytest.raises(ConfigError, match="the miniimagenet workloads: miniimagenet-maml, miniimagenet-protonet"):
+        bench.workload("miniimagenet-reptile")
+    batches, spec, source = bench.episodes(maml, 2)
+    assert source == "random (miniimagenet shape; no sampler)" and len(batches) == 2
+    assert batches[0].support_x.shape == (2, 5, 3, 84, 84) and batches[0].query_x.shape == (2, 75, 3, 84, 84)
+    assert spec.input_shape == (3, 84, 84) and spec.default_model == "resnet12"
+
+
 def test_bench_json_rows_from_child_processes():
     done = metaplug("bench", "--backend", "numpy", "--steps", "2", "--warmup", "1", "--json", "--reference")
     assert done.returncode == 0, done.stderr

@@ -12,6 +12,11 @@ PyTorch plugin's issue:
     inner step with lr 0.4, second resp. first order.
 ``omniglot-protonet``
     the same episodes, Prototypical Networks.
+``miniimagenet-maml`` / ``miniimagenet-protonet``
+    ResNet-12 (``resnet12``, default channels 64-160-320-640) on 3x84x84 random images of
+    mini-ImageNet's shape, 5-way 1-shot with 15 queries per class, 2 tasks per meta-batch;
+    MAML with one inner step with lr 0.01, second order, resp. Prototypical Networks.
+    Expensive on a CPU, so measured only when named (``--workload``), never by default.
 
 Other algorithms run on the shapes their problems allow, with their default
 hyper-parameters and the shape's inner learning rate. Each (backend, workload) pair is
@@ -47,11 +52,25 @@ class Shape:
     meta_batch_size: int
     task_options: dict[str, int]
     inner_lr: float
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    """Image shape of the random episodes used when no sampler provides real data."""
+    on_request: bool = False
+    """Measured only when its workload is named: no generic workloads, none in the default plan."""
 
 
 SHAPES: dict[str, Shape] = {
     "sinusoid": Shape("sinusoid", "regression", "mlp", 25, {"shots": 10, "queries": 10}, 0.01),
     "omniglot": Shape("omniglot", "classification", "conv4", 32, {"ways": 5, "shots": 1, "queries": 15}, 0.4),
+    "miniimagenet": Shape(
+        "miniimagenet",
+        "classification",
+        "resnet12",
+        2,
+        {"ways": 5, "shots": 1, "queries": 15},
+        0.01,
+        input_shape=(3, 84, 84),
+        on_request=True,
+    ),
 }
 
 NAMED: dict[str, dict[str, Any]] = {
@@ -59,6 +78,8 @@ NAMED: dict[str, dict[str, Any]] = {
     "omniglot-maml": {"inner_lr": 0.4, "inner_steps": 1, "first_order": False},
     "omniglot-fomaml": {"inner_lr": 0.4, "inner_steps": 1},
     "omniglot-protonet": {},
+    "miniimagenet-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
+    "miniimagenet-protonet": {},
 }
 """Workloads with fixed hyper-parameters; their algorithms get no generic workloads."""
 
@@ -83,15 +104,21 @@ def workload(name: str) -> Workload:
         raise ConfigError(f"unknown workload {name!r}.{suggest(name, NAMED)} Workloads: {', '.join(known)}")
     if name in NAMED:
         return Workload(name, SHAPES[shape_name], algorithm, dict(NAMED[name]))
+    if SHAPES[shape_name].on_request:
+        named = [n for n in NAMED if n.startswith(f"{shape_name}-")]
+        raise ConfigError(f"unknown workload {name!r}; the {shape_name} workloads: {', '.join(named)}")
     return Workload(name, SHAPES[shape_name], algorithm, {}, generic=True)
 
 
 def workloads_for(algorithm: str, problems: tuple[str, ...]) -> list[Workload]:
-    """The workloads an algorithm is measured on: its named ones, else one per shape it supports."""
+    """The workloads an algorithm is measured on: its named ones, else one per shape it
+    supports (shapes measured only on request left out)."""
     named = [workload(n) for n in NAMED if n.split("-", 1)[1] == algorithm]
+    named = [w for w in named if not w.shape.on_request]
     if named:
         return named
-    return [workload(f"{s.name}-{algorithm}") for s in SHAPES.values() if s.problem in problems]
+    shapes = [s for s in SHAPES.values() if s.problem in problems and not s.on_request]
+    return [workload(f"{s.name}-{algorithm}") for s in shapes]
 
 
 def conv4_forward_flops(input_shape: tuple[int, ...], ways: int, filters: int = 64) -> int:
@@ -122,36 +149,40 @@ def episodes(w: Workload, count: int, seed: int = 0) -> tuple[list[EpisodeBatch]
     data of the same shapes. Returns the batches, their spec and a description of the source."""
     from metaplug.plugins.discovery import registry
 
+    if w.shape.name not in registry().names("task-samplers"):
+        return _random_images(w, count, seed, f"random ({w.shape.name} shape; no sampler)")
     sampler_class = registry().load("task-samplers", w.shape.name)
     try:
         sampler = sampler_class(split="train", seed=seed, **w.shape.task_options)
     except DatasetError:
-        return _random_omniglot(w, count, seed)
+        return _random_images(w, count, seed, "random (Omniglot not found)")
     source = "sinusoid (generated)" if w.shape.name == "sinusoid" else f"{w.shape.name} (real)"
     return [sampler.sample(w.shape.meta_batch_size) for _ in range(count)], sampler.spec, source
 
 
-def _random_omniglot(w: Workload, count: int, seed: int) -> tuple[list[EpisodeBatch], TaskSpec, str]:
+def _random_images(
+    w: Workload, count: int, seed: int, source: str, classes: int = 4400
+) -> tuple[list[EpisodeBatch], TaskSpec, str]:
     rng = np.random.default_rng(seed)
     ways, shots, queries = (w.shape.task_options[k] for k in ("ways", "shots", "queries"))
-    tasks, classes = w.shape.meta_batch_size, 4400
-    spec = TaskSpec("classification", (1, 28, 28), ways, num_classes=classes, default_model="conv4")
+    tasks, shape = w.shape.meta_batch_size, w.shape.input_shape
+    spec = TaskSpec("classification", shape, ways, num_classes=classes, default_model=w.shape.model)
 
     def labels(per_class: int) -> np.ndarray:
         return np.broadcast_to(np.repeat(np.arange(ways, dtype=np.int64), per_class), (tasks, ways * per_class)).copy()
 
     batches = [
         EpisodeBatch(
-            support_x=rng.random((tasks, ways * shots, 1, 28, 28), dtype=np.float32),
+            support_x=rng.random((tasks, ways * shots, *shape), dtype=np.float32),
             support_y=labels(shots),
-            query_x=rng.random((tasks, ways * queries, 1, 28, 28), dtype=np.float32),
+            query_x=rng.random((tasks, ways * queries, *shape), dtype=np.float32),
             query_y=labels(queries),
             problem="classification",
             classes=np.stack([rng.choice(classes, ways, replace=False) for _ in range(tasks)]).astype(np.int64),
         )
         for _ in range(count)
     ]
-    return batches, spec, "random (Omniglot not found)"
+    return batches, spec, source
 
 
 def measure(
