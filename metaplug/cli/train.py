@@ -44,7 +44,9 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--backend", help="Backend (default: torch, else tensorflow, else the first installed).")
 @click.option("--algorithm", help="Algorithm (default: maml). See 'metaplug list algorithms'.")
 @click.option("--tasks", help="Task sampler (default: sinusoid). See 'metaplug list task-samplers'.")
-@click.option("--model", help="Standard model (default: the tasks' default, mlp or conv4).")
+@click.option(
+    "--model", help="Model registered for the backend, see 'metaplug list models' (default: the tasks', mlp or conv4)."
+)
 @click.option("--optimizer", help="Outer optimizer (default: adam).")
 @click.option("--lr", type=float, help="Outer learning rate (default: 0.001).")
 @click.option("--ways", type=int, help="Classes per episode (classification tasks).")
