@@ -120,7 +120,11 @@ def test_layout_round_trip_and_channels_last():
         ("resnet", ModelSpec("resnet", (1,), 1), "unknown model 'resnet'"),
         ("conv4 small", ModelSpec("conv4", (1, 8, 8), 5), "at least 16x16"),
         ("conv4 pooling", ModelSpec("conv4", (1, 28, 28), 5, {"pooling": "avg"}), "pooling"),
-        ("mlp option", ModelSpec("mlp", (1,), 1, {"hiden": (4,)}), "unknown mlp option"),
+        (
+            "mlp option",
+            ModelSpec("mlp", (1,), 1, {"hiden": (4,)}),
+            "model 'mlp' has no option 'hiden'. Did you mean 'hidden'",
+        ),
     ],
 )
 def test_bad_model_specs_raise_config_errors(backend, name, spec, message):

@@ -121,7 +121,7 @@ def test_bad_models_are_config_errors():
     backend = Backend("cpu")
     with pytest.raises(ConfigError, match="unknown model 'conv5'.*Did you mean 'conv4'"):
         backend.build_model(ModelSpec("conv5", (1, 28, 28), 5))
-    with pytest.raises(ConfigError, match="unknown option 'width' for model 'conv4'"):
+    with pytest.raises(ConfigError, match="model 'conv4' has no option 'width'"):
         backend.build_model(ModelSpec("conv4", (1, 28, 28), 5, {"width": 3}))
     tracking = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
     with pytest.raises(ConfigError, match="tracks running statistics; build it with track_running_stats=False"):

@@ -294,18 +294,11 @@ BUILDERS = {
     "resnet12": (ResNet12, _resnet12_weights),
 }
 
-MODEL_OPTIONS = {"mlp": {"hidden"}, "conv4": {"filters", "pooling"}, "resnet12": {"channels", "leak"}}
-
 
 def build(spec: ModelSpec, rng: np.random.Generator, dtype: tf.DType) -> FunctionalModel:
     """A freshly initialised standard model with weights drawn from ``rng``."""
     if spec.name not in BUILDERS:
         raise ConfigError(f"unknown model {spec.name!r} for backend 'tensorflow'; available: {', '.join(BUILDERS)}")
-    unknown = set(spec.options) - MODEL_OPTIONS[spec.name]
-    if unknown:
-        raise ConfigError(
-            f"unknown {spec.name} option(s) {sorted(unknown)}; available: {sorted(MODEL_OPTIONS[spec.name])}"
-        )
     if spec.output_size < 1:
         raise ConfigError(f"model output size must be positive, got {spec.output_size}")
     cls, init = BUILDERS[spec.name]
@@ -329,8 +322,9 @@ class StandardModel:
 
     @classmethod
     def build(cls, backend: Any, spec: ModelSpec) -> FunctionalModel:
+        options = cls.Options.parse(spec.options, owner=f"model {cls.name!r}").as_dict()
         with backend.scope():
-            return build(dataclasses.replace(spec, name=cls.name), backend.rng, backend.dtype)
+            return build(dataclasses.replace(spec, name=cls.name, options=options), backend.rng, backend.dtype)
 
 
 class MLPBuilder(StandardModel):

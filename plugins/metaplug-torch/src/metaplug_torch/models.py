@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import inspect
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -269,14 +268,9 @@ def build(spec: ModelSpec) -> FeaturesAndHead:
     if spec.name not in BUILDERS:
         raise ConfigError(f"unknown model {spec.name!r}.{suggest(spec.name, BUILDERS)} Models: {', '.join(BUILDERS)}")
     builder = BUILDERS[spec.name]
-    options: Mapping[str, Any] = dict(spec.options)
-    allowed = tuple(inspect.signature(builder).parameters)[2:]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r} for model {spec.name!r}; options: {', '.join(allowed)}")
     if spec.output_size < 1:
         raise ConfigError(f"output_size must be positive, got {spec.output_size}")
-    return builder(tuple(spec.input_shape), int(spec.output_size), **options)
+    return builder(tuple(spec.input_shape), int(spec.output_size), **spec.options)
 
 
 def _flat_size(shape: Sequence[int]) -> int:
@@ -300,7 +294,8 @@ class StandardModel:
 
     @classmethod
     def build(cls, backend: Any, spec: ModelSpec) -> FeaturesAndHead:
-        model = build(dataclasses.replace(spec, name=cls.name))
+        options = cls.Options.parse(spec.options, owner=f"model {cls.name!r}").as_dict()
+        model = build(dataclasses.replace(spec, name=cls.name, options=options))
         device = getattr(backend, "device", None)
         return model if device is None else model.to(device)
 
