@@ -26,7 +26,6 @@ and caches do not count against another's.
 
 from __future__ import annotations
 
-import functools
 import json
 import resource
 import statistics
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.errors import ConfigError, DatasetError, suggest
 
 
@@ -189,7 +188,8 @@ def measure(
     backend_name: str, workload_name: str, steps: int, warmup: int, batching: str | None = None
 ) -> dict[str, Any]:
     """Time ``steps`` meta-training steps after ``warmup`` untimed ones (the child's work)."""
-    from metaplug.experiment.components import describe_options, host_arguments
+    from metaplug.experiment.components import algorithm as build_algorithm
+    from metaplug.experiment.components import describe_options
     from metaplug.plugins.discovery import registry
 
     reg = registry()
@@ -204,19 +204,17 @@ def measure(
         if "batching" not in names:
             raise ConfigError(f"{w.algorithm} ({backend_name}) has no batching option")
         options["batching"] = batching
-    backend = reg.load("backends", backend_name)()
-    backend.seed(0)
     batches, spec, source = episodes(w, min(steps + warmup, 4))
-    model = backend.build_model(ModelSpec(w.shape.model, spec.input_shape, spec.output_size))
-    factory = functools.partial(reg.load("optimizers", OUTER_OPTIMIZER, backend=backend_name), lr=OUTER_LR)
-    algorithm = algorithm_class(
-        backend=backend,
-        model=model,
+    algorithm = build_algorithm(
+        w.algorithm,
         spec=spec,
-        optimizer=factory,
-        **host_arguments(reg, algorithm_class, options, backend_name),
+        backend=backend_name,
+        model=w.shape.model,
+        optimizer=OUTER_OPTIMIZER,
+        lr=OUTER_LR,
         **options,
     )
+    backend = algorithm.backend
     for i in range(warmup):
         algorithm.meta_train_step(batches[i % len(batches)])
     times = []
