@@ -214,7 +214,6 @@ def measure(
         lr=OUTER_LR,
         **options,
     )
-    backend = algorithm.backend
     for i in range(warmup):
         algorithm.meta_train_step(batches[i % len(batches)])
     times = []
@@ -235,7 +234,7 @@ def measure(
         "steps": steps,
         "warmup": warmup,
         "data": source,
-        "device": str(getattr(backend, "device", "cpu")),
+        "device": str(getattr(getattr(algorithm, "backend", None), "device", "cpu")),
     }
 
 
