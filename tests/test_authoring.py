@@ -270,26 +270,17 @@ def test_failed_pip_install_leaves_the_environment_unchanged(env, tmp_path):
     assert not distribution_present(env, "metaplug-needy")
 
 
+def build_wheel(project: Path, dest: Path) -> None:
+    """A wheel of ``project`` in ``dest``, offline, with the environment's hatchling."""
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*command, "-w", str(dest), str(project)], check=True)
+
+
 def test_broken_upgrade_reinstalls_the_version_it_replaced(env, tmp_path):
     good = write_project(
         tmp_path / "good", "metaplug-upgrade", "metaplug_upgrade", True, WORKING_PLUGIN.format(name="upgraded")
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-w",
-            str(tmp_path / "dist"),
-            str(good),
-        ],
-        check=True,
-    )
+    build_wheel(good, tmp_path / "dist")
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert run(env, "install", str(wheel), *NO_ISOLATION).returncode == 0
     broken = write_project(
@@ -464,22 +455,7 @@ def test_host_wheel_ships_every_template_file(tmp_path):
     from metaplug import templates
 
     root = Path(templates.__file__).resolve().parents[2]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-w",
-            str(tmp_path),
-            str(root),
-        ],
-        check=True,
-    )
+    build_wheel(root, tmp_path)
     (wheel,) = tmp_path.glob("metaplug-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     sources = {p.relative_to(root).as_posix() for p in templates.HERE.rglob("*.tmpl")}

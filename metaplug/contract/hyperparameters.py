@@ -35,6 +35,17 @@ class BatchingOptions(Options):
         return 0
 
 
+def require_batching_options(cls: type) -> None:
+    """For a backend plugin's algorithm base class, which runs the ``batching`` option: a
+    ``TypeError`` at class creation unless ``cls.Options`` extends :class:`BatchingOptions`."""
+    declared = getattr(cls, "Options", None)
+    if not (isinstance(declared, type) and issubclass(declared, BatchingOptions)):
+        raise TypeError(
+            f"{cls.__name__}.Options must extend metaplug.contract.hyperparameters.BatchingOptions "
+            f"(MetaLearner runs its batching option)"
+        )
+
+
 @dataclass(frozen=True)
 class InnerLoopOptions(BatchingOptions):
     """Options of the algorithms that adapt by gradient steps on the support set."""
@@ -240,4 +251,5 @@ __all__ = [
     "ResNet12Options",
     "SGDOptions",
     "ScheduleOptions",
+    "require_batching_options",
 ]

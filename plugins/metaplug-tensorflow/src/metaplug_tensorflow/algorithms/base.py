@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.contract.hyperparameters import BatchingOptions
+from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
 from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
@@ -81,11 +81,7 @@ class MetaLearner:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BatchingOptions)):
-            raise TypeError(
-                f"{cls.__name__}.Options must extend metaplug.contract.hyperparameters.BatchingOptions "
-                f"(MetaLearner runs its batching option)"
-            )
+        require_batching_options(cls)
 
     def __init__(
         self,
