@@ -45,7 +45,9 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--algorithm", help="Algorithm (default: maml). See 'metaplug list algorithms'.")
 @click.option("--tasks", help="Task sampler (default: sinusoid). See 'metaplug list task-samplers'.")
 @click.option(
-    "--model", help="Model registered for the backend, see 'metaplug list models' (default: the tasks', mlp or conv4)."
+    "--model",
+    help="Model registered for the backend, see 'metaplug list models' (default: the tasks', mlp or conv4), "
+    "or your own: module:function, a factory taking the task spec and returning a torch.nn.Module or keras.Model.",
 )
 @click.option("--optimizer", help="Outer optimizer (default: adam).")
 @click.option("--lr", type=float, help="Outer learning rate (default: 0.001).")

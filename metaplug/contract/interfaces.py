@@ -48,6 +48,23 @@ class TaskSpec:
     """Standard model that suits these inputs (``"mlp"`` or ``"conv4"``), used when the
     configuration names none."""
 
+    def check_output_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise a :class:`~metaplug.errors.ConfigError` unless ``shape``, a model's output for
+        a batch of examples, is ``(examples, output_size)``: one line with both shapes.
+        Backends check every model this way before training."""
+        examples = shape[0] if shape else 0
+        if tuple(shape) == (examples, self.output_size):
+            return
+        need = (
+            f"{self.output_size} logits per example ({self.output_size}-way)"
+            if self.problem == "classification"
+            else f"{self.output_size} output(s) per example (the regression targets)"
+        )
+        raise ConfigError(
+            f"the model's output has shape {tuple(shape)} for {examples} examples of shape {tuple(self.input_shape)}; "
+            f"the tasks need ({examples}, {self.output_size}): {need}"
+        )
+
 
 @dataclass(frozen=True)
 class EpisodeBatch:

@@ -22,6 +22,7 @@ from metaplug.errors import (
     suggest,
 )
 from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
+from metaplug.experiment.factories import build_with_factory, is_factory, load_factory
 from metaplug.plugins.discovery import registry as default_registry
 from metaplug.plugins.registry import Registry
 
@@ -95,7 +96,9 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
     if isinstance(rule, str):
         inner_rule_record(reg, rule, backend)
     model = cfg.model  # without a name, the sampler's default model: checked when it is built
-    if model.name is not None:
+    if model.name is not None and is_factory(model.name):
+        load_factory(model.name)  # importable and callable; its options go to it unchecked
+    elif model.name is not None:
         model = resolve_options(model, model_record(reg, model.name, backend), "model")
     return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer, model=model)
 
@@ -242,7 +245,10 @@ def make_model(
     reg: Registry, backend: Any, backend_name: str, name: str, spec: TaskSpec, options: Mapping[str, Any]
 ) -> tuple[Any, Choice]:
     """The model ``name`` built through its registered :class:`~metaplug.contract.interfaces.ModelBuilder`
-    for ``spec``'s inputs and outputs, and the ``[model]`` choice with its options resolved."""
+    for ``spec``'s inputs and outputs (or by the factory a ``module:function`` name names,
+    see :mod:`metaplug.experiment.factories`), and the ``[model]`` choice with its options resolved."""
+    if is_factory(name):
+        return build_with_factory(name, spec, options), Choice(name, dict(options))
     record = model_record(reg, name, backend_name)
     choice = resolve_options(Choice(name, dict(options)), record, "model")
     builder = record.load()

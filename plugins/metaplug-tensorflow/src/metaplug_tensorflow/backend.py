@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,11 +66,24 @@ class Backend:
         return self._rng
 
     def seed(self, seed: int) -> None:
-        """Seed model initialisation (a numpy generator) and TensorFlow's global generator;
+        """Seed model initialisation (a numpy generator), TensorFlow's global generator and
+        Keras's (``keras.utils.set_random_seed``: your own Keras models initialise
+        reproducibly; it also seeds Python's and numpy's global generators);
         :attr:`seed_value` keeps ``seed`` for algorithms that draw their own randomness."""
         self._rng = np.random.default_rng(seed)
         self.seed_value = int(seed)
+        tf.keras.utils.set_random_seed(int(seed) % 2**32)  # numpy's global seed takes 32 bits
         tf.random.set_seed(seed)
+
+    def with_dtype(self, dtype: tf.DType) -> Backend:
+        """This backend (same device and generators) computing in ``dtype``; ``self`` if it already does."""
+        if dtype == self.dtype:
+            return self
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype.name}")
+        other = copy.copy(self)
+        other.dtype = dtype
+        return other
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:

@@ -78,10 +78,19 @@ class FunctionalModel:
     names: tuple[str, ...]
     variables: list[tf.Variable] = field(repr=False)
 
+    has_parts = True
+    """Whether the model splits into features and a head (every standard model does)."""
+    linear_head = True
+    """Whether the head is ``x @ weight + bias`` (every standard model's is)."""
+
     @property
     def head_index(self) -> int:
         """Index of the first head weight in :attr:`names`."""
         return len(self.names) - len(HEAD)
+
+    def require_parts(self, algorithm: str) -> None:
+        """Raise a :class:`~metaplug.errors.ConfigError` naming ``algorithm`` when the model
+        has no separate features and head (never for a standard model)."""
 
     def embed(
         self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False, vectorized: bool = True

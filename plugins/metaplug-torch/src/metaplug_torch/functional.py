@@ -55,10 +55,15 @@ class FunctionalModel:
         return _call_part(self.module.get_submodule("head"), "head.", params, z)
 
     def require_parts(self, algorithm: str) -> None:
+        """Raise a :class:`~metaplug.errors.ConfigError` naming ``algorithm`` and the
+        submodule names it looks for when the module has no ``features`` and ``head``."""
         if not self.has_parts:
+            children = ", ".join(name for name, _ in self.module.named_children()) or "none"
             raise ConfigError(
-                f"{algorithm} needs a model with 'features' and 'head' submodules "
-                f"(every standard model has them); got {type(self.module).__name__}"
+                f"{algorithm} needs a model with a 'features' submodule (everything before the last layer) "
+                f"and a 'head' submodule (the last one), with forward(x) == head(features(x)); "
+                f"{type(self.module).__name__} has submodules {children}: set self.features = nn.Sequential(...) "
+                "and self.head = nn.Linear(...) in its __init__"
             )
 
 

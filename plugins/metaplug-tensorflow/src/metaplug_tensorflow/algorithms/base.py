@@ -25,6 +25,7 @@ from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.backend import Backend, Episodes
+from metaplug_tensorflow.functional import KerasModel, first_line, is_keras_model
 from metaplug_tensorflow.inner import resolve_rule
 from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import accuracy, task_loss
@@ -103,12 +104,18 @@ class MetaLearner:
             raise ConfigError(f"{self.name} (tensorflow) needs the tensorflow backend, got {type(backend).__name__}")
         if model is None:
             model = self.backend.build_model(ModelSpec(spec.default_model, spec.input_shape, spec.output_size))
+        if is_keras_model(model):
+            with self.backend.scope():
+                keras_spec = ModelSpec("keras", spec.input_shape, spec.output_size)
+                model = KerasModel.wrap(model, keras_spec, self._native()[1])
+            self.backend = self.backend.with_dtype(model.dtype)  # the model's dtype decides, as on torch
         if not isinstance(model, FunctionalModel):
             raise ConfigError(
-                "the tensorflow algorithms take a model from metaplug_tensorflow's "
-                f"Backend.build_model, got {type(model).__name__}"
+                "the tensorflow algorithms take a Keras model or a model from metaplug_tensorflow's "
+                f"Backend.build_model, got {type(model).__module__}.{type(model).__qualname__}"
             )
         self.model = model
+        self.check_model()
         self.mode = self._resolve_batching()
         self.rule = resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
         with self.backend.scope():
@@ -126,6 +133,32 @@ class MetaLearner:
         self._adapt_fn = tf.function(self.adapted_state)
         self._predict_fn = tf.function(self.predict_adapted)
         self.setup()
+
+    def _native(self) -> tuple[tf.DType, tuple[int, ...]]:
+        """The backend's dtype and the shape of one example in TensorFlow's layout."""
+        shape = tuple(self.spec.input_shape)
+        return self.backend.dtype, (*shape[1:], shape[0]) if len(shape) == 3 else shape
+
+    def check_model(self) -> None:
+        """Fail with one line when the model does not fit the tasks: run it on two zero
+        examples and compare its output with ``(2, spec.output_size)`` (override for an
+        algorithm that uses the model otherwise, e.g. only its embedding)."""
+        outputs = self.probe_model(lambda x: self.model(self.model.variables, x))
+        self.spec.check_output_shape(outputs)
+
+    def probe_model(self, forward: Callable[[tf.Tensor], tf.Tensor]) -> tuple[int, ...]:
+        """The shape of ``forward``'s outputs for two zero examples (no task axis); a model
+        that fails on them is a :class:`~metaplug.errors.ConfigError` naming the input shape."""
+        dtype, example = self._native()
+        try:
+            with self.backend.scope():
+                outputs = forward(tf.zeros([1, 2, *example], dtype))
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+            raise ConfigError(
+                f"the model fails on examples of shape {tuple(self.spec.input_shape)} (the tasks' inputs): "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            ) from None
+        return tuple(outputs.shape[1:])
 
     def _resolve_batching(self) -> str:
         batching, modes = self.options.batching, self.backend.batching_modes

@@ -10,7 +10,7 @@ from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import MetaLearner, Weights, tile
 from metaplug_tensorflow.losses import task_loss
-from metaplug_tensorflow.models import _uniform
+from metaplug_tensorflow.models import _uniform, dense
 
 PRETRAIN = "pretrain.head."
 
@@ -38,6 +38,12 @@ class FineTune(MetaLearner):
     def trained_names(self) -> list[str]:
         """Classification: the features (the pre-training head is ``pretrain.head.*``);
         regression: every weight."""
+        self.model.require_parts(self.name)
+        if self.classification and not self.model.linear_head:
+            raise ConfigError(
+                "finetune classifies with a new linear head: the model's head must be linear "
+                "(a keras.layers.Dense without activation)"
+            )
         return list(self.model.names[: self.model.head_index] if self.classification else self.model.names)
 
     def extra_parameters(self) -> dict[str, np.ndarray]:
@@ -74,8 +80,8 @@ class FineTune(MetaLearner):
         with tf.GradientTape() as tape:
             if self.classification:
                 y = tf.gather(classes[0], y, batch_dims=1)
-                head = [self.extra[PRETRAIN + "weight"], self.extra[PRETRAIN + "bias"]]
-                outputs = self.model.head(head, self.model.embed(self.feature_weights, x))
+                weight, bias = self.extra[PRETRAIN + "weight"], self.extra[PRETRAIN + "bias"]
+                outputs = dense(self.model.embed(self.feature_weights, x), weight, bias, per_task=False)
             else:
                 outputs = self.model(self.model.variables, x)
             metrics = self.loss_and_accuracy(outputs, y)

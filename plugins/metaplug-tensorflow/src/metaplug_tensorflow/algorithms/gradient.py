@@ -44,7 +44,10 @@ class GradientMetaLearner(MetaLearner):
     def adapted_names(self) -> list[str]:
         """Names (in ``self.model.names``) of the weights the inner loop adapts: all of them,
         or ``head.*`` when ``head_only``."""
-        return list(self.model.names[self.model.head_index :] if self.head_only else self.model.names)
+        if self.head_only:
+            self.model.require_parts(self.name)
+            return list(self.model.names[self.model.head_index :])
+        return list(self.model.names)
 
     def extra_parameters(self) -> dict[str, tf.Tensor]:
         """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""

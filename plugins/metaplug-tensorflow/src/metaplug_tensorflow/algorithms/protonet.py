@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from metaplug.contract.hyperparameters import ProtoNetOptions
+from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import MetaLearner, Weights
 
@@ -46,6 +47,12 @@ class ProtoNet(MetaLearner):
     def trained_names(self) -> list[str]:
         """The feature weights (the head is built but unused)."""
         return list(self.model.names[: self.model.head_index])
+
+    def check_model(self) -> None:
+        """ProtoNets use the embedding, not the output: one vector per example."""
+        shape = self.probe_model(lambda x: self.model.embed(self.feature_weights, x))
+        if len(shape) != 2:
+            raise ConfigError(f"protonet embeds each example as a vector; the model's features give shape {shape}")
 
     def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
         shots, ways = sx.shape[1], self.spec.output_size

@@ -89,6 +89,7 @@ class MetaLearner:
             raise ConfigError("the model has no parameters to meta-learn")
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
+        self.check_model()
         self.mode = batching.resolve(self.options.batching, self.model, self.device)
         self.rule = inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
         self.extra: dict[str, torch.nn.Parameter] = {
@@ -156,6 +157,26 @@ class MetaLearner:
         (default: :meth:`detached_parameters`). Override to pass more, e.g. a tuple of
         the parameters and detached ``self.extra`` entries."""
         return self.detached_parameters()
+
+    def check_model(self) -> None:
+        """Fail with one line when the model does not fit the tasks: run it on two zero
+        examples and compare its output with ``(2, spec.output_size)`` (override for an
+        algorithm that uses the model otherwise, e.g. only its embedding)."""
+        self.spec.check_output_shape(self.probe_model(lambda x: self.model(self.params, x)))
+
+    def probe_model(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> tuple[int, ...]:
+        """The shape of ``forward``'s output for two zero examples; a model that fails on
+        them is a :class:`~metaplug.errors.ConfigError` naming the input shape."""
+        x = torch.zeros((2, *self.spec.input_shape), dtype=self.dtype, device=self.device)
+        try:
+            with torch.no_grad():
+                return tuple(forward(x).shape)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ConfigError(
+                f"the model fails on examples of shape {tuple(self.spec.input_shape)} (the tasks' inputs): "
+                f"{type(exc).__name__}: {message}"
+            ) from None
 
     # -- the Algorithm interface -------------------------------------------------------
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from metaplug.contract.hyperparameters import ProtoNetOptions
 from metaplug.contract.interfaces import EpisodeBatch
+from metaplug.errors import ConfigError
 from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
 from metaplug_torch.backend import Episodes
 from metaplug_torch.functional import Params, one_hot
@@ -31,6 +32,12 @@ class ProtoNet(MetaLearner):
     problems = ("classification",)
     Options = ProtoNetOptions
     options: ProtoNetOptions
+
+    def check_model(self) -> None:
+        """ProtoNets use the embedding, not the output: one vector per example."""
+        shape = self.probe_model(lambda x: self.model.embed(self.params, x))
+        if len(shape) != 2:
+            raise ConfigError(f"protonet embeds each example as a vector; the model's features give shape {shape}")
 
     def _logits(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shots = sx.shape[0]
