@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -57,6 +58,15 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def ignore_further_interrupts() -> None:
+    """After a Ctrl-C or SIGTERM was handled: one more Ctrl-C while the interpreter shuts
+    down must not print a traceback, so the rest of the exit ignores it."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the ``metaplug`` script and ``python -m metaplug``."""
     try:
@@ -65,6 +75,7 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
+        ignore_further_interrupts()
         fail("aborted", 130)
     except click.UsageError as exc:
         fail(exc.format_message(), exc.exit_code)
@@ -73,8 +84,9 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except MetaplugError as exc:
         if debugging():  # the traceback, with the plugin error it may be chained to, then the usual line
             traceback.print_exception(exc)
-        fail(str(exc))
+        fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         fail("interrupted", 130)
     except Exception as exc:  # no tracebacks for users; METAPLUG_DEBUG=1 shows them
         if debugging():
