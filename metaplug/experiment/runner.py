@@ -306,7 +306,9 @@ class Trainer:
 def interrupt_flag(trainer: Trainer) -> Iterator[None]:
     """The first Ctrl-C or SIGTERM (a scheduler's pre-emption) asks the trainer to
     checkpoint and stop after the current step; a second Ctrl-C interrupts immediately
-    (repeated SIGTERMs, which schedulers may send to a whole process group, do not)."""
+    (repeated SIGTERMs, which schedulers may send to a whole process group, do not).
+    With ``trainer.exit_on_second_interrupt`` (the CLI) the second Ctrl-C ends the process
+    quietly, and once training stopped for a signal further Ctrl-Cs are ignored while it exits."""
 
     def handler(signum: int, frame: Any) -> None:
         if trainer.stop_signal is None:
@@ -325,7 +327,8 @@ def interrupt_flag(trainer: Trainer) -> Iterator[None]:
         yield
     finally:
         for signum, earlier in previous.items():
-            signal.signal(signum, earlier)
+            stopping = trainer.stop_signal is not None and trainer.exit_on_second_interrupt
+            signal.signal(signum, signal.SIG_IGN if stopping and signum == signal.SIGINT else earlier)
 
 
 def versions(experiment: Experiment) -> dict[str, str]:
