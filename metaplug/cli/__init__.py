@@ -88,6 +88,11 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except KeyboardInterrupt:
         ignore_further_interrupts()
         fail("interrupted", 130)
+    except MemoryError as exc:
+        fail(
+            f"out of memory ({exc or 'MemoryError'}); use fewer or smaller episodes at once "
+            "(--meta-batch-size, --ways, --shots, --queries, evaluate --batch)"
+        )
     except Exception as exc:  # no tracebacks for users; METAPLUG_DEBUG=1 shows them
         if debugging():
             raise

@@ -90,6 +90,12 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
+    for name, array in saved.arrays.items():
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            raise checkpoints.CheckpointError(
+                f"checkpoint of step {saved.step} in {run_dir} holds non-finite weights ({name!r} has NaN or "
+                "infinite values); it cannot be evaluated or resumed"
+            )
     experiment = build(cfg)
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
@@ -101,6 +107,15 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     return experiment, saved
+
+
+def split_sampler(experiment: Experiment, split: str) -> Any:
+    """The sampler of ``split``; options that split cannot serve (more ways than its classes)
+    are a one-line error that names the split."""
+    try:
+        return experiment.sampler(split)
+    except ConfigError as exc:
+        raise ConfigError(f"{split} split: {exc}") from exc
 
 
 @dataclass
@@ -120,8 +135,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress_enabled = progress
         self.metrics = MetricsLog(self.run_dir)
-        self.val_sampler = experiment.sampler("val") if self.cfg.train.val_every else None
-        self.test_sampler = experiment.sampler("test") if self.cfg.train.test_tasks else None
+        self.val_sampler = split_sampler(experiment, "val") if self.cfg.train.val_every else None
+        self.test_sampler = split_sampler(experiment, "test") if self.cfg.train.test_tasks else None
         """Built before training, so that test episodes the split cannot provide fail at once."""
         self.running = RunningMeans()
         self.step = 0
