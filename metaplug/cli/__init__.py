@@ -39,11 +39,13 @@ def _load_commands() -> None:
     import importlib
     import pkgutil
 
-    from metaplug.plugins.discovery import add_commands
+    from metaplug.plugins.discovery import add_commands, discovery
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     add_commands(cli)
+    for warning in discovery().warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def debugging() -> bool:
