@@ -29,9 +29,7 @@ def run(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("METAPLUG_PLUGINS", "METAPLUG_DISABLE_PLUGINS")}
     path = os.pathsep.join([str(site), str(DOUBLES), *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [sys.executable, "-m", "metaplug", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env={**base, "PYTHONPATH": path, **env}, timeout=120
-    )
+    return subprocess.run(command, capture_output=True, text=True, env={**base, "PYTHONPATH": path, **env}, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +51,8 @@ def test_plugins_that_exit_or_interrupt_at_import_are_named_and_the_rest_works(s
         assert f"error: plugin {module!r} (metaplug-{module.replace('_', '-')} 1.0.0): {error}" in table.stderr
     assert found["double"]["error"] is None and found["double"]["components"]["backends"] == ["numpy"]
     small = ["--backend", "numpy", "--algorithm", "linear-maml", "--iterations", "2", "--meta-batch-size", "2"]
-    trained = run(site, "train", *small, "--val-every", "0", "--test-tasks", "2", "-q", "--run-dir", str(tmp_path / "r"))
+    small += ["--val-every", "0", "--test-tasks", "2", "-q"]
+    trained = run(site, "train", *small, "--run-dir", str(tmp_path / "r"))
     assert trained.returncode == 0, trained.stderr
     assert "no installed plugin or distribution named 'nothing'" in run(site, "uninstall", "nothing").stderr
 

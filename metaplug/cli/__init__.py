@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -63,10 +64,8 @@ def fail(message: str, code: int = 1) -> None:
 def ignore_further_interrupts() -> None:
     """After a Ctrl-C or SIGTERM was handled: one more Ctrl-C while the interpreter shuts
     down must not print a traceback, so the rest of the exit ignores it."""
-    try:
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
 
 
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:

@@ -356,7 +356,8 @@ def new_plugin_command(name: str, kind: str, backend: str, directory: str | None
             raise ConfigError(f"{destination} already exists and is not empty; choose another --dir")
         written = render(names, destination)
     except OSError as exc:
-        raise ConfigError(f"cannot write the plugin to {destination}: {exc.strerror or exc}; choose another --dir") from exc
+        reason = exc.strerror or exc
+        raise ConfigError(f"cannot write the plugin to {destination}: {reason}; choose another --dir") from exc
     click.echo(f"wrote {names.kind} plugin {names.distribution!r} to {destination}/:")
     for path in written:
         click.echo(f"  {path.relative_to(destination)}")

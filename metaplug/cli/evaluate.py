@@ -21,7 +21,9 @@ EVALUATION_FILE = "evaluation.json"
     "--steps", type=click.IntRange(min=0), help="Inner steps at test time (default: the algorithm's test_inner_steps)."
 )
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), help="Seed of the episodes (default: the run's seed).")
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=MAX_SEED), help="Seed of the episodes (default: the run's seed)."
+)
 @click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
 @click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

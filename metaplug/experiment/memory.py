@@ -25,7 +25,7 @@ def episode_values(input_shape: tuple[int, ...], options: dict[str, Any]) -> int
     """Values one episode holds (inputs and targets of its support and query examples), from the
     task options ``shots``, ``queries`` and ``ways`` (``None`` when the tasks do not have them)."""
     shots, queries, ways = options.get("shots"), options.get("queries"), options.get("ways", 1)
-    if not all(isinstance(v, int) and v > 0 for v in (shots, queries, ways)):
+    if not (isinstance(shots, int) and isinstance(queries, int) and isinstance(ways, int)):
         return None
     return ways * (shots + queries) * (math.prod(input_shape) + 1)
 

@@ -364,9 +364,9 @@ def stop_at_once(trainer: Trainer) -> None:
     where = f"; continue with 'metaplug train --resume {trainer.run_dir}'"
     if not checkpoints.exists(trainer.run_dir / CHECKPOINT_DIR):
         where = ""
-    message = f"Error: interrupted again at step {trainer.step}; stopped at once, the last checkpoint is intact{where}\n"
+    message = f"Error: interrupted again at step {trainer.step}; stopped at once, the last checkpoint is intact{where}"
     with contextlib.suppress(OSError):
-        os.write(2, message.encode("utf-8", "replace"))
+        os.write(2, (message + "\n").encode("utf-8", "replace"))
     os._exit(128 + signal.SIGINT)
 
 

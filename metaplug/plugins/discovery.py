@@ -368,7 +368,7 @@ def add_commands(cli: Any) -> list[PluginInfo]:
     A hook that raises adds no command, and none may replace a command that exists already.
     """
     found = discovery()
-    failed = []
+    failed: list[PluginInfo] = []
     with _real_interrupts() as ctrl_c:
         for impl in found.manager.hook.register_commands.get_hookimpls():
             _add_commands_of(impl, cli, found, failed, ctrl_c)
