@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +125,17 @@ def test_runs_started_together_get_their_own_default_directories(tmp_path):
         assert json.loads((run / "results.json").read_text())["step"] == 30
 
 
-def test_a_taken_default_name_gets_a_suffix(double, tmp_path):
+def test_a_taken_default_name_gets_a_suffix(tmp_path, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 1, 21, 30, 5)
+
+    monkeypatch.setattr(runner, "datetime", Frozen)
     cfg = config.from_dict({**config.defaults(), "backend": "numpy", "algorithm": {"name": "linear-maml"}})
-    made = [runner.create_default_run_dir(cfg, tmp_path) for _ in range(3)]
-    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
-    assert made[1].name == made[0].name + "-2" or made[1].name[:15] != made[0].name[:15]
+    made = [runner.create_default_run_dir(cfg, tmp_path / "runs") for _ in range(3)]
+    base = "20261201-213005-linear-maml-sinusoid-numpy"
+    assert [p.name for p in made] == [base, f"{base}-2", f"{base}-3"] and all(p.is_dir() for p in made)
 
 
 def test_evaluate_and_checkpoint_readers_see_a_consistent_checkpoint_of_a_live_run(tmp_path):
@@ -217,3 +224,43 @@ def test_a_second_ctrl_c_stops_at_once_quietly_with_the_checkpoint_intact(tmp_pa
     step = checkpoints.load(run / "checkpoint").step
     done = metaplug("train", "--resume", str(run), "--iterations", str(step + 2))
     assert done.returncode == 0, done.stderr
+
+
+def small_config() -> config.ExperimentConfig:
+    raw = config.defaults()
+    raw.update(backend="numpy", algorithm={"name": "linear-maml"})
+    raw["train"].update(iterations=5, meta_batch_size=2, val_every=0, test_tasks=2)
+    return config.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "signum, stopped", [(signal.SIGTERM, runner.TrainingInterrupted), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_a_signal_during_start_up_leaves_no_directory(double, tmp_path, monkeypatch, signum, stopped):
+    real_build = runner.build
+
+    def build_then_signal(cfg):
+        experiment = real_build(cfg)
+        os.kill(os.getpid(), signum)
+        return experiment
+
+    monkeypatch.setattr(runner, "build", build_then_signal)
+    with pytest.raises(stopped):
+        runner.start(small_config(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(runner, "build", real_build)
+    runner.start(small_config(), tmp_path / "run", progress=False).run()
+    assert checkpoints.load(tmp_path / "run" / "checkpoint").step == 5
+
+
+def test_running_out_of_memory_at_the_first_step_leaves_no_directory(double, tmp_path, monkeypatch):
+    import metaplug_double
+
+    def out_of_memory(self, batch):
+        raise MemoryError("Unable to allocate 745. GiB")
+
+    monkeypatch.setattr(metaplug_double.LinearMAML, "meta_train_step", out_of_memory)
+    trainer = runner.start(small_config(), tmp_path / "run", progress=False)
+    with pytest.raises(MemoryError):
+        trainer.run()
+    assert not (tmp_path / "run").exists()
