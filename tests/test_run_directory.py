@@ -18,7 +18,7 @@ from cli_assertions import assert_one_line_error
 from doubles import DOUBLES
 
 from metaplug.experiment import checkpoint as checkpoints
-from metaplug.experiment import config, runner
+from metaplug.experiment import config, rundir, runner
 from metaplug.experiment.metrics import read_rows
 from metaplug.experiment.runlock import RunInUseError, RunLock
 
@@ -131,9 +131,9 @@ def test_a_taken_default_name_gets_a_suffix(tmp_path, monkeypatch):
         def now(cls, tz=None):
             return datetime(2026, 12, 1, 21, 30, 5)
 
-    monkeypatch.setattr(runner, "datetime", Frozen)
+    monkeypatch.setattr(rundir, "datetime", Frozen)
     cfg = config.from_dict({**config.defaults(), "backend": "numpy", "algorithm": {"name": "linear-maml"}})
-    made = [runner.create_default_run_dir(cfg, tmp_path / "runs") for _ in range(3)]
+    made = [rundir.create_default_run_dir(cfg, tmp_path / "runs") for _ in range(3)]
     base = "20261201-213005-linear-maml-sinusoid-numpy"
     assert [p.name for p in made] == [base, f"{base}-2", f"{base}-3"] and all(p.is_dir() for p in made)
 

@@ -9,6 +9,7 @@ is what a second writer is told.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -119,7 +120,8 @@ class RunLock:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit, the OS releases it anyway
+            self.release()
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import platform
@@ -11,7 +10,6 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,17 @@ from metaplug.experiment.config import SETTINGS, ExperimentConfig, from_dict
 from metaplug.experiment.evaluation import evaluate_episodes, summarize
 from metaplug.experiment.files import write_bytes_atomic, write_json_atomic
 from metaplug.experiment.memory import check_fits_in_memory
-from metaplug.experiment.metrics import FILENAME as METRICS_FILE
 from metaplug.experiment.metrics import MetricsLog, RunningMeans
 from metaplug.experiment.progress import ProgressBar
-from metaplug.experiment.runlock import LOCK_FILE, RunLock
+from metaplug.experiment.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    claim_new_run_dir,
+    discard_unsaved_run,
+)
+from metaplug.experiment.runlock import RunLock
 from metaplug.experiment.tomlio import encode, read_toml
-
-CONFIG_FILE = "config.toml"
-RESULTS_FILE = "results.json"
-CHECKPOINT_DIR = "checkpoint"
-
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """Signals that make training checkpoint and stop after the current step."""
@@ -51,26 +50,6 @@ class TrainingInterrupted(MetaplugError):
 
 class TrainingDiverged(MetaplugError):
     """The training loss became NaN or infinite."""
-
-
-def create_default_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
-    """Create ``runs/<timestamp>-<algorithm>-<tasks>-<backend>`` and return it. The directory
-    is created atomically, so runs started at the same moment never share one: a name taken
-    by another run gets a suffix (``-2``, ``-3``...)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{cfg.algorithm.name}-{cfg.tasks.name}-{cfg.backend}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        for n in itertools.count(1):
-            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            return path
-    except OSError as exc:
-        raise ConfigError(f"cannot create a run directory in {root}: {exc.strerror or exc}") from exc
-    raise AssertionError("unreachable")
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
@@ -370,34 +349,6 @@ def stop_at_once(trainer: Trainer) -> None:
     os._exit(128 + signal.SIGINT)
 
 
-def discard_unsaved_run(run_dir: Path, lock: RunLock, remove_dir: bool) -> None:
-    """Remove what a new run wrote before its first checkpoint (so that the directory does
-    not block a later ``train``), then release the lock; with ``remove_dir`` (the run created
-    the directory) remove the directory too when nothing else is in it."""
-    run_dir = Path(run_dir)
-    for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE):
-        with contextlib.suppress(OSError):
-            (run_dir / name).unlink()
-    folder = run_dir / CHECKPOINT_DIR
-    with contextlib.suppress(OSError):
-        for path in folder.iterdir():
-            if path.name.endswith(".tmp") or path.name.startswith("step-"):
-                path.unlink()
-        folder.rmdir()
-    lock.release()
-    if remove_dir and not any(p.name != LOCK_FILE for p in _entries(run_dir)):
-        with contextlib.suppress(OSError):
-            (run_dir / LOCK_FILE).unlink()
-            run_dir.rmdir()
-
-
-def _entries(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except OSError:
-        return []
-
-
 @contextlib.contextmanager
 def startup_signals() -> Iterator[None]:
     """While a run starts up, SIGTERM stops it the way Ctrl-C does (with an exception, so that
@@ -427,38 +378,8 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     """
     cfg = check(cfg)
     with startup_signals():
-        if run_dir is None:
-            run_dir, created = create_default_run_dir(cfg), True
-        else:
-            run_dir, created = Path(run_dir), not Path(run_dir).exists()
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
-        lock = RunLock(run_dir)
-        ours = (run_dir / LOCK_FILE).exists()  # a run of this metaplug, not a folder of the user's
+        run_dir, lock, created = claim_new_run_dir(cfg, run_dir)
         try:
-            lock.acquire()
-        except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
-            raise
-        if checkpoints.exists(run_dir / CHECKPOINT_DIR):
-            _give_up(lock, ours)
-            raise ConfigError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
-            )
-        if (run_dir / CONFIG_FILE).exists() and not ours:
-            _give_up(lock, ours)
-            raise ConfigError(
-                f"{run_dir} holds a {CONFIG_FILE} but no run; choose another --run-dir (pass a configuration "
-                "with --config)"
-            )
-        try:
-            for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE):  # of a run that died before its first checkpoint
-                with contextlib.suppress(FileNotFoundError):
-                    (run_dir / name).unlink()
             experiment = build(cfg)
             check_fits_in_memory(experiment)
             write_bytes_atomic(run_dir / CONFIG_FILE, encode(experiment.config.to_toml()))
@@ -468,14 +389,6 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
             raise
     trainer.lock, trainer.new_run, trainer.created_dir = lock, True, created
     return trainer
-
-
-def _give_up(lock: RunLock, ours: bool) -> None:
-    """Release ``lock`` without starting a run; remove the lock file if this call made it."""
-    if not ours:
-        with contextlib.suppress(OSError):
-            lock.path.unlink()
-    lock.release()
 
 
 def resume(
