@@ -3,6 +3,7 @@ while training, readers of a live run, runs that fail before their first checkpo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -264,3 +265,24 @@ def test_running_out_of_memory_at_the_first_step_leaves_no_directory(double, tmp
     with pytest.raises(MemoryError):
         trainer.run()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_system_without_locks_is_a_warning_and_other_lock_errors_are_one_line(tmp_path, monkeypatch):
+    from metaplug.experiment import runlock
+    from metaplug.experiment.files import RunFileError
+
+    def no_locks(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runlock, "_try_lock", no_locks)
+    with pytest.warns(UserWarning, match="cannot be locked on this file system .No locks available."):
+        lock = RunLock(tmp_path).acquire()
+    assert lock.held
+    lock.release()
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(runlock, "_try_lock", failing)
+    with pytest.raises(RunFileError, match="cannot lock run directory .*: Input/output error"):
+        RunLock(tmp_path).acquire()

@@ -10,11 +10,13 @@ is what a second writer is told.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from metaplug.errors import MetaplugError
 from metaplug.experiment.files import RunFileError
 
 LOCK_FILE = ".lock"
+
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+"""``flock`` errors of file systems without locks: the run goes on unlocked, with a warning."""
 
 try:  # POSIX
     import fcntl
@@ -81,8 +86,15 @@ class RunLock:
         try:
             locked = _try_lock(fd)
         except OSError as exc:
-            os.close(fd)
-            raise RunFileError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from exc
+            if exc.errno not in UNSUPPORTED:
+                os.close(fd)
+                raise RunFileError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from exc
+            warnings.warn(
+                f"run directory {self.run_dir} cannot be locked on this file system ({exc.strerror or exc}); "
+                "make sure that no other process writes to it",
+                stacklevel=2,
+            )
+            locked = True
         if not locked:
             holder = describe_holder(_read_holder(fd))
             os.close(fd)
