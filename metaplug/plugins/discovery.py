@@ -230,6 +230,9 @@ def _real_interrupts() -> Iterator[_CtrlC]:
         ctrl_c.pressed = True
         raise KeyboardInterrupt
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Ctrl-C is ignored: only plugins raise it
+        yield ctrl_c
+        return
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:
