@@ -164,7 +164,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resume_f
         (["--iterations", "-3"], ["train.iterations must be at least 1"]),
         (["--lr", "-1"], ["optimizer.lr must be greater than 0"]),
         (["--inner-lr", "0"], ["algorithm.inner_lr must be greater than 0"]),
-        (["--seed", "-1"], ["seed must be at least 0"]),
+        (["--seed", "-1"], ["seed must be in [0, 18446744073709551615], got -1"]),
         (["--iterations", "many"], ["'many' is not a valid integer"]),
         (["--ways", "5"], ["task sampler 'sinusoid' has no option 'ways'", "It accepts: shots, queries"]),
         (["--set", "algorithm.inner_lrr=0.1"], ["has no option 'inner_lrr'", "Did you mean 'inner_lr'?"]),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -38,11 +40,13 @@ def _load_commands() -> None:
     import importlib
     import pkgutil
 
-    from metaplug.plugins.discovery import add_commands
+    from metaplug.plugins.discovery import add_commands, discovery
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     add_commands(cli)
+    for warning in discovery().warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def debugging() -> bool:
@@ -57,6 +61,13 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def ignore_further_interrupts() -> None:
+    """After a Ctrl-C or SIGTERM was handled: one more Ctrl-C while the interpreter shuts
+    down must not print a traceback, so the rest of the exit ignores it."""
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the ``metaplug`` script and ``python -m metaplug``."""
     try:
@@ -65,6 +76,7 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
+        ignore_further_interrupts()
         fail("aborted", 130)
     except click.UsageError as exc:
         fail(exc.format_message(), exc.exit_code)
@@ -73,9 +85,15 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except MetaplugError as exc:
         if debugging():  # the traceback, with the plugin error it may be chained to, then the usual line
             traceback.print_exception(exc)
-        fail(str(exc))
+        fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         fail("interrupted", 130)
+    except MemoryError as exc:
+        fail(
+            f"out of memory ({exc or 'MemoryError'}); use fewer or smaller episodes at once "
+            "(--meta-batch-size, --ways, --shots, --queries, evaluate --batch)"
+        )
     except Exception as exc:  # no tracebacks for users; METAPLUG_DEBUG=1 shows them
         if debugging():
             raise

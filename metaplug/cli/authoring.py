@@ -108,9 +108,12 @@ def distribution_of(spec: str) -> str | None:
         pyproject = path / "pyproject.toml"
         if pyproject.is_file():
             try:
-                name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
-            except tomllib.TOMLDecodeError as exc:
+                project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project")
+            except OSError as exc:
+                raise ConfigError(f"cannot read {pyproject}: {exc.strerror or exc}") from exc
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from exc
+            name = project.get("name") if isinstance(project, dict) else None
             return canonical(name) if isinstance(name, str) else None
         return None
     if path.suffix == ".whl":
@@ -348,9 +351,13 @@ def new_plugin_command(name: str, kind: str, backend: str, directory: str | None
 
     names = PluginNames.from_name(name, kind, backend)
     destination = Path(directory or names.distribution)
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise ConfigError(f"{destination} already exists and is not empty; choose another --dir")
-    written = render(names, destination)
+    try:
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise ConfigError(f"{destination} already exists and is not empty; choose another --dir")
+        written = render(names, destination)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConfigError(f"cannot write the plugin to {destination}: {reason}; choose another --dir") from exc
     click.echo(f"wrote {names.kind} plugin {names.distribution!r} to {destination}/:")
     for path in written:
         click.echo(f"  {path.relative_to(destination)}")

@@ -62,6 +62,8 @@ def bench_command(
     if data_dir:
         os.environ["METAPLUG_DATA_DIR"] = data_dir
     pairs = plan(backend, algorithm, workload)
+    if batching is not None:
+        check_batching(batching, sorted({pair.backend for pair in pairs}))
     rows = []
     for pair in pairs:
         if not as_json:
@@ -87,6 +89,19 @@ def bench_child_command(request: str) -> None:
     from metaplug.experiment.bench import child_main
 
     click.echo(json.dumps(child_main(request)))
+
+
+def check_batching(batching: str, backends: list[str]) -> None:
+    """``--batching`` must be a mode that at least one of the measured backends runs."""
+    from metaplug.errors import ConfigError
+    from metaplug.plugins.discovery import registry
+
+    declared = {b: getattr(registry().load("backends", b), "batching_modes", None) for b in backends}
+    modes = {b: m for b, m in declared.items() if m is not None}
+    if not modes or any(batching in m for m in modes.values()):
+        return
+    known = "; ".join(f"{b}: {', '.join(m)}" for b, m in modes.items())
+    raise ConfigError(f"--batching {batching!r} is not a batching mode of the backends measured ({known})")
 
 
 def _cell(value: object) -> str:

@@ -11,7 +11,7 @@ import click
 
 from metaplug.cli import cli, debugging
 from metaplug.contract.records import KINDS
-from metaplug.errors import ConfigError
+from metaplug.errors import ConfigError, suggest
 from metaplug.experiment.components import describe_options
 from metaplug.experiment.tomlio import format_value
 from metaplug.plugins.discovery import HOOK_FOR_KIND, discovery, registry
@@ -67,6 +67,11 @@ def list_command(kind: str | None, backend: str | None, as_json: bool) -> None:
     """List components: backends, algorithms, task-samplers, optimizers or models (default: all)."""
     kinds = [normalize_kind(kind)] if kind else list(KINDS)
     reg = registry()
+    if backend is not None and backend not in reg.names("backends"):
+        known = reg.names("backends")
+        raise ConfigError(
+            f"unknown backend {backend!r}.{suggest(backend, known)} Installed backends: {', '.join(known) or 'none'}"
+        )
     listing: dict[str, list[dict[str, Any]]] = {}
     for k in kinds:
         entries = []

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from metaplug.cli import cli
+from metaplug.experiment.config import MAX_SEED
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -20,7 +21,9 @@ EVALUATION_FILE = "evaluation.json"
     "--steps", type=click.IntRange(min=0), help="Inner steps at test time (default: the algorithm's test_inner_steps)."
 )
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of the episodes (default: the run's seed).")
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=MAX_SEED), help="Seed of the episodes (default: the run's seed)."
+)
 @click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
 @click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -38,7 +41,10 @@ def evaluate_command(
 
     Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
     """
+    import numpy as np
+
     from metaplug.cli.discovery import echo_json
+    from metaplug.errors import MetaplugError
     from metaplug.experiment.evaluation import describe_steps, evaluate_episodes, headline, summarize
     from metaplug.experiment.files import write_json_atomic
     from metaplug.experiment.runner import restore
@@ -51,6 +57,13 @@ def evaluate_command(
     per_task = evaluate_episodes(
         experiment.algorithm, experiment.sampler(split, seed), episodes, batch or cfg.train.meta_batch_size, steps
     )
+    for name, values in per_task.items():
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(values, dtype=float))))
+        if bad:
+            raise MetaplugError(
+                f"evaluating step {saved.step} of {run_dir} gave a non-finite {name} on {bad} of {episodes} "
+                "episodes (the model overflows); nothing was written"
+            )
     result = {
         "run_dir": str(run_dir),
         "step": saved.step,

@@ -7,12 +7,15 @@ from pathlib import Path
 import click
 
 from metaplug.cli import cli
+from metaplug.experiment.config import MAX_SEED
 
 
 @cli.command("plot")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the PNG files (default: RUN_DIR/plots).")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of the test task shown (default: the run's seed).")
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=MAX_SEED), help="Seed of the test task shown (default: the run's seed)."
+)
 def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     """Draw PNG figures of a run (needs matplotlib: pip install 'metaplug[plot]')."""
     from metaplug.experiment import plotting

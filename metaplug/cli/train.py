@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from metaplug.cli import cli, fail
+from metaplug.cli import cli, fail, ignore_further_interrupts
 
 OPTION_PATHS: dict[str, str] = {
     "backend": "backend",
@@ -145,9 +145,11 @@ def train_command(
         click.echo(
             f"{what} {_describe(trainer.cfg)} from step {trainer.step}; run directory {trainer.run_dir}", err=True
         )
+    trainer.exit_on_second_interrupt = True
     try:
         result = trainer.run()
     except runner.TrainingInterrupted as exc:
+        ignore_further_interrupts()
         fail(str(exc), exc.exit_code)
         return
     report(result, trainer, quiet)

@@ -76,13 +76,18 @@ class Rule:
             )
         ):
             opening, closing = "(" if self.exclusive else "[", ")" if self.below_maximum else "]"
-            raise ConfigError(f"{name} must be in {opening}{low:g}, {high:g}{closing}, got {given!r}")
+            raise ConfigError(f"{name} must be in {opening}{_bound(low)}, {_bound(high)}{closing}, got {given!r}")
         if low is not None and (value <= low if self.exclusive else value < low):
-            bound = f"greater than {low:g}" if self.exclusive else f"at least {low:g}"
+            bound = f"greater than {_bound(low)}" if self.exclusive else f"at least {_bound(low)}"
             raise ConfigError(f"{name} must be {bound}, got {given!r}")
         if high is not None and (value >= high if self.below_maximum else value > high):
-            bound = f"less than {high:g}" if self.below_maximum else f"at most {high:g}"
+            bound = f"less than {_bound(high)}" if self.below_maximum else f"at most {_bound(high)}"
             raise ConfigError(f"{name} must be {bound}, got {given!r}")
+
+
+def _bound(value: float) -> str:
+    """A range's end as written: integers in full (``18446744073709551615``), floats short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def option(

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,34 +78,96 @@ def exists(folder: Path) -> bool:
     return (Path(folder) / POINTER).is_file()
 
 
-def load(folder: Path) -> Checkpoint:
-    """The checkpoint ``latest.json`` points to, verified against its digests."""
+def load(folder: Path, attempts: int = 5) -> Checkpoint:
+    """The checkpoint ``latest.json`` points to, verified against its digests.
+
+    Safe while a run is writing: when the pointer moves on between reading it and reading
+    the files it names (which the writer then removes), the new checkpoint is read.
+    """
     folder = Path(folder)
-    if not (folder / POINTER).is_file():
+    for attempt in range(attempts):
+        pointer = _read_pointer(folder)
+        try:
+            return _load_pointed(folder, pointer)
+        except CheckpointError:
+            if attempt + 1 < attempts and _pointer_moved(folder, pointer):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+_POINTER_FIELDS = {"arrays": str, "arrays_sha256": str, "record": str, "record_sha256": str, "step": int}
+
+
+def _read_pointer(folder: Path) -> dict[str, Any]:
+    """``latest.json``, with every field present and of the right type."""
+    path = folder / POINTER
+    if not path.is_file():
         raise CheckpointError(f"no checkpoint in {folder} (missing {POINTER})")
     try:
-        pointer = read_json(folder / POINTER, "checkpoint pointer")
-        arrays_name, record_name = pointer["arrays"], pointer["record"]
-        arrays_sha, record_sha = pointer["arrays_sha256"], pointer["record_sha256"]
+        pointer = read_json(path, "checkpoint pointer")
     except RunFileError as exc:
         raise CheckpointError(str(exc)) from exc
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint pointer {folder / POINTER} is corrupt (no {exc})") from exc
+    if not isinstance(pointer, dict):
+        raise CheckpointError(f"checkpoint pointer {path} is corrupt (not a JSON object)")
     if pointer.get("format") != FORMAT:
         raise CheckpointError(
             f"checkpoint {folder} has format {pointer.get('format')!r}; this metaplug reads format {FORMAT}"
         )
-    weights = _read_verified(folder / Path(arrays_name).name, arrays_sha)
-    record_bytes = _read_verified(folder / Path(record_name).name, record_sha)
+    for name, kind in _POINTER_FIELDS.items():
+        if name not in pointer:
+            raise CheckpointError(f"checkpoint pointer {path} is corrupt (no {name!r})")
+        value = pointer[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"checkpoint pointer {path} is corrupt ({name} must be a {kind.__name__}, got {value!r})"
+            )
+    return pointer
+
+
+def _pointer_moved(folder: Path, pointer: dict[str, Any]) -> bool:
+    try:
+        return _read_pointer(folder) != pointer
+    except CheckpointError:
+        return False
+
+
+def _load_pointed(folder: Path, pointer: dict[str, Any]) -> Checkpoint:
+    weights = _read_verified(folder / Path(pointer["arrays"]).name, pointer["arrays_sha256"])
+    record_bytes = _read_verified(folder / Path(pointer["record"]).name, pointer["record_sha256"])
     try:
         record = json.loads(record_bytes)
-        with np.load(io.BytesIO(weights), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        step = record.pop("step")
+        arrays = read_npz(weights)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"checkpoint in {folder} is corrupt ({type(exc).__name__}: {exc})") from exc
-    step = record.pop("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint in {folder} is corrupt (step {step!r})")
     record.pop("format", None)
-    return Checkpoint(step=int(step), arrays=arrays, record=record)
+    return Checkpoint(step=step, arrays=arrays, record=record)
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npz(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed ``.npz`` archive, without pickles, each one's declared
+    shape checked against its size before anything is allocated."""
+    arrays = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in _HEADER_READERS:
+                    raise ValueError(f"{info.filename} has .npy format {version}, not 1.0 or 2.0")
+                shape, _, dtype = _HEADER_READERS[version](member)
+                declared = math.prod(shape) * dtype.itemsize
+                if dtype.hasobject or declared != info.file_size - member.tell():
+                    raise ValueError(f"{info.filename} declares shape {shape} of {dtype}, which its size does not hold")
+            with archive.open(info) as member:
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+                arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
 
 
 def _read_verified(path: Path, sha256: str) -> bytes:

@@ -43,6 +43,9 @@ COMPONENT_SECTIONS = ("tasks", "model", "algorithm", "optimizer")
 
 PREFERRED_BACKENDS = ("torch", "tensorflow")
 
+MAX_SEED = 2**64 - 1
+"""Seeds are unsigned 64-bit integers (what every backend's generator accepts)."""
+
 DEFAULTS: dict[str, Any] = {
     "backend": None,
     "device": None,
@@ -74,14 +77,16 @@ class Setting:
     minimum: float | None = None
     exclusive: bool = False
 
+    maximum: float | None = None
+
     def check(self, where: str, value: Any) -> Any:
-        return checked(where, value, self.kind, minimum=self.minimum, exclusive=self.exclusive)
+        return checked(where, value, self.kind, minimum=self.minimum, maximum=self.maximum, exclusive=self.exclusive)
 
 
 SETTINGS: dict[str, Setting] = {
     "backend": Setting(str | None),
     "device": Setting(str | None),
-    "seed": Setting(int, 0),
+    "seed": Setting(int, 0, maximum=MAX_SEED),
     "data_dir": Setting(str | None),
     "tasks.name": Setting(str),
     "model.name": Setting(str | None),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,19 @@ from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment.components import Experiment, build, check
 from metaplug.experiment.config import SETTINGS, ExperimentConfig, from_dict
 from metaplug.experiment.evaluation import evaluate_episodes, summarize
-from metaplug.experiment.files import write_json_atomic, write_text_atomic
+from metaplug.experiment.files import write_bytes_atomic, write_json_atomic
+from metaplug.experiment.memory import check_fits_in_memory
 from metaplug.experiment.metrics import MetricsLog, RunningMeans
 from metaplug.experiment.progress import ProgressBar
-from metaplug.experiment.tomlio import read_toml
-
-CONFIG_FILE = "config.toml"
-RESULTS_FILE = "results.json"
-CHECKPOINT_DIR = "checkpoint"
-
+from metaplug.experiment.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    claim_new_run_dir,
+    discard_unsaved_run,
+)
+from metaplug.experiment.runlock import RunLock
+from metaplug.experiment.tomlio import encode, read_toml
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """Signals that make training checkpoint and stop after the current step."""
@@ -46,16 +50,6 @@ class TrainingInterrupted(MetaplugError):
 
 class TrainingDiverged(MetaplugError):
     """The training loss became NaN or infinite."""
-
-
-def default_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
-    """``runs/<timestamp>-<algorithm>-<tasks>-<backend>``, made unique with a suffix."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{cfg.algorithm.name}-{cfg.tasks.name}-{cfg.backend}"
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
@@ -75,6 +69,12 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
+    for name, array in saved.arrays.items():
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            raise checkpoints.CheckpointError(
+                f"checkpoint of step {saved.step} in {run_dir} holds non-finite weights ({name!r} has NaN or "
+                "infinite values); it cannot be evaluated or resumed"
+            )
     experiment = build(cfg)
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
@@ -86,6 +86,15 @@ def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, check
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     return experiment, saved
+
+
+def split_sampler(experiment: Experiment, split: str) -> Any:
+    """The sampler of ``split``; options that split cannot serve (more ways than its classes)
+    are a one-line error that names the split."""
+    try:
+        return experiment.sampler(split)
+    except ConfigError as exc:
+        raise ConfigError(f"{split} split: {exc}") from exc
 
 
 @dataclass
@@ -105,7 +114,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress_enabled = progress
         self.metrics = MetricsLog(self.run_dir)
-        self.val_sampler = experiment.sampler("val") if self.cfg.train.val_every else None
+        self.val_sampler = split_sampler(experiment, "val") if self.cfg.train.val_every else None
+        self.test_sampler = split_sampler(experiment, "test") if self.cfg.train.test_tasks else None
+        """Built before training, so that test episodes the split cannot provide fail at once."""
         self.running = RunningMeans()
         self.step = 0
         self.elapsed_before = 0.0
@@ -113,18 +124,32 @@ class Trainer:
         self.stop_signal: int | None = None
         """The signal (SIGINT or SIGTERM) that asked training to stop, if any."""
         self.smoothed_loss: float | None = None
+        self.lock: RunLock | None = None
+        """The run directory's lock, held from :func:`start` or :func:`resume` to the end of :meth:`run`."""
+        self.new_run = False
+        """This trainer created the run: if it fails before its first checkpoint, its files are removed."""
+        self.created_dir = False
+        """... and the run directory, which did not exist before."""
+        self.exit_on_second_interrupt = False
+        """A second Ctrl-C ends the process at once and quietly (the CLI); else it raises KeyboardInterrupt."""
 
     # -- state ----------------------------------------------------------------
 
     def resume_from(self, saved: checkpoints.Checkpoint) -> None:
         """Continue from ``saved`` (the algorithm's arrays are already loaded)."""
-        samplers = saved.record.get("samplers", {})
-        self.experiment.train_sampler.load_state_dict(samplers["train"])
-        if self.val_sampler is not None and samplers.get("val") is not None:
-            self.val_sampler.load_state_dict(samplers["val"])
-        progress = saved.record.get("progress", {})
-        self.running = RunningMeans(progress.get("sums"), progress.get("count", 0))
-        self.elapsed_before = float(progress.get("elapsed", 0.0))
+        try:
+            samplers = saved.record["samplers"]
+            self.experiment.train_sampler.load_state_dict(samplers["train"])
+            if self.val_sampler is not None and samplers.get("val") is not None:
+                self.val_sampler.load_state_dict(samplers["val"])
+            progress = saved.record.get("progress", {})
+            self.running = RunningMeans(dict(progress.get("sums") or {}), int(progress.get("count", 0)))
+            self.elapsed_before = float(progress.get("elapsed", 0.0))
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+            raise checkpoints.CheckpointError(
+                f"checkpoint in {self.run_dir} holds an invalid sampler or progress state "
+                f"({type(exc).__name__}: {exc}); resume from an intact copy of the run"
+            ) from exc
         self.step = saved.step
         self.metrics.truncate(saved.step)
 
@@ -148,7 +173,20 @@ class Trainer:
     # -- loop -----------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train up to ``train.iterations``, then test on held-out tasks; write ``results.json``."""
+        """Train up to ``train.iterations``, then test on held-out tasks; write ``results.json``.
+        The run directory's lock is released at the end; a new run that fails before its first
+        checkpoint leaves nothing behind."""
+        try:
+            return self._run()
+        except BaseException:
+            if self.new_run and self.lock is not None and not checkpoints.exists(self.run_dir / CHECKPOINT_DIR):
+                discard_unsaved_run(self.run_dir, self.lock, remove_dir=self.created_dir)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> TrainResult:
         settings = self.cfg.train
         bar = ProgressBar(settings.iterations, start=self.step, enabled=self.progress_enabled)
         saved_at = self.step if checkpoints.exists(self.run_dir / CHECKPOINT_DIR) else None
@@ -190,7 +228,15 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         batch = self.experiment.train_sampler.sample(self.cfg.train.meta_batch_size)
-        metrics = {k: float(v) for k, v in self.experiment.algorithm.meta_train_step(batch).items()}
+        try:
+            metrics = {k: float(v) for k, v in self.experiment.algorithm.meta_train_step(batch).items()}
+        except (OverflowError, FloatingPointError, RuntimeError, ValueError) as exc:
+            if not isinstance(exc, (OverflowError, FloatingPointError)) and "overflow" not in str(exc).lower():
+                raise
+            raise TrainingDiverged(
+                f"training overflowed at step {self.step + 1} ({type(exc).__name__}: {str(exc).splitlines()[0]}) "
+                f"with optimizer.lr {self.cfg.lr:g}; try a smaller learning rate (--lr, --inner-lr)"
+            ) from exc
         self.step += 1
         if not all(math.isfinite(v) for v in metrics.values()):
             bad = ", ".join(f"{k} {v}" for k, v in metrics.items() if not math.isfinite(v))
@@ -232,10 +278,10 @@ class Trainer:
             "problem": self.experiment.spec.problem,
         }
         tasks = self.cfg.train.test_tasks
-        if tasks:
+        if tasks and self.test_sampler is not None:
             per_task = evaluate_episodes(
                 self.experiment.algorithm,
-                self.experiment.sampler("test"),
+                self.test_sampler,
                 tasks,
                 self.cfg.train.meta_batch_size,
                 self.cfg.evaluation.steps,
@@ -254,12 +300,16 @@ class Trainer:
 def interrupt_flag(trainer: Trainer) -> Iterator[None]:
     """The first Ctrl-C or SIGTERM (a scheduler's pre-emption) asks the trainer to
     checkpoint and stop after the current step; a second Ctrl-C interrupts immediately
-    (repeated SIGTERMs, which schedulers may send to a whole process group, do not)."""
+    (repeated SIGTERMs, which schedulers may send to a whole process group, do not).
+    With ``trainer.exit_on_second_interrupt`` (the CLI) the second Ctrl-C ends the process
+    quietly, and once training stopped for a signal further Ctrl-Cs are ignored while it exits."""
 
     def handler(signum: int, frame: Any) -> None:
         if trainer.stop_signal is None:
             trainer.stop_signal = signum
         elif signum == signal.SIGINT:
+            if trainer.exit_on_second_interrupt:
+                stop_at_once(trainer)
             raise KeyboardInterrupt
 
     try:
@@ -271,7 +321,8 @@ def interrupt_flag(trainer: Trainer) -> Iterator[None]:
         yield
     finally:
         for signum, earlier in previous.items():
-            signal.signal(signum, earlier)
+            stopping = trainer.stop_signal is not None and trainer.exit_on_second_interrupt
+            signal.signal(signum, signal.SIG_IGN if stopping and signum == signal.SIGINT else earlier)
 
 
 def versions(experiment: Experiment) -> dict[str, str]:
@@ -285,30 +336,79 @@ def versions(experiment: Experiment) -> dict[str, str]:
     }
 
 
-def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | None = None) -> Trainer:
-    """Check ``cfg``, create the run directory and build a trainer for a new run."""
-    cfg = check(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if checkpoints.exists(run_dir / CHECKPOINT_DIR):
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --run-dir"
-        )
-    if (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"{run_dir} holds a run that saved no checkpoint; delete it or choose another --run-dir")
-    experiment = build(cfg)
+def stop_at_once(trainer: Trainer) -> None:
+    """End the process now, with one line and no traceback: the checkpoints already written
+    stay intact, since each is complete or absent (``os._exit`` runs no clean-up that a
+    third Ctrl-C could interrupt)."""
+    where = f"; continue with 'metaplug train --resume {trainer.run_dir}'"
+    if not checkpoints.exists(trainer.run_dir / CHECKPOINT_DIR):
+        where = ""
+    message = f"Error: interrupted again at step {trainer.step}; stopped at once, the last checkpoint is intact{where}"
+    with contextlib.suppress(OSError):
+        os.write(2, (message + "\n").encode("utf-8", "replace"))
+    os._exit(128 + signal.SIGINT)
+
+
+@contextlib.contextmanager
+def startup_signals() -> Iterator[None]:
+    """While a run starts up, SIGTERM stops it the way Ctrl-C does (with an exception, so that
+    it cleans up) instead of killing the process outright."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted("terminated while starting up, before the first step; nothing was saved", signum)
+
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from exc
-    write_text_atomic(run_dir / CONFIG_FILE, experiment.config.to_toml())
-    return Trainer(experiment, run_dir, progress)
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | None = None) -> Trainer:
+    """Check ``cfg``, create and lock the run directory and build a trainer for a new run.
+
+    A directory that holds a checkpoint is refused; one left by a run that died before its
+    first checkpoint (no live writer holds its lock) is reused. Everything that can be
+    checked before training is: the options, the val and test samplers, the memory an
+    episode batch needs.
+    """
+    cfg = check(cfg)
+    with startup_signals():
+        run_dir, lock, created = claim_new_run_dir(cfg, run_dir)
+        try:
+            experiment = build(cfg)
+            check_fits_in_memory(experiment)
+            write_bytes_atomic(run_dir / CONFIG_FILE, encode(experiment.config.to_toml()))
+            trainer = Trainer(experiment, run_dir, progress)
+        except BaseException:
+            discard_unsaved_run(run_dir, lock, remove_dir=created)
+            raise
+    trainer.lock, trainer.new_run, trainer.created_dir = lock, True, created
+    return trainer
 
 
 def resume(
     run_dir: Path, iterations: int | None = None, progress: bool | None = None, device: str | None = None
 ) -> Trainer:
     """A trainer that continues the run in ``run_dir`` from its latest checkpoint (with
-    ``iterations`` as the new length and on ``device``, when given)."""
+    ``iterations`` as the new length and on ``device``, when given); it holds the run
+    directory's lock, so a run that is still training is refused untouched."""
+    load_run_config(run_dir)  # a missing or foreign directory is named before any lock file is made
+    lock = RunLock(Path(run_dir)).acquire()
+    try:
+        trainer = _resume_locked(Path(run_dir), iterations, progress, device)
+    except BaseException:
+        lock.release()
+        raise
+    trainer.lock = lock
+    return trainer
+
+
+def _resume_locked(run_dir: Path, iterations: int | None, progress: bool | None, device: str | None) -> Trainer:
     experiment, saved = restore(run_dir, device)
     cfg = experiment.config
     if iterations is not None:
@@ -316,13 +416,13 @@ def resume(
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
         experiment.config = cfg
     if saved.step >= cfg.train.iterations:
-        scored = "" if (Path(run_dir) / RESULTS_FILE).exists() else f", or score it with 'metaplug evaluate {run_dir}'"
+        scored = "" if (run_dir / RESULTS_FILE).exists() else f", or score it with 'metaplug evaluate {run_dir}'"
         raise ConfigError(
             f"{run_dir} already finished {saved.step} of {cfg.train.iterations} iterations; "
             f"pass --iterations N (more than {saved.step}) to train further{scored}"
         )
-    if iterations is not None or device is not None:
-        write_text_atomic(Path(run_dir) / CONFIG_FILE, cfg.to_toml())
-    trainer = Trainer(experiment, Path(run_dir), progress)
+    trainer = Trainer(experiment, run_dir, progress)
     trainer.resume_from(saved)
+    if iterations is not None or device is not None:
+        write_bytes_atomic(run_dir / CONFIG_FILE, encode(cfg.to_toml()))
     return trainer

@@ -1,22 +1,31 @@
-"""Reading TOML (``tomllib``) and writing the small subset that configurations use."""
+"""Reading TOML (``tomllib``) and writing it (``tomli-w``).
+
+Paths that are not valid UTF-8 (Python holds their undecodable bytes as lone surrogates,
+``os.fsdecode``) are written as those very bytes and read back the same way, so a run in
+any folder round-trips; every other string is plain UTF-8 TOML.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from metaplug.errors import ConfigError
+
+ENCODING_ERRORS = "surrogateescape"
+"""How strings that hold undecodable path bytes are encoded and decoded."""
 
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed file is a one-line :class:`ConfigError`."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            return tomllib.loads(handle.read().decode("utf-8", ENCODING_ERRORS))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except OSError as exc:
@@ -34,15 +43,23 @@ def parse_value(text: str) -> Any:
 
 
 def dumps(data: Mapping[str, Any], header: str = "") -> str:
-    """``data`` (scalars at the top, then one level of tables) as TOML; ``None`` values are left out."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
-    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
-    lines += [f"{_key(k)} = {format_value(v)}" for k, v in scalars.items() if v is not None]
-    for name, table in tables.items():
-        lines += ["", f"[{_key(name)}]"]
-        lines += [f"{_key(k)} = {format_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """``data`` as TOML (``None`` values are left out), after ``header`` as comments.
+    Encode the text with :func:`encode` to keep undecodable path bytes."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    try:
+        body = tomli_w.dumps(_without_none(data))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write the configuration as TOML: {exc}") from exc
+    return comments + body
+
+
+def encode(text: str) -> bytes:
+    """TOML text as the bytes of its file (see the module's note on paths)."""
+    return text.encode("utf-8", ENCODING_ERRORS)
+
+
+def _without_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, Mapping) else v for k, v in data.items() if v is not None}
 
 
 def format_value(value: Any) -> str:
@@ -57,12 +74,7 @@ def format_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
-
-
-def _key(name: str) -> str:
-    bare = name.replace("_", "").replace("-", "").isalnum() and name.isascii()
-    return name if bare else json.dumps(name)

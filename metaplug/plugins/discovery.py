@@ -8,17 +8,23 @@ Environment variables:
 ``METAPLUG_DISABLE_PLUGINS``
     Comma-separated plugin names to skip.
 
-A plugin that fails to import, breaks a hook spec or raises in a hook is
-recorded with its whole error (and the exception, for ``METAPLUG_DEBUG=1``) and
-skipped; every other plugin keeps working. First-party plugins load first, so a
-third-party component that reuses a first-party name is the one reported and dropped.
+A plugin that fails to import, breaks a hook spec or raises in a hook (``SystemExit``,
+``KeyboardInterrupt`` and other ``BaseException``s included) is recorded with its whole
+error (and the exception, for ``METAPLUG_DEBUG=1``) and skipped; every other plugin keeps
+working. A real Ctrl-C during discovery still interrupts. First-party plugins load first,
+so a third-party component that reuses a first-party name is the one reported and dropped.
+A name in ``METAPLUG_PLUGINS`` that matches no installed plugin is a warning
+(:attr:`Discovery.warnings`) that names the installed ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
@@ -119,6 +125,8 @@ class Discovery:
     manager: pluggy.PluginManager
     plugins: list[PluginInfo]
     registry: Registry
+    warnings: list[str] = field(default_factory=list)
+    """Problems with the environment variables (not with one plugin)."""
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -160,32 +168,93 @@ def discover() -> Discovery:
 
     plugins = [PluginInfo(BUILTIN_PLUGIN, PROJECT_NAME, __version__, builtin.__name__)]
     manager.register(builtin, name=BUILTIN_PLUGIN)
-    for ep in _entry_points():
-        info = PluginInfo(ep.name, _dist_name(ep), _dist_version(ep), ep.value)
-        plugins.append(info)
-        names = {ep.name.lower(), info.distribution.lower()}
-        if (only is not None and not names & only) or names & disabled:
-            info.disabled = True
-            continue
-        if manager.has_plugin(ep.name):
-            other = next(p for p in plugins if p.name == ep.name and p.ok)
-            info.fail(f"plugin name {ep.name!r} is already used by {other.describe()}")
-            continue
-        try:
-            module = ep.load()
-            info.warnings = _unmarked_hooks(manager, module)
-            manager.register(module, name=ep.name)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # a broken plugin must not break the host
-            info.fail(describe_exception(exc), exc)
+    entry_points = _entry_points()
+    with _real_interrupts() as ctrl_c:
+        for ep in entry_points:
+            _load(manager, ep, plugins, only, disabled, ctrl_c)
 
     _reject_unknown_hooks(manager, plugins)
     registry = Registry(plugins)
-    for info in plugins:
-        if info.ok:
-            _collect(manager, info, registry, plugins)
-    return Discovery(manager, plugins, registry)
+    with _real_interrupts() as ctrl_c:
+        for info in plugins:
+            if info.ok:
+                _collect(manager, info, registry, plugins, ctrl_c)
+    return Discovery(manager, plugins, registry, _unknown_names(only, plugins))
+
+
+def _load(
+    manager: pluggy.PluginManager,
+    ep: metadata.EntryPoint,
+    plugins: list[PluginInfo],
+    only: set[str] | None,
+    disabled: set[str],
+    ctrl_c: _CtrlC,
+) -> None:
+    """Import one entry point's module and register it, unless it is disabled or broken."""
+    info = PluginInfo(ep.name, _dist_name(ep), _dist_version(ep), ep.value)
+    plugins.append(info)
+    names = {ep.name.lower(), info.distribution.lower()}
+    if (only is not None and not names & only) or names & disabled:
+        info.disabled = True
+        return
+    if manager.has_plugin(ep.name):
+        other = next(p for p in plugins if p.name == ep.name and p.ok)
+        info.fail(f"plugin name {ep.name!r} is already used by {other.describe()}")
+        return
+    try:
+        module = ep.load()
+        info.warnings = _unmarked_hooks(manager, module)
+        manager.register(module, name=ep.name)
+    except BaseException as exc:  # a broken plugin must not break the host
+        ctrl_c.reraise_if_pressed(exc)
+        info.fail(describe_exception(exc), exc)
+
+
+class _CtrlC:
+    """Whether the user pressed Ctrl-C, to tell it from a ``KeyboardInterrupt`` a plugin raises."""
+
+    pressed = False
+
+    def reraise_if_pressed(self, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt) and self.pressed:
+            raise exc
+
+
+@contextlib.contextmanager
+def _real_interrupts() -> Iterator[_CtrlC]:
+    """Note real Ctrl-Cs while plugin code runs (outside the main thread, every
+    ``KeyboardInterrupt`` counts as real)."""
+    ctrl_c = _CtrlC()
+
+    def handler(signum: int, frame: Any) -> None:
+        ctrl_c.pressed = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Ctrl-C is ignored: only plugins raise it
+        yield ctrl_c
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        ctrl_c.pressed = True
+        yield ctrl_c
+        return
+    try:
+        yield ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _unknown_names(only: set[str] | None, plugins: list[PluginInfo]) -> list[str]:
+    """A warning for each ``METAPLUG_PLUGINS`` name that matches no installed plugin."""
+    external = [p for p in plugins if p.name != BUILTIN_PLUGIN]
+    known = {n for p in external for n in (p.name.lower(), p.distribution.lower())}
+    listing = ", ".join(sorted(p.name for p in external)) or "none"
+    return [
+        f"METAPLUG_PLUGINS names {name!r}, which is not an installed plugin.{suggest(name, known)} "
+        f"Installed plugins: {listing}"
+        for name in sorted((only or set()) - known)
+    ]
 
 
 def _hook_names(manager: pluggy.PluginManager) -> list[str]:
@@ -218,7 +287,9 @@ def _reject_unknown_hooks(manager: pluggy.PluginManager, plugins: list[PluginInf
             by_name[name].fail(f"PluginValidationError: unknown hook {hook!r}.{hint}", exc)
 
 
-def _collect(manager: pluggy.PluginManager, info: PluginInfo, registry: Registry, plugins: list[PluginInfo]) -> None:
+def _collect(
+    manager: pluggy.PluginManager, info: PluginInfo, registry: Registry, plugins: list[PluginInfo], ctrl_c: _CtrlC
+) -> None:
     """Call the plugin's hooks; register its components only if every hook succeeds."""
     plugin = manager.get_plugin(info.name)
     staged: list[Component] = []
@@ -238,9 +309,8 @@ def _collect(manager: pluggy.PluginManager, info: PluginInfo, registry: Registry
                     staged.append(validate(component, _kind))
 
                 impl.function(*[{"register": register}[a] for a in impl.argnames])
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:
+        ctrl_c.reraise_if_pressed(exc)
         info.fail(describe_exception(exc), exc)
         return
     info.loaded = True
@@ -301,23 +371,28 @@ def add_commands(cli: Any) -> list[PluginInfo]:
     A hook that raises adds no command, and none may replace a command that exists already.
     """
     found = discovery()
-    failed = []
-    for impl in found.manager.hook.register_commands.get_hookimpls():
-        before = dict(cli.commands)
-        try:
-            impl.function(*[{"cli": cli}[a] for a in impl.argnames])
-            replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
-            if replaced:
-                raise PluginError(f"register_commands may not replace the command(s) {', '.join(replaced)}")
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            cli.commands.clear()
-            cli.commands.update(before)
-            info = next(p for p in found.plugins if p.name == impl.plugin_name)
-            info.fail(f"in register_commands: {describe_exception(exc)}", exc)
-            failed.append(info)
+    failed: list[PluginInfo] = []
+    with _real_interrupts() as ctrl_c:
+        for impl in found.manager.hook.register_commands.get_hookimpls():
+            _add_commands_of(impl, cli, found, failed, ctrl_c)
     return failed
+
+
+def _add_commands_of(impl: Any, cli: Any, found: Discovery, failed: list[PluginInfo], ctrl_c: _CtrlC) -> None:
+    """Run one plugin's ``register_commands``; on any error, undo what it added and record it."""
+    before = dict(cli.commands)
+    try:
+        impl.function(*[{"cli": cli}[a] for a in impl.argnames])
+        replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
+        if replaced:
+            raise PluginError(f"register_commands may not replace the command(s) {', '.join(replaced)}")
+    except BaseException as exc:
+        ctrl_c.reraise_if_pressed(exc)
+        cli.commands.clear()
+        cli.commands.update(before)
+        info = next(p for p in found.plugins if p.name == impl.plugin_name)
+        info.fail(f"in register_commands: {describe_exception(exc)}", exc)
+        failed.append(info)
 
 
 __all__ = [

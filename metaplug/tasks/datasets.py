@@ -30,9 +30,12 @@ def data_dir(dataset: str) -> Path:
 
 def file_digest(path: Path, algorithm: str) -> str:
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return digest.hexdigest()
 
 
@@ -41,8 +44,14 @@ def read_sha256sums(folder: Path) -> dict[str, str]:
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return {}
+    try:
+        text = sums.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"cannot read {sums}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{sums} is not a text file of SHA-256 sums; replace it or delete it") from exc
     entries = {}
-    for line in sums.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
             entries[parts[1].lstrip("*")] = parts[0].lower()

@@ -19,6 +19,7 @@ import io
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def _decode(folder: Path, image_size: int) -> OmniglotImages:
                     with Image.open(io.BytesIO(archive.read(name))) as image:
                         small = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
                     characters.setdefault(name.rsplit("/", 1)[0], []).append(255 - np.asarray(small))
-        except (zipfile.BadZipFile, UnidentifiedImageError, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, UnidentifiedImageError, OSError, EOFError, ValueError) as exc:
             raise DatasetError(f"{path} is corrupt ({exc}); replace it or delete it and download again") from exc
     if len(characters) != NUM_CHARACTERS or any(len(v) != DRAWERS for v in characters.values()):
         raise DatasetError(
