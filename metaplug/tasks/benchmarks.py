@@ -100,8 +100,7 @@ def pixels(data: bytes | np.ndarray, name: str, size: int) -> np.ndarray:
 def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: Callable[[], SplitPlan]) -> SplitImages:
     """The split decoded into the cache, keyed by the found files' names, sizes and times;
     ``plan`` (which may list a whole archive) runs only when the cache lacks the split."""
-    sources = sorted(found.paths.values())
-    key = files_key(sources, found.folder, info.name, split, size, found.layout.name, f"v{FORMAT_VERSION}")
+    key = files_key(_key_files(found), found.folder, info.name, split, size, found.layout.name, f"v{FORMAT_VERSION}")
     name = f"{info.name}-{split}-{size}px"
     index = decoded_dir() / f"{name}-{key}.json"
     known = _read_index(index)
@@ -129,6 +128,18 @@ def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: 
     images = cached_array(name, key, (sum(split_plan.counts), 3, size, size), fill)
     _write_index(index, split_plan.classes, split_plan.counts)
     return SplitImages(split_plan.classes, split_plan.counts, images)
+
+
+def _key_files(found: Found) -> list[Path]:
+    """The files a split is decoded from: each found file, and every file under each found folder."""
+    files: list[Path] = []
+    for path in sorted(found.paths.values()):
+        if path.is_dir():
+            for folder, _, names in sorted(os.walk(path)):
+                files.extend(Path(folder) / name for name in sorted(names))
+        else:
+            files.append(path)
+    return files
 
 
 class _Missing(Exception):
