@@ -24,6 +24,7 @@ from metaplug.tasks.cub import CUBSampler
 from metaplug.tasks.layouts import read_class_groups, read_class_list
 from metaplug.tasks.mini_imagenet import MiniImageNetSampler
 from metaplug.tasks.tiered_imagenet import TieredImageNetSampler
+from metaplug.testing import TaskSamplerConformance
 
 
 @pytest.fixture(autouse=True)
@@ -202,6 +203,16 @@ def test_impossible_episodes_are_one_line_config_errors(cifar):
         CifarFSSampler("holdout", root=str(cifar))
 
 
+def extract(archive: tarfile.TarFile, folder: Path) -> None:
+    """Write the archive's regular files under ``folder`` (what ``tar -x`` does for these archives)."""
+    for member in archive:
+        handle = archive.extractfile(member) if member.isfile() else None
+        if handle is not None:
+            target = folder / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(handle.read())
+
+
 # mini-ImageNet
 
 
@@ -304,7 +315,7 @@ def test_tiered_imagenet_from_the_extracted_folder(tmp_path):
             handle = outer.extractfile(member)
             assert handle is not None
             with tarfile.open(fileobj=handle) as inner:
-                inner.extractall(folder / "train" / member.name.removesuffix(".tar"), filter="data")
+                extract(inner, folder / "train" / member.name.removesuffix(".tar"))
     tar.unlink()
     (folder / "SHA256SUMS").unlink()
     sampler = TieredImageNetSampler("test", root=str(folder), queries=1)
@@ -337,7 +348,7 @@ def test_cub_from_the_archive_and_from_the_extracted_folder_agree(tmp_path):
     assert from_archive.classes == read_class_list("cub", "test") and from_archive.dataset.counts == [3] * 50
     extracted = tmp_path / "extracted"
     with tarfile.open(archive) as opened:
-        opened.extractall(extracted, filter="data")
+        extract(opened, extracted)
     from_folder = CUBSampler("test", seed=0, root=str(extracted), queries=2)
     np.testing.assert_array_equal(np.asarray(from_folder.dataset.images), np.asarray(from_archive.dataset.images))
     label = from_archive.classes.index("200.Common_Yellowthroat")
@@ -389,3 +400,28 @@ def test_benchmarks_register_as_task_samplers():
     names = set(registry().names("task-samplers"))
     assert {"mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub"} <= names
     assert benchmarks.BenchmarkSampler.Options is benchmarks.BenchmarkOptions
+
+
+class TestCifarFSConformance(TaskSamplerConformance):
+    """The conformance suite plugin authors run, on a benchmark sampler over a generated archive."""
+
+    sampler = "cifar-fs"
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def archive(cls, tmp_path_factory):
+        folder = tmp_path_factory.mktemp("conformance") / "cifar-100"
+        make.cifar100_binary(folder)
+        cls.options = {"root": str(folder), "ways": 5, "shots": 2, "queries": 3}
+
+
+class TestMiniImageNetConformance(TaskSamplerConformance):
+    sampler = "mini-imagenet"
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def archive(cls, tmp_path_factory):
+        folder = tmp_path_factory.mktemp("conformance") / "mini-imagenet"
+        for split in ("train", "val", "test"):
+            make.mini_imagenet_pickle(folder, split, per_class=3)
+        cls.options = {"root": str(folder), "ways": 5, "shots": 1, "queries": 2, "allow_pickle": True}
