@@ -10,11 +10,14 @@ as float32 ``(3, size, size)`` images in ``[0, 1]``.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,8 +34,11 @@ from metaplug.tasks.layouts import DatasetInfo, Found, locate, verify
 FORMAT_VERSION = 1
 """Part of every split's cache key: bump it when decoding changes."""
 
-Stream = Callable[[], Iterable[tuple[int, np.ndarray]]]
-"""Yields ``(class index, uint8 (3, size, size) image)`` for every image of a split, in any order."""
+StreamImage = np.ndarray | Callable[[], np.ndarray]
+"""A uint8 ``(3, size, size)`` image, or a function decoding it (see :func:`later`)."""
+Stream = Callable[[], Iterable[tuple[int, StreamImage]]]
+"""Yields ``(class index, image)`` for every image of a split, class by class or in any order;
+the images of one class are stored in the order they come."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,12 @@ def pixels(data: bytes | np.ndarray, name: str, size: int) -> np.ndarray:
         raise DatasetError(f"cannot read image {name}: {reason}") from exc
 
 
+def later(data: bytes | np.ndarray, name: str, size: int) -> Callable[[], np.ndarray]:
+    """:func:`pixels` deferred, so that the cache is filled by decoding on worker threads
+    while the stream goes on reading the archive."""
+    return functools.partial(pixels, data, name, size)
+
+
 def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: Callable[[], SplitPlan]) -> SplitImages:
     """The split decoded into the cache, keyed by the found files' names, sizes and times;
     ``plan`` (which may list a whole archive) runs only when the cache lacks the split."""
@@ -116,11 +128,14 @@ def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: 
 
     def fill(out: np.ndarray) -> None:
         filled = np.zeros(len(split_plan.counts), dtype=np.int64)
-        for label, image in split_plan.stream():
+
+        def put(label: int, image: np.ndarray) -> None:
             if filled[label] >= split_plan.counts[label]:
                 raise DatasetError(f"{info.title}: more images of class {split_plan.classes[label]} than listed")
             out[offsets[label] + filled[label]] = image
             filled[label] += 1
+
+        _decode_in_order(split_plan.stream(), put)
         short = [split_plan.classes[c] for c in np.flatnonzero(filled != np.asarray(split_plan.counts))]
         if short:
             raise DatasetError(f"{info.title} in {found.folder}: images of class {short[0]} are missing; replace them")
@@ -128,6 +143,28 @@ def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: 
     images = cached_array(name, key, (sum(split_plan.counts), 3, size, size), fill)
     _write_index(index, split_plan.classes, split_plan.counts)
     return SplitImages(split_plan.classes, split_plan.counts, images)
+
+
+def _decode_in_order(stream: Iterable[tuple[int, StreamImage]], put: Callable[[int, np.ndarray], None]) -> None:
+    """``put`` each image of ``stream`` in order, decoding deferred ones on up to 8 threads
+    (Pillow releases the GIL while it decodes) with a bounded number in flight."""
+    workers = min(8, os.cpu_count() or 1)
+    pending: deque[tuple[int, Future[np.ndarray] | np.ndarray]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for label, image in stream:
+                pending.append((label, pool.submit(image) if callable(image) else image))
+                while len(pending) > 4 * workers:
+                    _put(put, *pending.popleft())
+            while pending:
+                _put(put, *pending.popleft())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _put(put: Callable[[int, np.ndarray], None], label: int, image: Future[np.ndarray] | np.ndarray) -> None:
+    put(label, image.result() if isinstance(image, Future) else image)
 
 
 def _key_files(found: Found) -> list[Path]:

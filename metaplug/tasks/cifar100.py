@@ -22,7 +22,7 @@ import numpy as np
 
 from metaplug.contract.options import option
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkOptions, BenchmarkSampler, SplitPlan, pixels
+from metaplug.tasks.benchmarks import BenchmarkOptions, BenchmarkSampler, SplitPlan, StreamImage, later
 from metaplug.tasks.layouts import DatasetInfo, Expected, Found, Layout, read_class_list
 
 ARCHIVE = "cifar-100-binary.tar.gz"
@@ -104,11 +104,11 @@ def _plan(data: Cifar100, classes: list[str], path: Path, size: int) -> SplitPla
         raise DatasetError(f"{path}: fine_label_names.txt has no class {unknown[0]!r}; it is not CIFAR-100 ({SOURCE})")
     members = [np.flatnonzero(data.fine == index[c]) for c in classes]
 
-    def stream() -> Iterator[tuple[int, np.ndarray]]:
+    def stream() -> Iterator[tuple[int, StreamImage]]:
         for label, rows in enumerate(members):
             for row in rows:
                 image = data.images[row]
-                yield label, image if size == 32 else pixels(np.moveaxis(image, 0, -1), f"{path}[{row}]", size)
+                yield label, image if size == 32 else later(np.moveaxis(image, 0, -1), f"{path}[{row}]", size)
 
     return SplitPlan(list(classes), [len(m) for m in members], stream)
 

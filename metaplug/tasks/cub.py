@@ -14,10 +14,8 @@ import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkSampler, SplitPlan, in_order, pixels
+from metaplug.tasks.benchmarks import BenchmarkSampler, SplitPlan, StreamImage, in_order, later
 from metaplug.tasks.layouts import DatasetInfo, Expected, Found, Layout, read_class_list
 
 ARCHIVE = "CUB_200_2011.tgz"
@@ -64,9 +62,9 @@ class CUBSampler(BenchmarkSampler):
             }
             _check_classes(classes, by_class, source / "images")
 
-            def from_folder() -> Iterator[tuple[int, np.ndarray]]:
+            def from_folder() -> Iterator[tuple[int, StreamImage]]:
                 for label, path in in_order(classes, by_class):
-                    yield label, pixels(path.read_bytes(), str(path), size)
+                    yield label, later(path.read_bytes(), str(path), size)
 
             return SplitPlan(classes, [len(by_class[c]) for c in classes], from_folder)
         members: dict[str, list[str]] = {}
@@ -77,14 +75,14 @@ class CUBSampler(BenchmarkSampler):
         _check_classes(classes, members, source)
         label_of = {c: i for i, c in enumerate(classes)}
 
-        def from_archive() -> Iterator[tuple[int, np.ndarray]]:
+        def from_archive() -> Iterator[tuple[int, StreamImage]]:
             with tarfile.open(source, "r:*") as archive:
                 for member in archive:
                     parsed = _class_and_name(member.name)
                     if member.isfile() and parsed and parsed[0] in wanted:
                         handle = archive.extractfile(member)
                         assert handle is not None
-                        yield label_of[parsed[0]], pixels(handle.read(), f"{source}:{member.name}", size)
+                        yield label_of[parsed[0]], later(handle.read(), f"{source}:{member.name}", size)
 
         return SplitPlan(classes, [len(members[c]) for c in classes], from_archive)
 

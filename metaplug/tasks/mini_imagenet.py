@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, in_order, pixels
+from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, StreamImage, in_order, later
 from metaplug.tasks.layouts import SPLIT_NAMES, DatasetInfo, Expected, Found, Layout, read_class_list
 from metaplug.tasks.safe_pickle import load_arrays
 
@@ -103,25 +103,25 @@ class MiniImageNetSampler(BenchmarkSampler):
         counts = [len(by_class[c]) for c in classes]
         if images.is_dir():
 
-            def from_folder() -> Iterator[tuple[int, np.ndarray]]:
+            def from_folder() -> Iterator[tuple[int, StreamImage]]:
                 for label, name in in_order(classes, by_class):
                     path = images / name
                     try:
                         data = path.read_bytes()
                     except OSError as exc:
                         raise DatasetError(f"cannot read image {path}: {exc.strerror or exc}") from exc
-                    yield label, pixels(data, str(path), size)
+                    yield label, later(data, str(path), size)
 
             return SplitPlan(classes, counts, from_folder)
 
-        def from_zip() -> Iterator[tuple[int, np.ndarray]]:
+        def from_zip() -> Iterator[tuple[int, StreamImage]]:
             try:
                 with zipfile.ZipFile(images) as archive:
                     members = {n.rsplit("/", 1)[-1]: n for n in archive.namelist() if not n.endswith("/")}
                     for label, name in in_order(classes, by_class):
                         if name not in members:
                             raise DatasetError(f"{images} has no image {name} (listed in {split}.csv); replace it")
-                        yield label, pixels(archive.read(members[name]), f"{images}:{members[name]}", size)
+                        yield label, later(archive.read(members[name]), f"{images}:{members[name]}", size)
             except (zipfile.BadZipFile, OSError) as exc:
                 raise DatasetError(f"{images} is not a readable zip archive ({exc}); replace it") from exc
 
@@ -143,13 +143,13 @@ def _from_pickle(path: Path, classes: list[str], size: int) -> SplitPlan:
     if bad:
         raise DatasetError(f"{path}: class_dict names image {bad[0]}, but image_data holds {len(images)} images")
 
-    def from_arrays() -> Iterator[tuple[int, np.ndarray]]:
+    def from_arrays() -> Iterator[tuple[int, StreamImage]]:
         for label, index in in_order(classes, by_class):
             image = images[index]
             if image.shape[:2] == (size, size):
                 yield label, np.moveaxis(image, -1, 0)
             else:
-                yield label, pixels(image, f"{path}[{index}]", size)
+                yield label, later(image, f"{path}[{index}]", size)
 
     return SplitPlan(classes, [len(by_class[c]) for c in classes], from_arrays)
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, in_order, pixels
+from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, StreamImage, in_order, later
 from metaplug.tasks.layouts import SPLIT_NAMES, DatasetInfo, Expected, Found, Layout, read_class_list
 from metaplug.tasks.safe_pickle import load_arrays
 
@@ -96,9 +96,9 @@ def _from_folder(folder: Path, classes: list[str], size: int) -> SplitPlan:
     }
     _missing(classes, {c: len(v) for c, v in by_class.items()}, folder)
 
-    def stream() -> Iterator[tuple[int, np.ndarray]]:
+    def stream() -> Iterator[tuple[int, StreamImage]]:
         for label, path in in_order(classes, by_class):
-            yield label, pixels(path.read_bytes(), str(path), size)
+            yield label, later(path.read_bytes(), str(path), size)
 
     return SplitPlan(classes, [len(by_class[c]) for c in classes], stream)
 
@@ -125,13 +125,13 @@ def _from_archive(path: Path, classes: list[str], size: int) -> SplitPlan:
     _missing(classes, counts, path)
     label_of = {c: i for i, c in enumerate(classes)}
 
-    def stream() -> Iterator[tuple[int, np.ndarray]]:
+    def stream() -> Iterator[tuple[int, StreamImage]]:
         for wnid, inner in _class_tars(path, wanted):
             for member in inner:
                 if member.isfile() and _is_image(member.name):
                     handle = inner.extractfile(member)
                     assert handle is not None
-                    yield label_of[wnid], pixels(handle.read(), f"{path}:{wnid}.tar:{member.name}", size)
+                    yield label_of[wnid], later(handle.read(), f"{path}:{wnid}.tar:{member.name}", size)
 
     return SplitPlan(classes, [counts[c] for c in classes], stream)
 
@@ -156,8 +156,8 @@ def _from_pickles(images_path: Path, labels_path: Path, classes: list[str], size
     _missing(classes, dict(zip(classes, counts, strict=True)), labels_path)
     by_class = {c: np.flatnonzero(rows == i).tolist() for i, c in enumerate(classes)}
 
-    def stream() -> Iterator[tuple[int, np.ndarray]]:
+    def stream() -> Iterator[tuple[int, StreamImage]]:
         for label, index in in_order(classes, by_class):
-            yield label, pixels(np.asarray(images[index], dtype=np.uint8), f"{images_path}[{index}]", size)
+            yield label, later(np.asarray(images[index], dtype=np.uint8), f"{images_path}[{index}]", size)
 
     return SplitPlan(classes, counts, stream)
