@@ -54,13 +54,22 @@ FC100 = DatasetInfo(
 
 @dataclass(frozen=True)
 class Cifar100:
-    """The whole archive: ``images`` uint8 ``(60000, 3, 32, 32)``, ``coarse`` and ``fine`` labels."""
+    """The whole archive: ``records`` (``train.bin`` then ``test.bin``, uint8 rows of
+    :data:`RECORD_BYTES`, kept as read), ``coarse`` and ``fine`` labels of every row."""
 
-    images: np.ndarray
+    records: tuple[np.ndarray, ...]
     coarse: np.ndarray
     fine: np.ndarray
     coarse_names: list[str]
     fine_names: list[str]
+
+    def image(self, row: int) -> np.ndarray:
+        """Row ``row`` (counting across the parts) as uint8 ``(3, 32, 32)``."""
+        for part in self.records:
+            if row < len(part):
+                return part[row, 2:].reshape(3, 32, 32)
+            row -= len(part)
+        raise IndexError(row)
 
 
 def read_archive(path: Path) -> Cifar100:
@@ -80,14 +89,15 @@ def read_archive(path: Path) -> Cifar100:
     missing = [name for name in wanted if name not in parts]
     if missing:
         raise DatasetError(f"{path} lacks cifar-100-binary/{missing[0]}: not CIFAR-100's binary archive ({SOURCE})")
-    raw = parts["train.bin"] + parts["test.bin"]
-    if len(raw) % RECORD_BYTES:
-        raise DatasetError(f"{path}: train.bin and test.bin are not whole {RECORD_BYTES}-byte records; replace it")
-    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    records = []
+    for name in ("train.bin", "test.bin"):
+        if len(parts[name]) % RECORD_BYTES:
+            raise DatasetError(f"{path}: {name} is not whole {RECORD_BYTES}-byte records; replace the archive")
+        records.append(np.frombuffer(parts[name], dtype=np.uint8).reshape(-1, RECORD_BYTES))
     return Cifar100(
-        images=records[:, 2:].reshape(-1, 3, 32, 32),
-        coarse=records[:, 0].astype(np.int64),
-        fine=records[:, 1].astype(np.int64),
+        records=tuple(records),
+        coarse=np.concatenate([r[:, 0] for r in records]).astype(np.int64),
+        fine=np.concatenate([r[:, 1] for r in records]).astype(np.int64),
         coarse_names=_names(parts["coarse_label_names.txt"]),
         fine_names=_names(parts["fine_label_names.txt"]),
     )
@@ -107,7 +117,7 @@ def _plan(data: Cifar100, classes: list[str], path: Path, size: int) -> SplitPla
     def stream() -> Iterator[tuple[int, StreamImage]]:
         for label, rows in enumerate(members):
             for row in rows:
-                image = data.images[row]
+                image = data.image(int(row))
                 yield label, image if size == 32 else later(np.moveaxis(image, 0, -1), f"{path}[{row}]", size)
 
     return SplitPlan(list(classes), [len(m) for m in members], stream)
