@@ -425,3 +425,11 @@ class TestMiniImageNetConformance(TaskSamplerConformance):
         for split in ("train", "val", "test"):
             make.mini_imagenet_pickle(folder, split, per_class=3)
         cls.options = {"root": str(folder), "ways": 5, "shots": 1, "queries": 2, "allow_pickle": True}
+
+
+def test_pickles_of_another_split_are_refused(tmp_path):
+    folder = make.tiered_imagenet_pickles(tmp_path / "tiered", "val")
+    for part in ("images_png", "labels"):
+        (folder / f"val_{part}.pkl").rename(folder / f"test_{part}.pkl")
+    with pytest.raises(DatasetError, match=r"test_labels.pkl names class n\d+, which is not in Ren et al.'s test"):
+        TieredImageNetSampler("test", root=str(folder), queries=1, allow_pickle=True)

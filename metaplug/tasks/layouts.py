@@ -92,12 +92,12 @@ class Found:
     folder: Path
     paths: dict[Expected, Path]
 
-    def path(self, *names: str) -> Path:
-        """The found path of the expected file whose alternatives include ``names[0]``."""
+    def path(self, name: str) -> Path:
+        """The found path of the expected file that has ``name`` among its alternatives."""
         for expected, path in self.paths.items():
-            if names[0] in expected.names:
+            if name in expected.names:
                 return path
-        raise KeyError(names[0])
+        raise KeyError(name)
 
 
 def locate(info: DatasetInfo, folder: Path, split: str | None = None, allow_pickle: bool = True) -> Found:

@@ -131,7 +131,10 @@ class MiniImageNetSampler(BenchmarkSampler):
 def _from_pickle(path: Path, classes: list[str], size: int) -> SplitPlan:
     data: Any = load_arrays(path)
     if not isinstance(data, dict) or not {"image_data", "class_dict"} <= set(data):
-        raise DatasetError(f"{path} is not a mini-ImageNet cache: expected a dict with image_data and class_dict")
+        raise DatasetError(
+            f"{path} is not a mini-ImageNet cache (a dict of image_data and class_dict); replace it "
+            f"or use Ravi & Larochelle's files ({MINI_IMAGENET.source})"
+        )
     images, class_dict = data["image_data"], data["class_dict"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DatasetError(f"{path}: image_data must be uint8 (N, height, width, 3)")

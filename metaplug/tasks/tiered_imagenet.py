@@ -69,7 +69,7 @@ class TieredImageNetSampler(BenchmarkSampler):
         classes = read_class_list("tiered-imagenet", split)
         if found.layout is PICKLES:
             images, labels = found.path(f"{split}_images_png.pkl"), found.path(f"{split}_labels.pkl")
-            return _from_pickles(images, labels, classes, size)
+            return _from_pickles(images, labels, split, classes, size)
         source = found.path(ARCHIVE)
         if source.is_dir():
             return _from_folder(source, classes, size)
@@ -136,17 +136,23 @@ def _from_archive(path: Path, classes: list[str], size: int) -> SplitPlan:
     return SplitPlan(classes, [counts[c] for c in classes], stream)
 
 
-def _from_pickles(images_path: Path, labels_path: Path, classes: list[str], size: int) -> SplitPlan:
+def _from_pickles(images_path: Path, labels_path: Path, split: str, classes: list[str], size: int) -> SplitPlan:
     labels: Any = load_arrays(labels_path)
     if not isinstance(labels, dict) or not {"label_specific", "label_specific_str"} <= set(labels):
-        raise DatasetError(f"{labels_path} is not Ren et al.'s labels: expected label_specific and label_specific_str")
+        raise DatasetError(
+            f"{labels_path} is not Ren et al.'s labels (a dict with label_specific and label_specific_str); "
+            f"replace it ({TIERED_IMAGENET.source})"
+        )
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in labels["label_specific_str"]]
     specific = np.asarray(labels["label_specific"]).reshape(-1).astype(np.int64)
     if specific.size and not (specific.min() >= 0 and specific.max() < len(names)):
         raise DatasetError(f"{labels_path}: label_specific must index label_specific_str")
     unknown = sorted(set(names) - set(classes))
     if unknown:
-        raise DatasetError(f"{labels_path} names class {unknown[0]}, which is not in Ren et al.'s split")
+        raise DatasetError(
+            f"{labels_path} names class {unknown[0]}, which is not in Ren et al.'s {split} split; "
+            f"replace it ({TIERED_IMAGENET.source})"
+        )
     images: Any = load_arrays(images_path)
     if not isinstance(images, (list, tuple, np.ndarray)) or len(images) != len(specific):
         raise DatasetError(f"{images_path} must hold one PNG-encoded image per label of {labels_path.name}")
