@@ -25,7 +25,6 @@ OMNIGLOT = DatasetInfo(
             tuple(Expected((f"{stem}.zip",), md5) for stem, md5 in omniglot.ARCHIVES.items()),
         ),
     ),
-    samplers=("omniglot",),
 )
 
 KNOWN: tuple[DatasetInfo, ...] = (OMNIGLOT, MINI_IMAGENET, TIERED_IMAGENET, CIFAR_FS, FC100, CUB)

@@ -39,7 +39,6 @@ CIFAR_FS = DatasetInfo(
     source=SOURCE,
     licence=LICENCE,
     layouts=LAYOUTS,
-    samplers=("cifar-fs",),
 )
 FC100 = DatasetInfo(
     name="fc100",
@@ -48,7 +47,6 @@ FC100 = DatasetInfo(
     source=SOURCE,
     licence=LICENCE,
     layouts=LAYOUTS,
-    samplers=("fc100",),
 )
 
 

@@ -29,7 +29,6 @@ CUB = DatasetInfo(
     source=f"CUB-200-2011 comes from https://data.caltech.edu/records/65de6-vp158 ({ARCHIVE})",
     licence="no licence file; images from Flickr, for non-commercial research (see the Caltech page)",
     layouts=(Layout("CUB-200-2011 as published", (Expected((ARCHIVE, "CUB_200_2011/"), ARCHIVE_MD5),)),),
-    samplers=("cub",),
 )
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from metaplug.errors import DatasetError
@@ -75,7 +75,6 @@ class DatasetInfo:
     source: str
     licence: str
     layouts: tuple[Layout, ...]
-    samplers: tuple[str, ...] = field(default=())
 
     def root(self, root: str | os.PathLike[str] | None = None, data_root: str | None = None) -> Path:
         """``root`` if given, else ``data_root/<folder>``, else ``$METAPLUG_DATA_DIR/<folder>``."""
@@ -107,6 +106,7 @@ def locate(info: DatasetInfo, folder: Path, split: str | None = None, allow_pick
     folder searched, and where the dataset comes from.
     """
     best: tuple[int, Layout, Expected] | None = None
+    refused: Layout | None = None
     for layout in info.layouts:
         needed = layout.needed(split)
         paths = {e: e.find(folder) for e in needed}
@@ -114,14 +114,17 @@ def locate(info: DatasetInfo, folder: Path, split: str | None = None, allow_pick
         if not missing and (allow_pickle or not layout.needs_pickle):
             return Found(layout, folder, {e: p for e, p in paths.items() if p is not None})
         if not missing:  # a pickle layout, complete but not allowed
-            raise DatasetError(
-                f"{info.title} in {folder} is a pickle cache ({layout.describe()}); pickles can run code, so "
-                f"metaplug reads them only with tasks.allow_pickle=true (numpy arrays only, converted once into "
-                f"its cache); or supply {_alternatives(info, layout)}"
-            )
+            refused = refused or layout
+            continue
         present = len(needed) - len(missing)
         if best is None or present > best[0]:
             best = (present, layout, missing[0])
+    if refused is not None:
+        raise DatasetError(
+            f"{info.title} in {folder} is a pickle cache ({refused.describe()}); pickles can run code, so "
+            f"metaplug reads them only with tasks.allow_pickle=true (numpy arrays only, converted once into "
+            f"its cache); or supply {_alternatives(info, refused)}"
+        )
     assert best is not None
     _, layout, missing_file = best
     where = folder / missing_file.names[0].rstrip("/")

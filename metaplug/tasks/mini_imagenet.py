@@ -51,7 +51,6 @@ MINI_IMAGENET = DatasetInfo(
     ),
     licence="ImageNet terms of access: non-commercial research and education only",
     layouts=(RAVI, PICKLES),
-    samplers=("mini-imagenet",),
 )
 
 

@@ -51,7 +51,6 @@ TIERED_IMAGENET = DatasetInfo(
     ),
     licence="ImageNet terms of access: non-commercial research and education only",
     layouts=(IMAGENET, PICKLES),
-    samplers=("tiered-imagenet",),
 )
 
 
