@@ -389,9 +389,11 @@ def _states(root: Path):
 
 
 def test_digests_are_remembered_by_size_and_time(cifar, monkeypatch):
-    layouts.file_digests(cifar / "cifar-100-binary.tar.gz")
+    hashed: list[Path] = []
+    assert layouts.status(cifar100.CIFAR_FS, cifar, hashed.append)[0] == layouts.VERIFIED
+    assert hashed == [cifar / "cifar-100-binary.tar.gz"]
     monkeypatch.setattr(layouts.hashlib, "md5", lambda *a: pytest.fail("hashed again"))
-    assert layouts.file_digests(cifar / "cifar-100-binary.tar.gz")["sha256"]
+    assert layouts.status(cifar100.FC100, cifar, hashed.append)[0] == layouts.VERIFIED and len(hashed) == 1
 
 
 def test_benchmarks_register_as_task_samplers():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from metaplug.cli import cli
@@ -24,7 +26,12 @@ def datasets_command(data_dir: str | None, as_json: bool) -> None:
     from metaplug.tasks.catalog import states
     from metaplug.tasks.layouts import MISSING
 
-    found = states(data_dir)
+    def announce(path: Path) -> None:
+        size = path.stat().st_size
+        if size > 1 << 28:
+            click.echo(f"hashing {path} ({size / 1e9:.1f} GB) once; its digests are remembered", err=True)
+
+    found = states(data_dir, announce)
     if as_json:
         echo_json([s.as_dict() for s in found])
         return

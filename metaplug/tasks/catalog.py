@@ -9,7 +9,7 @@ from pathlib import Path
 from metaplug.tasks import omniglot
 from metaplug.tasks.cifar100 import CIFAR_FS, FC100
 from metaplug.tasks.cub import CUB
-from metaplug.tasks.layouts import DatasetInfo, Expected, Layout, status
+from metaplug.tasks.layouts import Announce, DatasetInfo, Expected, Layout, status
 from metaplug.tasks.mini_imagenet import MINI_IMAGENET
 from metaplug.tasks.tiered_imagenet import TIERED_IMAGENET
 
@@ -49,12 +49,13 @@ class DatasetState:
         return dict(self.__dict__)
 
 
-def states(data_root: str | os.PathLike[str] | None = None) -> list[DatasetState]:
-    """The state of every known dataset under ``data_root`` (default: ``METAPLUG_DATA_DIR``)."""
+def states(data_root: str | os.PathLike[str] | None = None, announce: Announce | None = None) -> list[DatasetState]:
+    """The state of every known dataset under ``data_root`` (default: ``METAPLUG_DATA_DIR``);
+    ``announce`` is told of each archive about to be hashed."""
     result = []
     for info in KNOWN:
         folder: Path = info.root(None, None if data_root is None else str(data_root))
-        state, detail = status(info, folder)
+        state, detail = status(info, folder, announce)
         expected = "; or ".join(
             f"{layout.describe()} ({layout.name}{', needs allow_pickle' if layout.needs_pickle else ''})"
             for layout in info.layouts

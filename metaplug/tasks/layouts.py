@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +139,11 @@ def _alternatives(info: DatasetInfo, skip: Layout) -> str:
     return "; or ".join(f"{layout.describe()} ({layout.name})" for layout in info.layouts if layout is not skip)
 
 
-def verify(info: DatasetInfo, found: Found) -> bool:
+Announce = Callable[[Path], None]
+"""Told of each file about to be hashed (not of files whose digests are remembered)."""
+
+
+def verify(info: DatasetInfo, found: Found, announce: Announce | None = None) -> bool:
     """Check every found file that has a published MD5 or a ``SHA256SUMS`` entry.
 
     Returns whether every file was checked (``False`` when some have no checksum);
@@ -155,7 +159,7 @@ def verify(info: DatasetInfo, found: Found) -> bool:
         if recorded is None and expected.md5 is None:
             complete = False
             continue
-        digests = file_digests(path)
+        digests = file_digests(path, announce)
         if recorded is not None and digests["sha256"] != recorded:
             raise DatasetError(
                 f"{path} does not match its SHA-256 in {path.parent / 'SHA256SUMS'} (got {digests['sha256']}); "
@@ -169,14 +173,14 @@ def verify(info: DatasetInfo, found: Found) -> bool:
     return complete
 
 
-def status(info: DatasetInfo, folder: Path) -> tuple[str, str]:
+def status(info: DatasetInfo, folder: Path, announce: Announce | None = None) -> tuple[str, str]:
     """``(state, detail)`` of ``info`` in ``folder``: state is one of :data:`STATES`."""
     try:
         found = locate(info, folder)
     except DatasetError as exc:
         return MISSING, str(exc)
     try:
-        checked = verify(info, found)
+        checked = verify(info, found, announce)
     except DatasetError as exc:
         return MISMATCH, str(exc)
     files = ", ".join(str(p) for p in found.paths.values())
@@ -185,8 +189,9 @@ def status(info: DatasetInfo, folder: Path) -> tuple[str, str]:
     return FOUND, f"{found.layout.name}: {files} (some have no published checksum; add a SHA256SUMS file to check them)"
 
 
-def file_digests(path: Path) -> dict[str, str]:
-    """MD5 and SHA-256 of ``path``, computed in one pass and remembered by path, size and mtime."""
+def file_digests(path: Path, announce: Announce | None = None) -> dict[str, str]:
+    """MD5 and SHA-256 of ``path``, computed in one pass and remembered by path, size and mtime
+    (``announce(path)`` first when they must be computed)."""
     stat = path.stat()
     key = str(path.resolve())
     stamp = [stat.st_size, stat.st_mtime_ns]
@@ -194,6 +199,8 @@ def file_digests(path: Path) -> dict[str, str]:
     entry = remembered.get(key)
     if isinstance(entry, dict) and entry.get("stamp") == stamp and {"md5", "sha256"} <= set(entry):
         return {"md5": entry["md5"], "sha256": entry["sha256"]}
+    if announce is not None:
+        announce(path)
     md5, sha256 = hashlib.md5(), hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
