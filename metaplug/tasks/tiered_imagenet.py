@@ -16,26 +16,19 @@ Two layouts are read:
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from metaplug.errors import DatasetError
+from metaplug.tasks import imagenet
 from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, StreamImage, in_order, later
 from metaplug.tasks.layouts import SPLIT_NAMES, DatasetInfo, Expected, Found, Layout, read_class_list
 from metaplug.tasks.safe_pickle import load_arrays
 
-ARCHIVE = "ILSVRC2012_img_train.tar"
-ARCHIVE_MD5 = "1d675b47d978889d74fa0da5fadfb00e"
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
-IMAGENET = Layout(
-    "ImageNet ILSVRC-2012 training images",
-    (Expected((ARCHIVE, "ILSVRC2012_img_train/", "train/"), ARCHIVE_MD5),),
-)
+IMAGENET = Layout("ImageNet ILSVRC-2012 training images", (imagenet.TRAINING_IMAGES,))
 PICKLES = Layout(
     "Ren et al.'s pickles",
     tuple(Expected((f"{s}_{part}.pkl",), split=s) for s in SPLIT_NAMES for part in ("images_png", "labels")),
@@ -46,8 +39,8 @@ TIERED_IMAGENET = DatasetInfo(
     title="tiered-ImageNet",
     folder="tiered-imagenet",
     source=(
-        f"tiered-ImageNet is built from ImageNet's {ARCHIVE} (https://image-net.org, ILSVRC-2012, "
-        "MD5 1d675b47d978889d74fa0da5fadfb00e); Ren et al.'s pickles from https://github.com/renmengye/few-shot-ssl-public"
+        f"tiered-ImageNet is built from ImageNet's {imagenet.ARCHIVE} (https://image-net.org, ILSVRC-2012, "
+        f"MD5 {imagenet.ARCHIVE_MD5}); Ren et al.'s pickles from https://github.com/renmengye/few-shot-ssl-public"
     ),
     licence="ImageNet terms of access: non-commercial research and education only",
     layouts=(IMAGENET, PICKLES),
@@ -69,70 +62,19 @@ class TieredImageNetSampler(BenchmarkSampler):
         if found.layout is PICKLES:
             images, labels = found.path(f"{split}_images_png.pkl"), found.path(f"{split}_labels.pkl")
             return _from_pickles(images, labels, split, classes, size)
-        source = found.path(ARCHIVE)
-        if source.is_dir():
-            return _from_folder(source, classes, size)
-        return _from_archive(source, classes, size)
+        return _from_imagenet(found.path(imagenet.ARCHIVE), classes, size)
 
 
-def _is_image(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _missing(classes: list[str], counts: dict[str, int], where: Path) -> None:
-    absent = [c for c in classes if not counts.get(c)]
-    if absent:
-        raise DatasetError(
-            f"{where} has no images of class {absent[0]}; it is not the full ILSVRC-2012 training set "
-            f"({TIERED_IMAGENET.source})"
-        )
-
-
-def _from_folder(folder: Path, classes: list[str], size: int) -> SplitPlan:
-    by_class = {
-        c: sorted(p for p in (folder / c).iterdir() if _is_image(p.name)) for c in classes if (folder / c).is_dir()
-    }
-    _missing(classes, {c: len(v) for c, v in by_class.items()}, folder)
-
-    def stream() -> Iterator[tuple[int, StreamImage]]:
-        for label, path in in_order(classes, by_class):
-            yield label, later(path.read_bytes(), str(path), size)
-
-    return SplitPlan(classes, [len(by_class[c]) for c in classes], stream)
-
-
-def _class_tars(path: Path, wanted: set[str]) -> Iterator[tuple[str, tarfile.TarFile]]:
-    """``(wnid, inner tar)`` for each ``<wnid>.tar`` of the outer archive that is ``wanted``."""
-    try:
-        with tarfile.open(path, "r:") as outer:
-            for member in outer:
-                wnid = member.name.rsplit("/", 1)[-1].removesuffix(".tar")
-                if member.isfile() and member.name.endswith(".tar") and wnid in wanted:
-                    handle: IO[bytes] | None = outer.extractfile(member)
-                    assert handle is not None
-                    with tarfile.open(fileobj=handle, mode="r:") as inner:
-                        yield wnid, inner
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        message = f"{path} is not a readable tar archive ({exc}); replace it ({TIERED_IMAGENET.source})"
-        raise DatasetError(message) from exc
-
-
-def _from_archive(path: Path, classes: list[str], size: int) -> SplitPlan:
-    wanted = set(classes)
-    counts = {wnid: sum(m.isfile() and _is_image(m.name) for m in inner) for wnid, inner in _class_tars(path, wanted)}
-    _missing(classes, counts, path)
+def _from_imagenet(source: Path, classes: list[str], size: int) -> SplitPlan:
+    listed = imagenet.list_classes(source, set(classes))
+    imagenet.check_classes(classes, listed, source, "tiered-ImageNet")
     label_of = {c: i for i, c in enumerate(classes)}
 
     def stream() -> Iterator[tuple[int, StreamImage]]:
-        for wnid, inner in _class_tars(path, wanted):
-            for member in inner:
-                if member.isfile() and _is_image(member.name):
-                    handle = inner.extractfile(member)
-                    assert handle is not None
-                    yield label_of[wnid], later(handle.read(), f"{path}:{wnid}.tar:{member.name}", size)
+        for wnid, name, data in imagenet.read_images(source, dict.fromkeys(classes)):
+            yield label_of[wnid], later(data, f"{source}:{wnid}/{name}", size)
 
-    return SplitPlan(classes, [counts[c] for c in classes], stream)
+    return SplitPlan(classes, [len(listed[c]) for c in classes], stream)
 
 
 def _from_pickles(images_path: Path, labels_path: Path, split: str, classes: list[str], size: int) -> SplitPlan:
@@ -158,7 +100,9 @@ def _from_pickles(images_path: Path, labels_path: Path, split: str, classes: lis
     label_of = {c: i for i, c in enumerate(classes)}
     rows = np.asarray([label_of[names[k]] for k in specific], dtype=np.int64)
     counts = np.bincount(rows, minlength=len(classes)).tolist()
-    _missing(classes, dict(zip(classes, counts, strict=True)), labels_path)
+    absent = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if absent:
+        raise DatasetError(f"{labels_path} has no images of class {absent[0]}; replace it ({TIERED_IMAGENET.source})")
     by_class = {c: np.flatnonzero(rows == i).tolist() for i, c in enumerate(classes)}
 
     def stream() -> Iterator[tuple[int, StreamImage]]:
