@@ -87,8 +87,9 @@ def cub_archive(folder: Path, per_class: int = 3, splits: tuple[str, ...] = SPLI
     return path
 
 
-def mini_imagenet_ravi(folder: Path, split: str, per_class: int = 3, zipped: bool = True) -> Path:
-    """Ravi & Larochelle's layout for ``split``: ``<split>.csv`` and ``images.zip`` (or ``images/``)."""
+def mini_imagenet_ravi(folder: Path, split: str, per_class: int = 3, zipped: bool = True, images: bool = True) -> Path:
+    """Ravi & Larochelle's layout for ``split``: ``<split>.csv`` and ``images.zip`` (or ``images/``;
+    neither without ``images``)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, files = ["filename,label"], {}
     for c, wnid in enumerate(read_class_list("mini-imagenet", split)):
@@ -97,6 +98,8 @@ def mini_imagenet_ravi(folder: Path, split: str, per_class: int = 3, zipped: boo
             rows.append(f"{name},{wnid}")
             files[name] = encode(image(c * 10 + k, (84, 84)))
     (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    if not images:
+        return folder
     if zipped:
         with zipfile.ZipFile(folder / "images.zip", "w") as archive:
             for name, data in files.items():
@@ -119,16 +122,22 @@ def mini_imagenet_pickle(folder: Path, split: str, per_class: int = 3) -> Path:
     return path
 
 
-def imagenet_train_tar(folder: Path, split: str, per_class: int = 2) -> Path:
-    """``ILSVRC2012_img_train.tar``: one ``<wnid>.tar`` of JPEGs per tiered-ImageNet class of ``split``."""
+IMAGENET_NUMBERS = (1207, 31, 980, 5, 112)
+"""Numbers of a class's images in the generated ImageNet archive, in archive order (not sorted)."""
+
+
+def imagenet_train_tar(folder: Path, split: str, per_class: int = 2, dataset: str = "tiered-imagenet") -> Path:
+    """``ILSVRC2012_img_train.tar``: one ``<wnid>.tar`` of JPEGs per class of ``dataset``'s ``split``;
+    image ``k`` of class ``c`` is ``<wnid>_<IMAGENET_NUMBERS[k]>.JPEG`` drawn from seed ``c * 10 + k``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ILSVRC2012_img_train.tar"
     with tarfile.open(path, "w") as outer:
-        for c, wnid in enumerate(read_class_groups("tiered-imagenet", split)):
+        for c, wnid in enumerate(read_class_list(dataset, split)):
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w") as inner:
                 for k in range(per_class):
-                    add_bytes(inner, f"{wnid}_{k + 1}.JPEG", encode(image(c * 10 + k, (60 + k, 45))))
+                    data = encode(image(c * 10 + k, (60 + k, 45)))
+                    add_bytes(inner, f"{wnid}_{IMAGENET_NUMBERS[k]}.JPEG", data)
             add_bytes(outer, f"{wnid}.tar", buffer.getvalue())
     write_sha256sums(folder, path.name)
     return path

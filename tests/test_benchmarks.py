@@ -250,6 +250,38 @@ def test_an_image_missing_from_the_zip_is_named(tmp_path):
         MiniImageNetSampler("val", root=str(folder), queries=2)
 
 
+def test_mini_imagenet_from_imagenet_s_training_archive_and_the_csv_files(tmp_path):
+    folder = make.mini_imagenet_ravi(tmp_path / "mini", "val", per_class=3, images=False)
+    make.imagenet_train_tar(folder, "val", per_class=5, dataset="mini-imagenet")
+    from_tar = MiniImageNetSampler("val", seed=0, root=str(folder), queries=2)
+    assert from_tar.classes == read_class_list("mini-imagenet", "val") and from_tar.dataset.counts == [3] * 16
+    # the CSV's images 1, 2, 3 of a class are its images numbered 5, 31 and 112 (archive positions 3, 1, 4)
+    label = from_tar.classes.index("n03075370")
+    for row, k in enumerate((3, 1, 4)):
+        expected = decoded(make.encode(make.image(label * 10 + k, (60 + k, 45))))
+        np.testing.assert_allclose(from_tar.dataset.examples(label, np.array([row]))[0], expected, atol=1 / 255)
+    archive = folder / "ILSVRC2012_img_train.tar"
+    with tarfile.open(archive) as outer:
+        for member in outer:
+            handle = outer.extractfile(member)
+            assert handle is not None
+            with tarfile.open(fileobj=handle) as inner:
+                extract(inner, folder / "train" / member.name.removesuffix(".tar"))
+    archive.unlink()
+    (folder / "SHA256SUMS").unlink()
+    from_folder = MiniImageNetSampler("val", seed=0, root=str(folder), queries=2)
+    np.testing.assert_array_equal(np.asarray(from_folder.dataset.images), np.asarray(from_tar.dataset.images))
+
+
+def test_a_csv_row_beyond_the_class_s_imagenet_images_is_named(tmp_path):
+    folder = make.mini_imagenet_ravi(tmp_path / "mini", "val", per_class=3, images=False)
+    make.imagenet_train_tar(folder, "val", per_class=2, dataset="mini-imagenet")
+    with pytest.raises(
+        DatasetError, match=r"val.csv: n0185567200000003.jpg is image 3 of class n01855672, but .* has 2"
+    ):
+        MiniImageNetSampler("val", root=str(folder), queries=1)
+
+
 def test_a_pickle_cache_needs_the_opt_in_and_is_converted_once(tmp_path, monkeypatch):
     folder = tmp_path / "mini"
     make.mini_imagenet_pickle(folder, "val")

@@ -2,12 +2,16 @@
 
 100 ImageNet classes of 600 images, 64 for training, 16 for validation and 20 for
 testing (``splits/mini-imagenet``, the classes of Ravi & Larochelle's
-``train.csv``, ``val.csv`` and ``test.csv``). Two layouts are read:
+``train.csv``, ``val.csv`` and ``test.csv``). Three layouts are read:
 
 - Ravi & Larochelle's release: ``images.zip`` (or the extracted ``images/``) with
   the 60 000 images named as in the CSV files, plus the three CSV files
   (``filename,label`` rows). Each split needs only its own CSV file. A CSV file
   whose classes are not the published split is refused.
+- ImageNet's training images (``ILSVRC2012_img_train.tar``, MD5 checked, or its
+  extracted folder) with the CSV files: row ``<wnid><k>.jpg`` is the k-th image of
+  the class in number order, as mini-ImageNet's generator
+  (github.com/yaoyao-liu/mini-imagenet-tools) picks it; no Google Drive needed.
 - A pickle cache ``mini-imagenet-cache-<split>.pkl`` (a dict of ``image_data``,
   uint8 ``(N, 84, 84, 3)``, and ``class_dict``, class -> image indices), read only
   with ``allow_pickle = true`` and converted once into metaplug's cache.
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from metaplug.errors import DatasetError
+from metaplug.tasks import imagenet
 from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, StreamImage, in_order, later
 from metaplug.tasks.layouts import SPLIT_NAMES, DatasetInfo, Expected, Found, Layout, read_class_list
 from metaplug.tasks.safe_pickle import load_arrays
@@ -34,6 +39,10 @@ from metaplug.tasks.safe_pickle import load_arrays
 RAVI = Layout(
     "Ravi & Larochelle's release",
     (Expected(("images.zip", "images/")), *(Expected((f"{s}.csv",), split=s) for s in SPLIT_NAMES)),
+)
+IMAGENET = Layout(
+    "ImageNet's training images with Ravi & Larochelle's CSV files",
+    (imagenet.TRAINING_IMAGES, *(Expected((f"{s}.csv",), split=s) for s in SPLIT_NAMES)),
 )
 PICKLES = Layout(
     "pickle cache",
@@ -50,7 +59,7 @@ MINI_IMAGENET = DatasetInfo(
         "(https://image-net.org, ILSVRC-2012 training set) as distributed by the authors in images.zip"
     ),
     licence="ImageNet terms of access: non-commercial research and education only",
-    layouts=(RAVI, PICKLES),
+    layouts=(RAVI, IMAGENET, PICKLES),
 )
 
 
@@ -85,8 +94,9 @@ def _check_split(path: Path, found: set[str], classes: list[str]) -> None:
 
 class MiniImageNetSampler(BenchmarkSampler):
     """mini-ImageNet, Ravi & Larochelle's 64 / 16 / 20 classes of 600 images, 84x84, from
-    ``images.zip`` (or ``images/``) and ``train.csv``, ``val.csv``, ``test.csv`` in
-    ``DATA_DIR/mini-imagenet``, or from a pickle cache with ``allow_pickle = true``."""
+    ``images.zip`` (or ``images/``) or ``ILSVRC2012_img_train.tar`` (or its extracted folder),
+    and ``train.csv``, ``val.csv``, ``test.csv``, in ``DATA_DIR/mini-imagenet``; or from a pickle
+    cache with ``allow_pickle = true``."""
 
     name = "mini-imagenet"
     info = MINI_IMAGENET
@@ -97,6 +107,8 @@ class MiniImageNetSampler(BenchmarkSampler):
         classes = read_class_list("mini-imagenet", split)
         if found.layout is PICKLES:
             return _from_pickle(found.path(f"mini-imagenet-cache-{split}.pkl"), classes, size)
+        if found.layout is IMAGENET:
+            return _from_imagenet(found.path(imagenet.ARCHIVE), found.path(f"{split}.csv"), classes, size)
         by_class = read_csv(found.path(f"{split}.csv"), classes)
         images = found.path("images.zip")
         counts = [len(by_class[c]) for c in classes]
@@ -125,6 +137,41 @@ class MiniImageNetSampler(BenchmarkSampler):
                 raise DatasetError(f"{images} is not a readable zip archive ({exc}); replace it") from exc
 
         return SplitPlan(classes, counts, from_zip)
+
+
+def _from_imagenet(source: Path, csv_path: Path, classes: list[str], size: int) -> SplitPlan:
+    """The images a CSV file names, taken from ImageNet's training images as mini-ImageNet's
+    generator takes them: row ``<wnid><k>.jpg`` is the k-th image of class ``wnid`` in number order."""
+    by_class = read_csv(csv_path, classes)
+    listed = imagenet.list_classes(source, set(classes))
+    imagenet.check_classes(classes, listed, source, "mini-ImageNet")
+    chosen: dict[str, list[str]] = {}
+    for wnid in classes:
+        chosen[wnid] = []
+        for row in by_class[wnid]:
+            stem = row.rsplit(".", 1)[0]
+            number = stem[len(wnid) :]
+            if not stem.startswith(wnid) or not number.isdigit():
+                raise DatasetError(f"{csv_path}: {row!r} is not named <class><number>.jpg as in Ravi & Larochelle's")
+            if not 1 <= int(number) <= len(listed[wnid]):
+                raise DatasetError(
+                    f"{csv_path}: {row} is image {int(number)} of class {wnid}, but {source} has "
+                    f"{len(listed[wnid])}; it is not the ILSVRC-2012 training set ({imagenet.SOURCE})"
+                )
+            chosen[wnid].append(listed[wnid][int(number) - 1])
+    label_of = {c: i for i, c in enumerate(classes)}
+
+    def stream() -> Iterator[tuple[int, StreamImage]]:
+        pending: dict[str, dict[str, bytes]] = {}
+        for wnid, name, data in imagenet.read_images(source, {w: set(chosen[w]) for w in classes}):
+            got = pending.setdefault(wnid, {})
+            got[name] = data
+            if len(got) == len(set(chosen[wnid])):  # the class is complete: in the CSV's order
+                for picked in chosen[wnid]:
+                    yield label_of[wnid], later(got[picked], f"{source}:{wnid}/{picked}", size)
+                del pending[wnid]
+
+    return SplitPlan(classes, [len(chosen[c]) for c in classes], stream)
 
 
 def _from_pickle(path: Path, classes: list[str], size: int) -> SplitPlan:
