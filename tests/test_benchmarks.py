@@ -339,7 +339,7 @@ def test_tiered_imagenet_from_the_ilsvrc_training_archive(tmp_path):
     np.testing.assert_allclose(sampler.dataset.examples(label, np.array([1]))[0], expected, atol=1 / 255)
 
 
-def test_tiered_imagenet_from_the_extracted_folder(tmp_path):
+def test_tiered_imagenet_from_the_extracted_folder(tmp_path, monkeypatch):
     folder = tmp_path / "tiered"
     tar = make.imagenet_train_tar(folder, "test")
     with tarfile.open(tar) as outer:
@@ -352,6 +352,15 @@ def test_tiered_imagenet_from_the_extracted_folder(tmp_path):
     (folder / "SHA256SUMS").unlink()
     sampler = TieredImageNetSampler("test", root=str(folder), queries=1)
     assert sampler.spec.num_classes == 160 and sampler.dataset.counts == [2] * 160
+    # the cache key covers the split's class folders only: other ImageNet classes may come and go
+    (folder / "train" / "n99999999").mkdir()
+    (folder / "train" / "n99999999" / "n99999999_1.JPEG").write_bytes(make.encode(make.image(0)))
+    with monkeypatch.context() as patched:
+        patched.setattr(TieredImageNetSampler, "plan", classmethod(lambda *a: pytest.fail("decoded again")))
+        assert TieredImageNetSampler("test", root=str(folder), queries=1).dataset.counts == [2] * 160
+    wnid = read_class_list("tiered-imagenet", "test")[0]
+    (folder / "train" / wnid / f"{wnid}_7.JPEG").write_bytes(make.encode(make.image(1)))
+    assert TieredImageNetSampler("test", root=str(folder), queries=1).dataset.counts[0] == 3
 
 
 def test_tiered_imagenet_from_ren_et_al_pickles(tmp_path):

@@ -109,10 +109,19 @@ def later(data: bytes | np.ndarray, name: str, size: int) -> Callable[[], np.nda
     return functools.partial(pixels, data, name, size)
 
 
-def decoded_split(info: DatasetInfo, found: Found, split: str, size: int, plan: Callable[[], SplitPlan]) -> SplitImages:
-    """The split decoded into the cache, keyed by the found files' names, sizes and times;
-    ``plan`` (which may list a whole archive) runs only when the cache lacks the split."""
-    key = files_key(_key_files(found), found.folder, info.name, split, size, found.layout.name, f"v{FORMAT_VERSION}")
+def decoded_split(
+    info: DatasetInfo,
+    found: Found,
+    split: str,
+    size: int,
+    plan: Callable[[], SplitPlan],
+    subfolders: set[str] | None = None,
+) -> SplitImages:
+    """The split decoded into the cache, keyed by the found files' names, sizes and times
+    (in a found folder, only under the ``subfolders`` named, when given); ``plan`` (which
+    may list a whole archive) runs only when the cache lacks the split."""
+    sources = _key_files(found, subfolders)
+    key = files_key(sources, found.folder, info.name, split, size, found.layout.name, f"v{FORMAT_VERSION}")
     name = f"{info.name}-{split}-{size}px"
     index = decoded_dir() / f"{name}-{key}.json"
     known = _read_index(index)
@@ -167,15 +176,19 @@ def _put(put: Callable[[int, np.ndarray], None], label: int, image: Future[np.nd
     put(label, image.result() if isinstance(image, Future) else image)
 
 
-def _key_files(found: Found) -> list[Path]:
-    """The files a split is decoded from: each found file, and every file under each found folder."""
+def _key_files(found: Found, subfolders: set[str] | None = None) -> list[Path]:
+    """The files a split is decoded from: each found file, and every file under each found
+    folder (only in its ``subfolders``, when given: ImageNet's class folders of the split)."""
     files: list[Path] = []
     for path in sorted(found.paths.values()):
-        if path.is_dir():
-            for folder, _, names in sorted(os.walk(path)):
-                files.extend(Path(folder) / name for name in sorted(names))
-        else:
+        if not path.is_dir():
             files.append(path)
+            continue
+        for folder, dirs, names in os.walk(path):
+            if subfolders is not None and Path(folder) == path:
+                dirs[:] = [d for d in dirs if d in subfolders]
+            dirs.sort()
+            files.extend(Path(folder) / name for name in sorted(names))
     return files
 
 
@@ -275,9 +288,17 @@ class BenchmarkSampler(EpisodeSampler):
         folder = cls.info.root(o.root, data_dir)
         found = locate(cls.info, folder, split, allow_pickle=bool(getattr(o, "allow_pickle", False)))
         verify(cls.info, found)
-        return decoded_split(cls.info, found, split, o.image_size, lambda: cls.plan(found, split, o.image_size))
+        subfolders = cls.key_subfolders(found, split)
+        plan = functools.partial(cls.plan, found, split, o.image_size)
+        return decoded_split(cls.info, found, split, o.image_size, plan, subfolders)
 
     @classmethod
     def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
         """How to read ``split`` from the files ``found``."""
         raise NotImplementedError
+
+    @classmethod
+    def key_subfolders(cls, found: Found, split: str) -> set[str] | None:
+        """The only sub-folders of a found folder that ``split`` reads (``None``: all); the
+        cache key then ignores the others (ImageNet's 1000 class folders, say)."""
+        return None

@@ -103,6 +103,10 @@ class MiniImageNetSampler(BenchmarkSampler):
     Options = PickleBenchmarkOptions
 
     @classmethod
+    def key_subfolders(cls, found: Found, split: str) -> set[str] | None:
+        return set(read_class_list("mini-imagenet", split)) if found.layout is IMAGENET else None
+
+    @classmethod
     def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
         classes = read_class_list("mini-imagenet", split)
         if found.layout is PICKLES:

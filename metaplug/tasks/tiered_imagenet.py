@@ -57,6 +57,10 @@ class TieredImageNetSampler(BenchmarkSampler):
     Options = PickleBenchmarkOptions
 
     @classmethod
+    def key_subfolders(cls, found: Found, split: str) -> set[str] | None:
+        return set(read_class_list("tiered-imagenet", split)) if found.layout is IMAGENET else None
+
+    @classmethod
     def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
         classes = read_class_list("tiered-imagenet", split)
         if found.layout is PICKLES:
