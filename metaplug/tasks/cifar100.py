@@ -22,8 +22,9 @@ import numpy as np
 
 from metaplug.contract.options import option
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkOptions, BenchmarkSampler, SplitPlan, StreamImage, later
+from metaplug.tasks.benchmarks import BenchmarkOptions, BenchmarkSampler
 from metaplug.tasks.layouts import DatasetInfo, Expected, Found, Layout, read_class_list
+from metaplug.tasks.split_cache import SplitPlan, StreamImage, later
 
 ARCHIVE = "cifar-100-binary.tar.gz"
 ARCHIVE_MD5 = "03b5dce01913d631647c71ecec9e9cb8"

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from metaplug.errors import DatasetError
-from metaplug.tasks.benchmarks import BenchmarkSampler, SplitPlan, StreamImage, in_order, later
+from metaplug.tasks.benchmarks import BenchmarkSampler, in_order
 from metaplug.tasks.layouts import DatasetInfo, Expected, Found, Layout, read_class_list
+from metaplug.tasks.split_cache import SplitPlan, StreamImage, later
 
 ARCHIVE = "CUB_200_2011.tgz"
 ARCHIVE_MD5 = "97eceeb196236b17998738112f37df78"

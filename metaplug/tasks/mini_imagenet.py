@@ -32,9 +32,10 @@ import numpy as np
 
 from metaplug.errors import DatasetError
 from metaplug.tasks import imagenet
-from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, SplitPlan, StreamImage, in_order, later
+from metaplug.tasks.benchmarks import BenchmarkSampler, PickleBenchmarkOptions, in_order
 from metaplug.tasks.layouts import SPLIT_NAMES, DatasetInfo, Expected, Found, Layout, read_class_list
 from metaplug.tasks.safe_pickle import load_arrays
+from metaplug.tasks.split_cache import SplitPlan, StreamImage, later
 
 RAVI = Layout(
     "Ravi & Larochelle's release",
