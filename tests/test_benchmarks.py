@@ -149,7 +149,7 @@ def test_data_dir_is_the_default_root(cifar):
 def test_a_split_is_decoded_once_then_memory_mapped(cifar, monkeypatch):
     first = CifarFSSampler("train", seed=0, root=str(cifar), queries=2)
     assert isinstance(first.dataset.images, np.memmap) and first.dataset.images.dtype == np.uint8
-    monkeypatch.setattr(CifarFSSampler, "plan", classmethod(lambda *a: pytest.fail("decoded again")))
+    monkeypatch.setattr(CifarFSSampler, "read_split", classmethod(lambda *a: pytest.fail("decoded again")))
     again = CifarFSSampler("train", seed=0, root=str(cifar), queries=2)
     np.testing.assert_array_equal(again.sample(2).support_x, first.sample(2).support_x)
 
@@ -356,7 +356,7 @@ def test_tiered_imagenet_from_the_extracted_folder(tmp_path, monkeypatch):
     (folder / "train" / "n99999999").mkdir()
     (folder / "train" / "n99999999" / "n99999999_1.JPEG").write_bytes(make.encode(make.image(0)))
     with monkeypatch.context() as patched:
-        patched.setattr(TieredImageNetSampler, "plan", classmethod(lambda *a: pytest.fail("decoded again")))
+        patched.setattr(TieredImageNetSampler, "read_split", classmethod(lambda *a: pytest.fail("decoded again")))
         assert TieredImageNetSampler("test", root=str(folder), queries=1).dataset.counts == [2] * 160
     wnid = read_class_list("tiered-imagenet", "test")[0]
     (folder / "train" / wnid / f"{wnid}_7.JPEG").write_bytes(make.encode(make.image(1)))

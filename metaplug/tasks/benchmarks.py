@@ -73,7 +73,7 @@ class PickleBenchmarkOptions(BenchmarkOptions):
 class BenchmarkSampler(EpisodeSampler):
     """N-way K-shot episodes of one split of a standard dataset:
     ``(T, ways*shots, 3, size, size)`` float32 in [0, 1]. Subclasses set ``name``,
-    ``info``, ``Options`` and :meth:`plan`."""
+    ``info``, ``Options`` and :meth:`read_split`."""
 
     name: ClassVar[str]
     info: ClassVar[DatasetInfo]
@@ -103,11 +103,11 @@ class BenchmarkSampler(EpisodeSampler):
         found = locate(cls.info, folder, split, allow_pickle=bool(getattr(o, "allow_pickle", False)))
         verify(cls.info, found)
         subfolders = cls.key_subfolders(found, split)
-        plan = functools.partial(cls.plan, found, split, o.image_size)
+        plan = functools.partial(cls.read_split, found, split, o.image_size)
         return decoded_split(cls.info, found, split, o.image_size, plan, subfolders)
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         """How to read ``split`` from the files ``found``."""
         raise NotImplementedError
 

@@ -138,7 +138,7 @@ class CifarFSSampler(BenchmarkSampler):
     Options = CifarOptions
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         path = found.path(ARCHIVE)
         return _plan(read_archive(path), read_class_list("cifar-fs", split), path, size)
 
@@ -152,7 +152,7 @@ class FC100Sampler(BenchmarkSampler):
     Options = CifarOptions
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         path = found.path(ARCHIVE)
         data = read_archive(path)
         superclasses = read_class_list("fc100", split)

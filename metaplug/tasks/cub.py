@@ -50,7 +50,7 @@ class CUBSampler(BenchmarkSampler):
     info = CUB
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         source = found.path(ARCHIVE)
         classes = read_class_list("cub", split)
         wanted = set(classes)

@@ -108,7 +108,7 @@ class MiniImageNetSampler(BenchmarkSampler):
         return set(read_class_list("mini-imagenet", split)) if found.layout is IMAGENET else None
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         classes = read_class_list("mini-imagenet", split)
         if found.layout is PICKLES:
             return _from_pickle(found.path(f"mini-imagenet-cache-{split}.pkl"), classes, size)

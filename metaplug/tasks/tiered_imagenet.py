@@ -62,7 +62,7 @@ class TieredImageNetSampler(BenchmarkSampler):
         return set(read_class_list("tiered-imagenet", split)) if found.layout is IMAGENET else None
 
     @classmethod
-    def plan(cls, found: Found, split: str, size: int) -> SplitPlan:
+    def read_split(cls, found: Found, split: str, size: int) -> SplitPlan:
         classes = read_class_list("tiered-imagenet", split)
         if found.layout is PICKLES:
             images, labels = found.path(f"{split}_images_png.pkl"), found.path(f"{split}_labels.pkl")
