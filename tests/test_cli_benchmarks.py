@@ -38,20 +38,36 @@ def test_the_folder_has_every_published_setting():
     assert {"anil-omniglot-20w1s", "anil-omniglot-20w5s"} <= names
     assert {"protonet-omniglot-5w1s-cpu", "maml-omniglot-5w1s-cpu", "reptile-omniglot-5w1s-cpu"} <= names
     assert {f"{a}-sinusoid-k{k}" for a in ("maml", "finetune") for k in (5, 10)} <= names
+    for dataset in ("mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"):
+        assert {f"protonet-{dataset}-5w1s", f"protonet-{dataset}-5w5s"} <= names
+    assert {f"maml-{d}-5w{k}s" for d in ("mini-imagenet", "cifar-fs") for k in (1, 5)} <= names
+
+
+@pytest.mark.parametrize(
+    ("path", "filters"),
+    [(p, 32 if p.stem.startswith("maml") else 64) for p in CONFIGS if "imagenet" in p.stem or "cifar" in p.stem],
+    ids=lambda v: getattr(v, "stem", str(v)),
+)
+def test_the_standard_benchmarks_use_the_papers_conv4_and_image_size(path, filters):
+    resolved = resolve(path, "torch")
+    assert resolved["model"]["name"] == "conv4" and resolved["model"]["filters"] == filters
+    size = 32 if resolved["tasks"]["name"] in ("cifar-fs", "fc100") else 84
+    assert resolved["tasks"]["image_size"] == size
+    assert "Not run here: needs the dataset" in path.read_text()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_each_config_resolves_on_each_backend(path, backend):
     resolved = resolve(path, backend)
-    algorithm, dataset, *_ = path.stem.split("-")
+    algorithm, dataset = resolved["algorithm"]["name"], resolved["tasks"]["name"]
     assert resolved["backend"] == backend
-    assert resolved["algorithm"]["name"] == algorithm and resolved["tasks"]["name"] == dataset
+    assert path.stem.startswith(f"{algorithm}-{dataset}-"), "files are named ALGORITHM-DATASET-SETTING"
     shape = {
         k: resolved["evaluation"].get(k) or resolved["tasks"][k] for k in ("ways", "shots") if k in resolved["tasks"]
     }
-    if dataset == "omniglot":
-        setting = path.stem.split("-")[2]
+    if dataset != "sinusoid":
+        setting = path.stem.removeprefix(f"{algorithm}-{dataset}-").split("-")[0]
         assert setting == f"{shape['ways']}w{shape['shots']}s", "test episodes must match the file's setting"
 
 

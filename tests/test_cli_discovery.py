@@ -13,6 +13,8 @@ from plugin_factory import algorithm_plugin, write_plugin
 
 import metaplug
 
+STANDARD_BENCHMARKS = ["mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub"]
+
 
 def run(*args: str, env_extra: dict[str, str] | None = None, python_args: tuple[str, ...] = ()):
     env = {**os.environ, **(env_extra or {})}
@@ -44,7 +46,7 @@ def test_plugins_json_reports_components_and_errors(fake_site):
     assert listing["cli_algo_plugin"]["hooks"] == ["register_algorithms"]
     assert listing["cli_algo_plugin"]["version"] == "1.0.0"
     assert listing["cli_broken"]["error"] == "RuntimeError: this plugin is broken"
-    assert listing["metaplug"]["components"]["task-samplers"] == ["sinusoid", "omniglot"]
+    assert listing["metaplug"]["components"]["task-samplers"] == ["sinusoid", "omniglot", *STANDARD_BENCHMARKS]
 
 
 def test_plugins_table_reports_broken_plugin_on_stderr(fake_site):

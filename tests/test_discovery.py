@@ -11,6 +11,8 @@ import metaplug
 from metaplug.errors import BackendNotSupportedError, ConfigError, PluginError, UnknownComponentError
 from metaplug.plugins import discovery as plugins
 
+STANDARD_BENCHMARKS = ["mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub"]
+
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
@@ -29,7 +31,7 @@ def plugin_named(found: plugins.Discovery, name: str) -> plugins.PluginInfo:
 def test_builtin_task_samplers_go_through_the_hooks(site):
     found = plugins.discover()
     builtin = plugin_named(found, "metaplug")
-    assert builtin.components == {"task-samplers": ["sinusoid", "omniglot"]}
+    assert builtin.components == {"task-samplers": ["sinusoid", "omniglot", *STANDARD_BENCHMARKS]}
     assert builtin.hooks == ["register_task_samplers"]
     record = found.registry.get("task-samplers", "sinusoid")
     assert record.plugin == "metaplug" and record.problems == ("regression",)
@@ -274,7 +276,7 @@ def test_only_named_plugins_load(site, monkeypatch):
     found = plugins.discover()
     assert found.registry.names("algorithms") == ["wanted-algo"]
     assert plugin_named(found, "unwanted").disabled
-    assert found.registry.names("task-samplers") == ["omniglot", "sinusoid"]  # built-ins always load
+    assert found.registry.names("task-samplers") == sorted(["omniglot", "sinusoid", *STANDARD_BENCHMARKS])  # built-ins
 
 
 def test_lookup_errors_suggest_and_list_backends(site):

@@ -24,3 +24,35 @@ def register_task_samplers(register: Register) -> None:
             problems=("classification",),
         )
     )
+    for name, target, summary in BENCHMARKS:
+        register(Component(name=name, summary=summary, target=target, problems=("classification",)))
+
+
+BENCHMARKS = (
+    (
+        "mini-imagenet",
+        "metaplug.tasks.mini_imagenet:MiniImageNetSampler",
+        "mini-ImageNet (Vinyals et al. 2016), Ravi & Larochelle's 64/16/20 class split, 84x84.",
+    ),
+    (
+        "tiered-imagenet",
+        "metaplug.tasks.tiered_imagenet:TieredImageNetSampler",
+        "tiered-ImageNet (Ren et al. 2018): 351/97/160 ImageNet classes in 20/6/8 categories, 84x84.",
+    ),
+    (
+        "cifar-fs",
+        "metaplug.tasks.cifar100:CifarFSSampler",
+        "CIFAR-FS (Bertinetto et al. 2019): 64/16/20 CIFAR-100 classes, 32x32, from the binary archive.",
+    ),
+    (
+        "fc100",
+        "metaplug.tasks.cifar100:FC100Sampler",
+        "FC100 (Oreshkin et al. 2018): 60/20/20 CIFAR-100 classes split by superclass, 32x32.",
+    ),
+    (
+        "cub",
+        "metaplug.tasks.cub:CUBSampler",
+        "CUB-200-2011 birds (Wah et al. 2011), Chen et al. 2019's 100/50/50 class split, 84x84.",
+    ),
+)
+"""The standard few-shot benchmarks: ``(name, target, summary)``."""

@@ -1,8 +1,8 @@
 """Where datasets live, how they are verified and downloaded, and where caches go.
 
 ``METAPLUG_DATA_DIR``
-    Root folder of local datasets; Omniglot is read from ``$METAPLUG_DATA_DIR/omniglot``.
-    Default: ``~/.cache/metaplug/data``.
+    Root folder of local datasets, one sub-folder each (``omniglot``, ``mini-imagenet``,
+    ``tiered-imagenet``, ``cifar-100``, ``cub-200-2011``). Default: ``~/.cache/metaplug/data``.
 ``METAPLUG_CACHE_DIR``
     Folder for decoded caches. Default: ``~/.cache/metaplug``.
 """
