@@ -202,6 +202,10 @@ class Backend(Protocol):
     (optional: without it, every value of :data:`metaplug.contract.hyperparameters.BATCHING`);
     the host rejects any other before building anything."""
 
+    export_formats: tuple[str, ...]
+    """Formats its adapted models' ``export`` writes (optional; ``metaplug export`` offers
+    these, plus ``safetensors``, which the host writes from ``AdaptedModel.weights``)."""
+
     def seed(self, seed: int) -> None:
         """Seed the framework's random generators (model initialisation, dropout)."""
         ...
@@ -321,7 +325,15 @@ def resolve_inner_rule(
 
 @runtime_checkable
 class AdaptedModel(Protocol):
-    """A model adapted to one task."""
+    """A model adapted to one task (``Algorithm.adapt``), or the meta-learned model itself
+    (``Algorithm.initial_model``, optional).
+
+    Optional, for ``metaplug export``: ``weights()``, the adapted weights by name in the
+    shared layout of docs/models.md (a :class:`~metaplug.errors.ConfigError` when the
+    adaptation is not weights), and ``export(path, format, example)``, which writes the
+    model in one of ``Backend.export_formats`` (traced on ``example``, a batch of inputs)
+    so that it predicts without metaplug installed, and returns the path written.
+    """
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Outputs for ``x`` of shape ``(N, *input_shape)``: regression values

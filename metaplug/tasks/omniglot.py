@@ -206,7 +206,7 @@ class OmniglotSampler(EpisodeSampler):
         data = load_images(root, o.image_size, o.download)
         self.dataset = RotatedCharacters(data.images[split_characters(split, o.split_seed)], o.rotations)
         self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, rng)
-        self.split = split
+        self.split, self.image_size = split, o.image_size
         self.spec = TaskSpec(
             problem="classification",
             input_shape=(1, o.image_size, o.image_size),
@@ -214,3 +214,18 @@ class OmniglotSampler(EpisodeSampler):
             num_classes=self.dataset.num_classes,
             default_model="conv4",
         )
+
+    def read_examples(self, paths: list[Path]) -> np.ndarray:
+        """Image files as this sampler's examples ``(N, 1, size, size)``: grey, resized (Lanczos)
+        and inverted, so dark strokes on a light background become 1 on 0 (``metaplug predict``)."""
+        from PIL import Image, UnidentifiedImageError
+
+        examples = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    small = image.convert("L").resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise DatasetError(f"cannot read image {path}: {exc}") from None
+            examples.append((255 - np.asarray(small)).astype(np.float32) / 255.0)
+        return np.stack(examples)[:, None]

@@ -40,6 +40,8 @@ class Backend:
     name = "tensorflow"
     models: tuple[str, ...] = ("mlp", "conv4", "resnet12")
     batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop")
+    export_formats: tuple[str, ...] = ("savedmodel",)
+    """What ``AdaptedModel.export`` writes (see :mod:`metaplug_tensorflow.export`)."""
     """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
 
     def __init__(self, device: str | None = None, dtype: str = "float32") -> None:

@@ -28,6 +28,8 @@ class Backend:
     name = "torch"
     models: tuple[str, ...] = tuple(models.BUILDERS)
     batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop", "reference")
+    export_formats: tuple[str, ...] = ("torch-export", "onnx")
+    """What ``AdaptedModel.export`` writes (see :mod:`metaplug_torch.export`)."""
 
     def __init__(self, device: str | None = None) -> None:
         if device is None:

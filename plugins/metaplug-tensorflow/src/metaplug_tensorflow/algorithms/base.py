@@ -79,6 +79,9 @@ class MetaLearner:
     Options: type[BatchingOptions] = BatchingOptions
     has_loss_before = True
     """Whether there is a loss before adaptation (ProtoNets have none: ``evaluate`` gives NaN)."""
+    adapts_weights = True
+    """Whether :meth:`adapted_state` is the model's full list of weights (ProtoNets keep the
+    support set instead)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -132,7 +135,13 @@ class MetaLearner:
         self._evaluate_fn = tf.function(self._evaluate_impl)
         self._adapt_fn = tf.function(self.adapted_state)
         self._predict_fn = tf.function(self.predict_adapted)
+        self._initial_fn = tf.function(lambda weights, x: self.model(weights, x))
         self.setup()
+
+    def initial_model(self) -> AdaptedModel:
+        """The meta-learned model itself, not adapted to any task (what ``export`` writes
+        without a support set)."""
+        return AdaptedModel(self, [tf.identity(v) for v in self.model.variables], self._initial_fn)
 
     def _native(self) -> tuple[tf.DType, tuple[int, ...]]:
         """The backend's dtype and the shape of one example in TensorFlow's layout."""
@@ -479,11 +488,14 @@ class MetaLearner:
 
 class AdaptedModel:
     """A model adapted to one task: what :meth:`MetaLearner.adapted_state` kept and the
-    algorithm's compiled :meth:`~MetaLearner.predict_adapted`."""
+    algorithm's compiled :meth:`~MetaLearner.predict_adapted` (or ``predict``, a compiled
+    ``predict(state, x)``, for a model that is not the algorithm's adapted one)."""
 
-    def __init__(self, algorithm: MetaLearner, state: Weights) -> None:
+    def __init__(self, algorithm: MetaLearner, state: Weights, predict: Callable[..., tf.Tensor] | None = None) -> None:
         self.algorithm, self.state = algorithm, state
         self.input_shape = tuple(algorithm.spec.input_shape)
+        self.predict_fn = predict if predict is not None else algorithm._predict_fn
+        self.is_weights = predict is not None or algorithm.adapts_weights
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Outputs ``(N, out)`` for examples ``(N, *input_shape)`` (channels first)."""
@@ -493,14 +505,24 @@ class AdaptedModel:
         backend = self.algorithm.backend
         inputs = backend.inputs(x[None], len(self.input_shape))
         with backend.scope():
-            outputs = self.algorithm._predict_fn(self.state, inputs)
+            outputs = self.predict_fn(self.state, inputs)
         return outputs.numpy()[0]
 
-    def export(self, path: str | Path) -> Path:
-        """Save as a TensorFlow SavedModel serving predictions without metaplug (see
-        :func:`metaplug_tensorflow.export.save_adapted`)."""
-        from metaplug_tensorflow.export import save_adapted
+    def weights(self) -> dict[str, np.ndarray]:
+        """The adapted weights by name, in the shared layout of docs/models.md."""
+        if not self.is_weights:
+            raise ConfigError("this algorithm's adapted model is not a set of weights (e.g. ProtoNets' prototypes)")
+        names = self.algorithm.model.names
+        return {name: to_shared(np.asarray(w)) for name, w in zip(names, self.state, strict=True)}
 
+    def export(self, path: str | Path, format: str = "savedmodel", example: np.ndarray | None = None) -> Path:
+        """Save as ``format`` (:data:`metaplug_tensorflow.export.FORMATS`: a TensorFlow
+        SavedModel) serving predictions without metaplug (see
+        :func:`metaplug_tensorflow.export.save_adapted`); ``example`` is not needed."""
+        from metaplug_tensorflow.export import FORMATS, save_adapted
+
+        if format not in FORMATS:
+            raise ConfigError(f"the tensorflow backend exports {', '.join(FORMATS)}, not {format!r}")
         return save_adapted(self, path)
 
     def native_inputs(self, x: tf.Tensor) -> tf.Tensor:

@@ -43,6 +43,7 @@ class ProtoNet(MetaLearner):
     Options = ProtoNetOptions
     options: ProtoNetOptions
     has_loss_before = False
+    adapts_weights = False
 
     def trained_names(self) -> list[str]:
         """The feature weights (the head is built but unused)."""

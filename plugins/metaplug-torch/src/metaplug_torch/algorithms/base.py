@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,14 +22,39 @@ MODEL_PREFIX = "model."
 
 
 class AdaptedModel:
-    """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients."""
+    """A model adapted to one task: ``predict(x)`` runs ``forward`` without gradients.
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], backend: Backend, dtype: torch.dtype) -> None:
+    ``weights`` are the adapted model's weights by name, when the adaptation is weights
+    (not for ProtoNets, whose adapted model is the support set's prototypes).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        backend: Backend,
+        dtype: torch.dtype,
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self._forward, self._backend, self._dtype = forward, backend, dtype
+        self._weights = weights
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self._forward(self._backend.tensor(np.asarray(x), self._dtype)).cpu().numpy()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The adapted weights by name, in the shared layout of docs/models.md."""
+        if self._weights is None:
+            raise ConfigError("this algorithm's adapted model is not a set of weights (e.g. ProtoNets' prototypes)")
+        return {name: _numpy(value) for name, value in self._weights.items()}
+
+    def export(self, path: str | Path, format: str, example: np.ndarray) -> Path:
+        """Write the model as ``format`` (:data:`metaplug_torch.export.FORMATS`) to ``path``,
+        traced on the batch ``example``; it predicts without metaplug (see :mod:`metaplug_torch.export`)."""
+        from metaplug_torch.export import export
+
+        on_device = self._backend.tensor(np.asarray(example), self._dtype).device
+        return export(lambda x: self._forward(x.to(on_device)).cpu(), example, self._dtype, path, format)
 
 
 class MetaLearner:
@@ -157,6 +183,12 @@ class MetaLearner:
         (default: :meth:`detached_parameters`). Override to pass more, e.g. a tuple of
         the parameters and detached ``self.extra`` entries."""
         return self.detached_parameters()
+
+    def initial_model(self) -> AdaptedModel:
+        """The meta-learned model itself, not adapted to any task (what ``export`` writes
+        without a support set)."""
+        frozen = {k: v.detach() for k, v in self.params.items()}
+        return AdaptedModel(lambda x: self.model(frozen, x), self.backend, self.dtype, frozen)
 
     def check_model(self) -> None:
         """Fail with one line when the model does not fit the tasks: run it on two zero

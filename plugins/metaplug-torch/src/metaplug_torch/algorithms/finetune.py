@@ -145,4 +145,5 @@ class FineTune(MetaLearner):
         _, fast = self._finetune(params, sx, sy, steps)
         fast = {n: p.detach() for n, p in fast.items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return AdaptedModel(lambda x: self._output(frozen, fast, self._inputs(frozen, x)), self.backend, self.dtype)
+        forward = lambda x: self._output(frozen, fast, self._inputs(frozen, x))  # noqa: E731
+        return AdaptedModel(forward, self.backend, self.dtype, {**frozen, **fast})

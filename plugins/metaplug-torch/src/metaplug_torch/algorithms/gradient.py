@@ -133,7 +133,8 @@ class GradientMetaLearner(MetaLearner):
         sy = self.backend.tensor(support_y, self.dtype)
         fast = {n: p.detach() for n, p in self.adapt_support(params, learnables, sx, sy, steps).items()}
         frozen = {n: p.detach() for n, p in params.items()}
-        return AdaptedModel(lambda x: self.query_output(frozen, fast, sx, x), self.backend, self.dtype)
+        forward = lambda x: self.query_output(frozen, fast, sx, x)  # noqa: E731
+        return AdaptedModel(forward, self.backend, self.dtype, {**frozen, **fast})
 
     def adapt_support(
         self, params: Params, learnables: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int
