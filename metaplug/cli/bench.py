@@ -18,6 +18,7 @@ COLUMNS = [
     "tasks_per_s",
     "peak_rss_mb",
     "gflop_per_s",
+    "reference_median_ms",
     "speedup",
     "data",
 ]

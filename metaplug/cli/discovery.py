@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from metaplug.cli import cli, debugging
+from metaplug.cli.text import plain_text
 from metaplug.contract.records import KINDS
 from metaplug.errors import ConfigError, suggest
 from metaplug.experiment.components import describe_options
@@ -146,7 +147,7 @@ def info_command(kind: str, name: str, backend: str | None, as_json: bool) -> No
     if data.get("all_backends", data["backends"]) != data["backends"]:
         click.echo(f"  all backends: {_cell(data['all_backends'])} (choose with --backend)")
     if data["doc"]:
-        click.echo("\n" + data["doc"])
+        click.echo("\n" + plain_text(data["doc"]))
     if data["options"]:
         click.echo("\noptions:")
         for o in data["options"]:

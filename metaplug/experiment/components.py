@@ -390,12 +390,13 @@ def algorithm(
 
 
 def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
-    """Seed the backend, then build the training sampler, the model and the algorithm (in that order)."""
+    """Build the training sampler (first: its data is checked before a framework is imported),
+    then seed the backend and build the model and the algorithm (in that order)."""
     reg = reg or default_registry()
     records = lookup(cfg, reg)
+    sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
     backend = make_backend(records.backend, cfg.device)
     backend.seed(cfg.seed)
-    sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
     spec: TaskSpec = sampler.spec
     assert cfg.backend is not None
     model_name = cfg.model.name or spec.default_model

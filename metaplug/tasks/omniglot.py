@@ -61,8 +61,9 @@ def locate(root: str | os.PathLike[str] | None = None, download_missing: bool = 
             download(f"{BASE_URL}{stem}.zip", folder / f"{stem}.zip", ARCHIVES[stem])
     elif missing:
         raise DatasetError(
-            f"Omniglot archive {missing[0]}.zip not found in {folder}; set METAPLUG_DATA_DIR "
-            f"(or pass root=...) to a folder containing omniglot/, or pass download=True"
+            f"Omniglot archive {missing[0]}.zip not found in {folder}; point --data-dir (or METAPLUG_DATA_DIR) "
+            "at a folder containing omniglot/, or fetch it with --set tasks.download=true "
+            "(from Python: root=... or download=True)"
         )
     return folder
 
@@ -84,7 +85,7 @@ def verify(folder: Path) -> str:
         if expected is None and file_digest(path, "md5") != md5:
             raise DatasetError(
                 f"{path} is corrupt or not the original archive (MD5 mismatch); "
-                f"delete it and run again with download=True"
+                "delete it and run again with --set tasks.download=true (from Python: download=True)"
             )
     return "".join(fingerprint)
 
