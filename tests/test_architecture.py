@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "metaplug"
 PLUGINS = ROOT / "plugins"
-FIRST_PARTY_PACKAGES = ("metaplug_torch", "metaplug_tensorflow", "metaplug_matchingnet")
+FIRST_PARTY_PACKAGES = ("metaplug_torch", "metaplug_tensorflow", "metaplug_matchingnet", "metaplug_tensorboard")
 
 
 def imported_modules(path: Path) -> set[str]:

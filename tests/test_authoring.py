@@ -122,6 +122,7 @@ def test_new_plugin_rejects_bad_input_in_one_line(tmp_path, args, message):
 
 TEMPLATES = [
     pytest.param("task-sampler", "torch", None, id="task-sampler"),
+    pytest.param("observer", "torch", None, id="observer"),
     pytest.param("algorithm", "torch", "metaplug_torch", id="algorithm-torch"),
     pytest.param("algorithm", "tensorflow", "metaplug_tensorflow", id="algorithm-tensorflow", marks=pytest.mark.slow),
     pytest.param("optimizer", "torch", "metaplug_torch", id="optimizer-torch"),
@@ -388,6 +389,7 @@ WORKFLOWS = [  # kind, backend, what 'metaplug train' is told to use the new com
         marks=pytest.mark.slow,
     ),
     pytest.param("backend", "torch", ["--backend", "NAME"], id="backend-torch", marks=pytest.mark.slow),
+    pytest.param("observer", "torch", ["--log", "NAME"], id="observer", marks=pytest.mark.slow),
     pytest.param(
         "algorithm",
         "tensorflow",

@@ -58,6 +58,13 @@ def test_resume_matches_the_uninterrupted_run_bit_for_bit(default_run, tmp_path)
     )
     for name, value in straight.arrays.items():
         assert np.array_equal(value, resumed.arrays[name]), name
+    best_straight, best_resumed = (checkpoints.load(d / "best") for d in (default_run, part))
+    assert (
+        best_straight.step == best_resumed.step
+        and best_straight.record["validation"] == best_resumed.record["validation"]
+    )
+    for name, value in best_straight.arrays.items():
+        assert np.array_equal(value, best_resumed.arrays[name]), f"best: {name}"
 
 
 def test_evaluate_and_plot_a_torch_run(default_run):

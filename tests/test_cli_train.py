@@ -186,7 +186,9 @@ def test_bad_files_and_runs_are_one_line_errors(tmp_path, trained):
     bad.write_text("[train\niterations = 3\n")
     assert_one_line_error(metaplug("train", "--config", str(bad)), "is not valid TOML")
     assert_one_line_error(
-        metaplug("train", "--resume", str(trained), "--lr", "0.1"), "only --iterations and --device may change", "--lr"
+        metaplug("train", "--resume", str(trained), "--lr", "0.1"),
+        "only --iterations, --device and --log may change",
+        "--lr",
     )
     assert_one_line_error(metaplug("train", *SMALL, "--run-dir", str(trained)), "already holds a run", "--resume")
     assert_one_line_error(metaplug("evaluate", str(tmp_path)), "not a metaplug run directory")

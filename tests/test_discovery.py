@@ -31,8 +31,11 @@ def plugin_named(found: plugins.Discovery, name: str) -> plugins.PluginInfo:
 def test_builtin_task_samplers_go_through_the_hooks(site):
     found = plugins.discover()
     builtin = plugin_named(found, "metaplug")
-    assert builtin.components == {"task-samplers": ["sinusoid", "omniglot", *STANDARD_BENCHMARKS]}
-    assert builtin.hooks == ["register_task_samplers"]
+    assert builtin.components == {
+        "task-samplers": ["sinusoid", "omniglot", *STANDARD_BENCHMARKS],
+        "observers": ["jsonl"],
+    }
+    assert builtin.hooks == ["register_observers", "register_task_samplers"]
     record = found.registry.get("task-samplers", "sinusoid")
     assert record.plugin == "metaplug" and record.problems == ("regression",)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 
 from metaplug.experiment.evaluation import evaluate_episodes, headline, mean_ci, summarize
 from metaplug.experiment.metrics import MetricsLog, RunningMeans, read_rows
-from metaplug.experiment.progress import ProgressBar, format_duration
 from metaplug.tasks import SinusoidSampler
 
 
@@ -49,21 +47,6 @@ def test_evaluate_episodes_draws_in_chunks_and_concatenates():
     assert summary["loss_before"]["ci95"] == 0.0
     assert headline(summary, "regression").startswith("MSE after adaptation")
     assert "accuracy 75.00% ± " in headline(summarize({"accuracy": np.array([0.5, 1.0])}), "classification")
-
-
-def test_progress_bar_shows_metrics_and_eta_only_on_terminals():
-    bar = ProgressBar(100, enabled=True, stream=io.StringIO())
-    bar.began -= 10.0
-    line = bar.line(50)
-    assert line.startswith("step 50/100 [############------------]  50%")
-    assert "5 it/s ETA 00:10" in line
-    bar.update(50, {"loss": 0.123456}, force=True)
-    assert "\rstep 50/100" in bar.stream.getvalue() and "loss 0.1235" in bar.stream.getvalue()
-    silent = ProgressBar(100, stream=io.StringIO())  # StringIO is not a terminal
-    silent.update(1, {"loss": 1.0}, force=True)
-    silent.close()
-    assert silent.stream.getvalue() == ""
-    assert format_duration(3725) == "1:02:05"
 
 
 def test_metrics_log_keeps_rows_and_skips_a_torn_last_line(tmp_path):

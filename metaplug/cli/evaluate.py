@@ -8,8 +8,7 @@ import click
 
 from metaplug.cli import cli
 from metaplug.experiment.config import MAX_SEED
-
-EVALUATION_FILE = "evaluation.json"
+from metaplug.experiment.evaluation import EVALUATION_FILE
 
 
 @cli.command("evaluate")
@@ -25,6 +24,11 @@ EVALUATION_FILE = "evaluation.json"
     "--seed", type=click.IntRange(min=0, max=MAX_SEED), help="Seed of the episodes (default: the run's seed)."
 )
 @click.option("--batch", type=click.IntRange(min=1), help="Episodes evaluated at once (default: the meta-batch size).")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    help="Weights to evaluate: the best validation's or the last (default: best when the run has one).",
+)
 @click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate_command(
@@ -34,11 +38,13 @@ def evaluate_command(
     split: str,
     seed: int | None,
     batch: int | None,
+    checkpoint: str | None,
     device: str | None,
     as_json: bool,
 ) -> None:
     """Adapt a trained run to held-out episodes and report mean accuracy (or MSE) ± 95% CI.
 
+    Uses the best checkpoint (by validation) when the run has one, else the last; says which.
     Also reports the loss before adaptation. Writes RUN_DIR/evaluation.json.
     """
     import numpy as np
@@ -47,9 +53,11 @@ def evaluate_command(
     from metaplug.errors import MetaplugError
     from metaplug.experiment.evaluation import describe_steps, evaluate_episodes, headline, summarize
     from metaplug.experiment.files import write_json_atomic
-    from metaplug.experiment.runner import restore
+    from metaplug.experiment.runner import choose_checkpoint, load_run_config, restore
 
-    experiment, saved = restore(Path(run_dir), device)
+    load_run_config(Path(run_dir))  # a missing or foreign directory is named before anything else
+    which = choose_checkpoint(Path(run_dir), checkpoint)
+    experiment, saved = restore(Path(run_dir), device, which)
     cfg = experiment.config
     episodes = episodes or cfg.evaluation.episodes
     steps = cfg.evaluation.steps if steps is None else steps
@@ -66,6 +74,7 @@ def evaluate_command(
             )
     result = {
         "run_dir": str(run_dir),
+        "checkpoint": which,
         "step": saved.step,
         "algorithm": cfg.algorithm.name,
         "backend": cfg.backend,
@@ -84,6 +93,6 @@ def evaluate_command(
     scores = {k: v for k, v in result.items() if isinstance(v, dict)}
     adapted = describe_steps(steps, cfg.algorithm.options)
     click.echo(
-        f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), step {saved.step}: "
+        f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend}), {which} checkpoint (step {saved.step}): "
         f"{episodes} {split} episodes, {adapted}: {headline(scores, str(result['problem']))}"
     )

@@ -20,7 +20,7 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     """Draw PNG figures of a run (needs matplotlib: pip install 'metaplug[plot]')."""
     from metaplug.experiment import plotting
     from metaplug.experiment.metrics import FILENAME, read_rows
-    from metaplug.experiment.runner import load_run_config, restore
+    from metaplug.experiment.runner import choose_checkpoint, load_run_config, restore
 
     plotting.pyplot()  # fail early, with the install hint, when matplotlib is missing
     run = Path(run_dir)
@@ -28,7 +28,8 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     folder = Path(out) if out else run / "plots"
     title = f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend})"
     written = [plotting.learning_curves(read_rows(run / FILENAME), folder / "learning_curves.png", title)]
-    experiment, saved = restore(run)
+    which = choose_checkpoint(run)
+    experiment, saved = restore(run, checkpoint=which)
     if experiment.spec.problem == "regression" and experiment.spec.input_shape == (1,):
         batch = experiment.sampler("test", cfg.seed if seed is None else seed).sample(1)
         if {"amplitude", "phase"} <= set(batch.params):
@@ -37,7 +38,7 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
                     experiment.algorithm,
                     batch,
                     folder / "sinusoid_adaptation.png",
-                    f"{title}, step {saved.step}: one test task",
+                    f"{title}, {which} checkpoint (step {saved.step}): one test task",
                 )
             )
     for path in written:

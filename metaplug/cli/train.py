@@ -31,6 +31,8 @@ OPTION_PATHS: dict[str, str] = {
     "val_tasks": "train.val_tasks",
     "checkpoint_every": "train.checkpoint_every",
     "test_tasks": "train.test_tasks",
+    "monitor": "train.monitor",
+    "patience": "train.patience",
     "data_dir": "data_dir",
     "device": "device",
 }
@@ -65,6 +67,21 @@ OPTION_PATHS: dict[str, str] = {
 @click.option("--val-tasks", type=int, help="Validation episodes each time.")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every N steps (0: only at the end).")
 @click.option("--test-tasks", type=int, help="Held-out test episodes scored after training (0: none).")
+@click.option(
+    "--monitor",
+    help="Validation metric that picks the best checkpoint (default: accuracy for classification, else loss).",
+)
+@click.option(
+    "--patience", type=int, help="Stop after N validations without improvement of the monitored metric (0: never)."
+)
+@click.option(
+    "--log",
+    "observers",
+    multiple=True,
+    metavar="NAME",
+    help="Also send the run to this observer, e.g. --log tensorboard (repeatable; see 'metaplug list observers'). "
+    "Also with --resume.",
+)
 @click.option(
     "--data-dir",
     help="Dataset root, passed to the task sampler (default: $METAPLUG_DATA_DIR; Omniglot in DATA_DIR/omniglot).",
@@ -105,6 +122,7 @@ def train_command(
     dry_run: bool,
     dry_run_format: str,
     quiet: bool,
+    observers: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Meta-train an algorithm on a task distribution, then test it on held-out tasks.
@@ -125,12 +143,12 @@ def train_command(
                 + (["--run-dir"] if run_dir else [])
             )
             raise click.UsageError(
-                f"--resume continues a run as configured; only --iterations and --device may change "
+                f"--resume continues a run as configured; only --iterations, --device and --log may change "
                 f"(remove {', '.join(given)})"
             )
-        trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress, options.get("device"))
+        trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress, options.get("device"), observers)
     else:
-        cfg = resolve_config(config_file, options, assignments)
+        cfg = runner.with_observers(resolve_config(config_file, options, assignments), observers)
         if dry_run:
             from metaplug.experiment.components import check
 
@@ -178,12 +196,15 @@ def report(result: Any, trainer: Any, quiet: bool) -> None:
             f"finished {result.step} steps in {results['elapsed_s']:.1f} s; results in "
             f"{result.run_dir / 'results.json'}"
         )
+    if results.get("stopped_early"):
+        click.echo(f"stopped early at step {result.step}: {trainer.tracker.describe()}")
     test = results.get("test")
     if test:
         scores = {k: v for k, v in test.items() if isinstance(v, dict)}
         steps = describe_steps(trainer.cfg.evaluation.steps, trainer.cfg.algorithm.options)
         click.echo(
-            f"held-out test tasks ({test['episodes']} episodes, {steps}): {headline(scores, results['problem'])}"
+            f"held-out test tasks ({test['episodes']} episodes, {steps}): {headline(scores, results['problem'])} "
+            f"({test['checkpoint']} checkpoint, step {test['checkpoint_step']})"
         )
 
 

@@ -6,6 +6,8 @@
 - :mod:`~metaplug.contract.interfaces`: what component implementations satisfy
   (``Backend``, ``Algorithm``, ``TaskSampler``, ``InnerRule``...) and the data that
   crosses the boundary (``TaskSpec``, ``EpisodeBatch``, ``ModelSpec``).
+- :mod:`~metaplug.contract.observers`: run observers (``RunObserver``, ``RunStart``), the
+  loggers that follow training.
 - :mod:`~metaplug.contract.options`: declared options (``Options``, ``option``).
 - :mod:`~metaplug.contract.hyperparameters`: the standard algorithms' and optimizers' options.
 - :mod:`~metaplug.contract.schedules`: the outer optimizers' learning-rate schedules.

@@ -104,6 +104,20 @@ def register_models(register: Register) -> None:
 
 
 @hookspec
+def register_observers(register: Register) -> None:
+    """Register run observers: loggers that follow a training run (TensorBoard, ...).
+
+    :param register: call with ``Component(name, summary, target)``. ``target`` names a
+        subclass of :class:`metaplug.contract.observers.RunObserver`; the host constructs it
+        with no arguments for each run whose ``train.observers`` (or ``--log NAME``) names it
+        and calls its ``on_*`` methods as the run goes. Import your logging library in that
+        class's module, not in the hook. ``backends``, ``problems`` and ``role`` stay empty.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``metaplug`` CLI.
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from metaplug.errors import PluginError
 
-KINDS: tuple[str, ...] = ("backends", "algorithms", "task-samplers", "optimizers", "models")
+KINDS: tuple[str, ...] = ("backends", "algorithms", "task-samplers", "optimizers", "models", "observers")
 """Component kinds, in the order the CLI lists them."""
 
 PROBLEMS: tuple[str, ...] = ("regression", "classification")
@@ -110,14 +110,14 @@ def validate(component: Component, kind: str) -> Component:
         problems.append(f"target {c.target!r} must be 'module:attribute' or a callable")
     if kind in ("algorithms", "optimizers", "models") and not c.backends:
         problems.append("backends must name at least one backend")
-    if kind in ("backends", "task-samplers") and c.backends:
+    if kind in ("backends", "task-samplers", "observers") and c.backends:
         problems.append(f"{kind} do not declare backends")
     if kind in ("algorithms", "task-samplers"):
         bad = [p for p in c.problems if p not in PROBLEMS]
         if not c.problems or bad:
             problems.append(f"problems must be a non-empty subset of {list(PROBLEMS)}")
-    if kind == "models" and c.problems:
-        problems.append("models do not declare problems")
+    if kind in ("models", "observers") and c.problems:
+        problems.append(f"{kind} do not declare problems")
     if kind == "optimizers" and c.role not in OPTIMIZER_ROLES:
         problems.append(f"role must be one of {list(OPTIMIZER_ROLES)}")
     if kind != "optimizers" and c.role is not None:

@@ -1,6 +1,7 @@
 """Checkpoints: the algorithm's arrays (``.npz``) plus a JSON record of everything else.
 
-Layout of ``RUN_DIR/checkpoint/``::
+Layout of ``RUN_DIR/checkpoint/`` (the last checkpoint) and ``RUN_DIR/best/`` (the best
+validation's)::
 
     step-000500.npz    algorithm.state_dict(), loaded with allow_pickle=False
     step-000500.json   step, sampler states, metric accumulators, config, versions
@@ -76,6 +77,14 @@ def save(folder: Path, checkpoint: Checkpoint) -> None:
 
 def exists(folder: Path) -> bool:
     return (Path(folder) / POINTER).is_file()
+
+
+def saved_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder`` from its pointer alone (``None`` if none is readable)."""
+    try:
+        return int(read_json(Path(folder) / POINTER, "checkpoint pointer")["step"])
+    except (RunFileError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load(folder: Path, attempts: int = 5) -> Checkpoint:

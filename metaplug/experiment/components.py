@@ -21,7 +21,7 @@ from metaplug.errors import (
     UnknownComponentError,
     suggest,
 )
-from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig
+from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig, TrainSettings
 from metaplug.experiment.factories import build_with_factory, is_factory, load_factory
 from metaplug.plugins.discovery import registry as default_registry
 from metaplug.plugins.registry import Registry
@@ -32,6 +32,7 @@ HOST_ARGUMENTS: dict[str, set[str]] = {
     "algorithms": {"self", "backend", "model", "spec", "optimizer", "rule"},
     "optimizers": {"self", "params", "lr"},
     "models": {"self", "backend", "spec"},
+    "observers": {"self"},
 }
 """Constructor arguments the host passes itself, by component kind; the others are options."""
 
@@ -57,8 +58,9 @@ def choose_backend(reg: Registry) -> str:
     return (preferred or names)[0]
 
 
-def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfig:
-    """Validate names, compatibility and options against the registry, without building anything.
+def check(cfg: ExperimentConfig, reg: Registry | None = None, observers: bool = True) -> ExperimentConfig:
+    """Validate names, compatibility and options against the registry, without building anything
+    (the run observers' names too, unless ``observers`` is false: scoring a run needs none).
 
     Returns the configuration with the backend chosen and every scalar option default filled
     in, so that the saved configuration states every hyper-parameter.
@@ -100,7 +102,33 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None) -> ExperimentConfi
         load_factory(model.name)  # importable and callable; its options go to it unchecked
     elif model.name is not None:
         model = resolve_options(model, model_record(reg, model.name, backend), "model")
-    return replace(cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer, model=model)
+    twice = sorted({name for name in cfg.train.observers if cfg.train.observers.count(name) > 1})
+    if twice:
+        raise ConfigError(f"train.observers names {twice[0]!r} twice; name each observer once")
+    for name in cfg.train.observers if observers else ():
+        reg.get("observers", name)
+    train = resolve_monitor(cfg.train, problem)
+    return replace(
+        cfg, backend=backend, tasks=tasks, algorithm=algorithm, optimizer=optimizer, model=model, train=train
+    )
+
+
+def resolve_monitor(train: TrainSettings, problem: str) -> TrainSettings:
+    """``train`` with ``monitor`` and ``monitor_mode`` resolved from ``auto`` (accuracy, to
+    maximise, for classification; loss, to minimise, otherwise) and checked against ``problem``."""
+    monitor = train.monitor
+    if monitor == "auto":
+        monitor = "accuracy" if problem == "classification" else "loss"
+    elif monitor == "accuracy" and problem != "classification":
+        raise ConfigError(f"train.monitor 'accuracy' needs classification tasks; these are {problem}: use 'loss'")
+    mode = train.monitor_mode
+    if mode == "auto":
+        mode = "max" if "acc" in monitor else "min"
+    if train.patience and not train.val_every:
+        raise ConfigError(
+            f"train.patience {train.patience} needs validation: set train.val_every (--val-every N) above 0"
+        )
+    return replace(train, monitor=monitor, monitor_mode=mode)
 
 
 def _check_batching(algorithm: Choice, backend: Component) -> None:

@@ -63,6 +63,11 @@ DEFAULTS: dict[str, Any] = {
         "val_tasks": 100,
         "checkpoint_every": 1000,
         "test_tasks": 100,
+        "monitor": "auto",
+        "monitor_mode": "auto",
+        "patience": 0,
+        "min_delta": 0.0,
+        "observers": ["jsonl"],
     },
     "evaluation": {"episodes": 600, "steps": None, "ways": None, "shots": None, "queries": None},
 }
@@ -76,11 +81,19 @@ class Setting:
     kind: Any
     minimum: float | None = None
     exclusive: bool = False
-
     maximum: float | None = None
+    choices: tuple[Any, ...] = ()
 
     def check(self, where: str, value: Any) -> Any:
-        return checked(where, value, self.kind, minimum=self.minimum, maximum=self.maximum, exclusive=self.exclusive)
+        return checked(
+            where,
+            value,
+            self.kind,
+            minimum=self.minimum,
+            maximum=self.maximum,
+            exclusive=self.exclusive,
+            choices=self.choices,
+        )
 
 
 SETTINGS: dict[str, Setting] = {
@@ -100,6 +113,11 @@ SETTINGS: dict[str, Setting] = {
     "train.val_tasks": Setting(int, 1),
     "train.checkpoint_every": Setting(int, 0),
     "train.test_tasks": Setting(int, 0),
+    "train.monitor": Setting(str),
+    "train.monitor_mode": Setting(str, choices=("auto", "min", "max")),
+    "train.patience": Setting(int, 0),
+    "train.min_delta": Setting(float, 0),
+    "train.observers": Setting(tuple[str, ...]),
     "evaluation.episodes": Setting(int, 1),
     "evaluation.steps": Setting(int | None, 0),
     "evaluation.ways": Setting(int | None, 1),
@@ -108,6 +126,10 @@ SETTINGS: dict[str, Setting] = {
 }
 """Every fixed setting (``section.key``); ``val_every`` and ``checkpoint_every`` 0 mean never
 (a checkpoint is still written at the end), ``test_tasks`` 0 skips the final test.
+Each validation that improves ``monitor`` (``auto``: validation accuracy for classification,
+else loss; ``monitor_mode`` ``auto``: max for accuracy, else min) by more than ``min_delta``
+writes the ``best`` checkpoint; ``patience`` N > 0 stops training after N validations
+without improvement. ``observers`` names the run observers (``jsonl`` writes ``metrics.jsonl``).
 ``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
 test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
 
@@ -129,6 +151,11 @@ class TrainSettings:
     val_tasks: int
     checkpoint_every: int
     test_tasks: int
+    monitor: str = "auto"
+    monitor_mode: str = "auto"
+    patience: int = 0
+    min_delta: float = 0.0
+    observers: tuple[str, ...] = ("jsonl",)
 
 
 @dataclass(frozen=True)
@@ -176,7 +203,7 @@ class ExperimentConfig:
             "model": section(self.model),
             "algorithm": section(self.algorithm),
             "optimizer": section(self.optimizer, lr=self.lr),
-            "train": dict(vars(self.train)),
+            "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.train).items()},
             "evaluation": dict(vars(self.evaluation)),
         }
 

@@ -12,6 +12,9 @@ from metaplug.contract.interfaces import Algorithm, TaskSampler
 
 Z_95 = 1.96
 
+EVALUATION_FILE = "evaluation.json"
+"""Where ``metaplug evaluate`` writes its result in the run directory."""
+
 
 def mean_ci(values: np.ndarray) -> dict[str, float | None]:
     """``{"mean", "ci95", "std", "n"}`` with ``ci95 = 1.96 * std / sqrt(n)`` (sample std, ddof=1).
@@ -73,6 +76,11 @@ def describe_steps(steps: int | None, algorithm_options: Mapping[str, Any]) -> s
     if steps is None:
         return "adapted"
     return f"{steps} inner step{'s' if steps != 1 else ''}"
+
+
+def format_score(metric: str, stats: Mapping[str, Any]) -> str:
+    """``"97.12% ± 0.50"`` for accuracy, ``"0.1385 ± 0.0192"`` for other metrics, ``"n/a"`` if undefined."""
+    return _percent(stats) if metric == "accuracy" else _number(stats)
 
 
 def _number(stats: Mapping[str, Any]) -> str:

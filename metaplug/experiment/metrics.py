@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from metaplug.contract.observers import RunObserver, RunStart
 from metaplug.experiment.files import RunFileError, write_text_atomic
 
 FILENAME = "metrics.jsonl"
@@ -52,6 +53,39 @@ class MetricsLog:
         self.close()
         rows = [row for row in read_rows(self.path) if row.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+class JsonlObserver(RunObserver):
+    """The built-in observer ``jsonl``: training and validation rows in ``RUN_DIR/metrics.jsonl``,
+    which ``metaplug plot`` and ``metaplug compare`` read."""
+
+    def __init__(self) -> None:
+        self.log: MetricsLog | None = None
+
+    def on_run_start(self, run: RunStart) -> None:
+        self.log = MetricsLog(run.run_dir)
+        if run.resumed:
+            self.log.truncate(run.step)
+
+    def on_train_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._append({"step": step, "split": "train", **metrics})
+
+    def on_validation(self, step: int, metrics: Mapping[str, float], best: bool) -> None:
+        self._append({"step": step, "split": "val", **metrics, **({"best": True} if best else {})})
+
+    def on_checkpoint(self, step: int, name: str) -> None:
+        if self.log is not None:
+            self.log.sync()
+
+    def on_run_end(self, step: int, status: str, results: Mapping[str, Any]) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if "elapsed" in row:
+            row["elapsed"] = round(row.pop("elapsed"), 3)  # last, as in rows written before
+        assert self.log is not None, "on_run_start was not called"
+        self.log.append(row)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

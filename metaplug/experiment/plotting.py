@@ -31,7 +31,8 @@ def pyplot() -> Any:
 
 
 def learning_curves(rows: Sequence[dict[str, Any]], out: Path, title: str) -> Path:
-    """Loss (and accuracy, when logged) against step, training and validation rows."""
+    """Loss (and accuracy, when logged) against step, training and validation rows, with a
+    star at the best checkpoint's validation."""
     plt = pyplot()
     metrics = [m for m in ("loss", "accuracy") if any(r.get(m) is not None for r in rows)]
     if not metrics:
@@ -44,6 +45,9 @@ def learning_curves(rows: Sequence[dict[str, Any]], out: Path, title: str) -> Pa
                 steps, values = zip(*points, strict=True)
                 label = "training (mean since last row)" if split == "train" else "validation"
                 ax.plot(steps, values, style, label=label, markersize=3)
+        best = [r for r in rows if r.get("split") == "val" and r.get("best") and r.get(metric) is not None]
+        if best:
+            ax.plot(best[-1]["step"], best[-1][metric], "*", markersize=11, label="best checkpoint")
         losses = [r["loss"] for r in rows if r.get("loss") is not None]
         if metric == "loss" and min(losses) > 0 and max(losses) / min(losses) > 20:
             ax.set_yscale("log")
@@ -51,6 +55,39 @@ def learning_curves(rows: Sequence[dict[str, Any]], out: Path, title: str) -> Pa
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(title)
+    return _save(fig, out, plt)
+
+
+def compare_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], out: Path, title: str) -> Path:
+    """Several runs' learning curves on shared axes: loss (and accuracy, when logged) against
+    step, one colour per run; validation as a line with markers (a star at the best
+    checkpoint's step), training as a faint line."""
+    plt = pyplot()
+    metrics = [m for m in ("loss", "accuracy") if any(r.get(m) is not None for _, rows in runs for r in rows)]
+    if not metrics:
+        raise MetaplugError("none of the runs has logged metrics to plot (metrics.jsonl)")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, (label, rows) in enumerate(runs):
+            colour = colours[i % len(colours)]
+            for split, style, alpha in (("train", "-", 0.35), ("val", "o-", 1.0)):
+                points = [(r["step"], r[metric]) for r in rows if r.get("split") == split and r.get(metric) is not None]
+                if points:
+                    steps, values = zip(*points, strict=True)
+                    name = f"{label} (validation)" if split == "val" else f"{label} (training)"
+                    ax.plot(steps, values, style, color=colour, alpha=alpha, label=name, markersize=3)
+            best = [r for r in rows if r.get("split") == "val" and r.get("best") and r.get(metric) is not None]
+            if best:  # the step of the best checkpoint
+                ax.plot(best[-1]["step"], best[-1][metric], "*", color=colour, markersize=11)
+        losses = [r["loss"] for _, rows in runs for r in rows if r.get("loss") is not None]
+        if metric == "loss" and losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("meta-training step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, out, plt)
 

@@ -1,24 +1,39 @@
-"""A one-line progress bar with live metrics and ETA, drawn on stderr only when it is a terminal."""
+"""The training progress bar, drawn with rich on stderr only when it is a terminal.
+
+``step 1200/4000 ━━━━━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 30% loss 0.412 val 0.398 152 it/s 0:00:18``
+"""
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Mapping
-from typing import TextIO
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 
 def format_duration(seconds: float) -> str:
+    """``"05:07"``, or ``"1:02:03"`` from an hour on."""
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-class ProgressBar:
-    """``step 1200/4000 [######------] 30% loss 0.412 val 0.398 | 152 it/s ETA 00:18``.
+def format_rate(per_second: float) -> str:
+    """``"4.44"``, ``"152"``, ``"2020"``: three significant digits, never an exponent."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
-    Redrawn at most ``refresh`` times a second; silent when ``enabled`` is false.
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``"loss 0.412 val 0.398"``."""
+    return " ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+
+
+class ProgressBar:
+    """Step, percentage, live metrics, rate and ETA of a run from ``start`` to ``total`` steps.
+
+    Silent, and rich not even imported, unless ``enabled`` (default: ``stream`` is a terminal);
+    rich redraws it at most ``refresh`` times a second. ``clock`` (default: rich's monotonic
+    clock) times the rate and the ETA.
     """
 
     def __init__(
@@ -27,49 +42,65 @@ class ProgressBar:
         start: int = 0,
         enabled: bool | None = None,
         stream: TextIO | None = None,
-        width: int = 24,
         refresh: float = 8.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = _is_terminal(self.stream) if enabled is None else enabled
-        self.total, self.start, self.width = total, start, width
-        self.interval = 1.0 / refresh
-        self.began = time.monotonic()
-        self.last_draw = 0.0
+        self.total, self.start = total, start
         self.fields: dict[str, float] = {}
-        self._shown = False
+        self._progress: Any = None
+        if self.enabled:
+            self._progress, self._task = _rich_progress(self.stream, total, start, refresh, clock)
+            self._progress.start()
 
-    def update(self, step: int, metrics: Mapping[str, float] | None = None, force: bool = False) -> None:
+    def update(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
         if metrics:
             self.fields.update(metrics)
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_draw < self.interval and step < self.total:
-            return
-        self.last_draw = now
-        self.stream.write("\r" + self.line(step, now) + "\x1b[K")
-        self.stream.flush()
-        self._shown = True
-
-    def line(self, step: int, now: float | None = None) -> str:
-        now = time.monotonic() if now is None else now
-        fraction = step / self.total if self.total else 1.0
-        filled = int(self.width * fraction)
-        bar = "#" * filled + "-" * (self.width - filled)
-        text = f"step {step}/{self.total} [{bar}] {100 * fraction:3.0f}%"
-        text += "".join(f" {name} {value:.4g}" for name, value in self.fields.items())
-        done, elapsed = step - self.start, now - self.began
-        if done > 0 and elapsed > 0:
-            rate = done / elapsed
-            text += f" | {rate:.3g} it/s ETA {format_duration((self.total - step) / rate)}"
-        return text
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, metrics=format_metrics(self.fields))
 
     def close(self) -> None:
-        if self.enabled and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = False
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _rich_progress(
+    stream: TextIO, total: int, start: int, refresh: float, clock: Callable[[], float] | None
+) -> tuple[Any, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Steps a second, over rich's recent window (``152 it/s``)."""
+
+        def render(self, task: Task) -> Text:
+            return Text(f"{format_rate(task.speed)} it/s" if task.speed else "", style="progress.data.speed")
+
+    class EtaColumn(ProgressColumn):
+        """Time left at the current rate (``ETA 00:18``)."""
+
+        def render(self, task: Task) -> Text:
+            left = task.time_remaining
+            return Text(f"ETA {format_duration(left)}" if left is not None else "", style="progress.remaining")
+
+    progress = Progress(
+        TextColumn("step {task.completed}/{task.total}"),
+        BarColumn(bar_width=24),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        RateColumn(),
+        EtaColumn(),
+        console=Console(file=stream, force_terminal=True),
+        refresh_per_second=refresh,
+        redirect_stdout=False,
+        redirect_stderr=True,  # warnings print above the bar; stdout stays untouched (it may be a file)
+        get_time=clock,
+    )
+    task = progress.add_task("train", total=total, completed=start, metrics="")
+    return progress, task
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -17,6 +17,9 @@ from metaplug.experiment.runlock import LOCK_FILE, RunLock
 CONFIG_FILE = "config.toml"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoint"
+"""The last checkpoint: the full training state that ``--resume`` continues from."""
+BEST_DIR = "best"
+"""The checkpoint of the best validation (weights, its step and scores), kept beside the last."""
 
 
 def create_default_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
@@ -77,6 +80,7 @@ def claim_new_run_dir(cfg: ExperimentConfig, run_dir: Path | None) -> tuple[Path
     for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE):  # of a run that died before its first checkpoint
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
+    _remove_checkpoint_files(run_dir / BEST_DIR)  # its best validation, which no run continues
     return run_dir, lock, created
 
 
@@ -96,17 +100,23 @@ def discard_unsaved_run(run_dir: Path, lock: RunLock, remove_dir: bool) -> None:
     for name in (CONFIG_FILE, METRICS_FILE, RESULTS_FILE):
         with contextlib.suppress(OSError):
             (run_dir / name).unlink()
-    folder = run_dir / CHECKPOINT_DIR
-    with contextlib.suppress(OSError):
-        for path in folder.iterdir():
-            if path.name.endswith(".tmp") or path.name.startswith("step-"):
-                path.unlink()
-        folder.rmdir()
+    for folder in (run_dir / CHECKPOINT_DIR, run_dir / BEST_DIR):
+        _remove_checkpoint_files(folder)
     lock.release()
     if remove_dir and not any(p.name != LOCK_FILE for p in _entries(run_dir)):
         with contextlib.suppress(OSError):
             (run_dir / LOCK_FILE).unlink()
             run_dir.rmdir()
+
+
+def _remove_checkpoint_files(folder: Path) -> None:
+    """Remove a checkpoint folder's files (step files, pointer, temporary files), then the
+    folder if nothing else is in it."""
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            if path.name.endswith(".tmp") or path.name.startswith("step-") or path.name == checkpoints.POINTER:
+                path.unlink()
+        folder.rmdir()
 
 
 def _entries(folder: Path) -> list[Path]:

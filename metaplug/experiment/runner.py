@@ -1,4 +1,5 @@
-"""The training loop: meta-train steps, logging, validation, checkpoints, resume and interrupts."""
+"""The training loop: meta-train steps, observers, validation, best and last checkpoints,
+early stopping, resume and interrupts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,19 @@ from typing import Any
 import numpy as np
 
 from metaplug import __version__
+from metaplug.contract.observers import RunStart
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug.experiment import checkpoint as checkpoints
-from metaplug.experiment.components import Experiment, build, check
-from metaplug.experiment.config import SETTINGS, ExperimentConfig, from_dict
+from metaplug.experiment.components import Experiment, build, check, resolve_monitor
+from metaplug.experiment.config import SETTINGS, ExperimentConfig, defaults, from_dict, merge
 from metaplug.experiment.evaluation import evaluate_episodes, summarize
 from metaplug.experiment.files import write_bytes_atomic, write_json_atomic
 from metaplug.experiment.memory import check_fits_in_memory
-from metaplug.experiment.metrics import MetricsLog, RunningMeans
+from metaplug.experiment.metrics import RunningMeans
+from metaplug.experiment.observers import Observers
 from metaplug.experiment.progress import ProgressBar
 from metaplug.experiment.rundir import (
+    BEST_DIR,
     CHECKPOINT_DIR,
     CONFIG_FILE,
     RESULTS_FILE,
@@ -33,7 +37,13 @@ from metaplug.experiment.rundir import (
     discard_unsaved_run,
 )
 from metaplug.experiment.runlock import RunLock
+from metaplug.experiment.selection import BestTracker
 from metaplug.experiment.tomlio import encode, read_toml
+from metaplug.plugins.discovery import registry
+
+CHECKPOINTS: dict[str, str] = {"last": CHECKPOINT_DIR, "best": BEST_DIR}
+"""The checkpoints of a run by name: the last (the training state ``--resume`` continues from)
+and the best validation's."""
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """Signals that make training checkpoint and stop after the current step."""
@@ -59,16 +69,39 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
         raise ConfigError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a metaplug run directory (no {CONFIG_FILE})")
-    return from_dict(read_toml(path))
+    return from_dict(merge(defaults(), read_toml(path)))
 
 
-def restore(run_dir: Path, device: str | None = None) -> tuple[Experiment, checkpoints.Checkpoint]:
+def choose_checkpoint(run_dir: Path, which: str | None = None) -> str:
+    """``"best"`` or ``"last"``: ``which`` if given (it must exist), else best when the run has one."""
+    run_dir = Path(run_dir)
+    if which is None:
+        return "best" if checkpoints.exists(run_dir / BEST_DIR) and not stale_best(run_dir) else "last"
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {which!r}; choose best or last")
+    if which == "best" and not checkpoints.exists(run_dir / BEST_DIR) and run_dir.is_dir():
+        raise ConfigError(f"{run_dir} has no best checkpoint (it never validated: train.val_every 0); use last")
+    return which
+
+
+def stale_best(run_dir: Path) -> bool:
+    """The best checkpoint is later than the finished run's last step: it was written before an
+    interruption, by steps that the resumed run, given fewer iterations, never trained again."""
+    best, last = checkpoints.saved_step(run_dir / BEST_DIR), checkpoints.saved_step(run_dir / CHECKPOINT_DIR)
+    finished = (run_dir / RESULTS_FILE).is_file()
+    return finished and best is not None and last is not None and best > last
+
+
+def restore(
+    run_dir: Path, device: str | None = None, checkpoint: str = "last"
+) -> tuple[Experiment, checkpoints.Checkpoint]:
     """Rebuild a run's components (on ``device`` instead of the configured one, if given)
-    and load its latest checkpoint into the algorithm."""
-    cfg = check(load_run_config(run_dir))
+    and load its ``checkpoint`` (``last`` or ``best``) into the algorithm. The run's observers
+    need not be installed: a resumed run's trainer looks them up."""
+    cfg = check(load_run_config(run_dir), observers=False)
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
-    saved = checkpoints.load(Path(run_dir) / CHECKPOINT_DIR)
+    saved = checkpoints.load(Path(run_dir) / CHECKPOINTS[checkpoint])
     for name, array in saved.arrays.items():
         if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
             raise checkpoints.CheckpointError(
@@ -113,7 +146,10 @@ class Trainer:
         self.cfg = experiment.config
         self.run_dir = Path(run_dir)
         self.progress_enabled = progress
-        self.metrics = MetricsLog(self.run_dir)
+        self.observers = Observers.load(self.cfg.train.observers, registry())
+        train = resolve_monitor(self.cfg.train, experiment.spec.problem)
+        self.tracker = BestTracker(train.monitor, train.monitor_mode, train.patience, train.min_delta)
+        self.stopped_early = False
         self.val_sampler = split_sampler(experiment, "val") if self.cfg.train.val_every else None
         self.test_sampler = split_sampler(experiment, "test") if self.cfg.train.test_tasks else None
         """Built before training, so that test episodes the split cannot provide fail at once."""
@@ -145,27 +181,45 @@ class Trainer:
             progress = saved.record.get("progress", {})
             self.running = RunningMeans(dict(progress.get("sums") or {}), int(progress.get("count", 0)))
             self.elapsed_before = float(progress.get("elapsed", 0.0))
+            self.tracker.load_state(saved.record.get("selection", {}))
+            self.stopped_early = bool(saved.record.get("stopped_early", False))
         except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
             raise checkpoints.CheckpointError(
-                f"checkpoint in {self.run_dir} holds an invalid sampler or progress state "
+                f"checkpoint in {self.run_dir} holds an invalid sampler, progress or selection state "
                 f"({type(exc).__name__}: {exc}); resume from an intact copy of the run"
             ) from exc
         self.step = saved.step
-        self.metrics.truncate(saved.step)
 
     def save_checkpoint(self) -> None:
-        self.metrics.sync()
+        """The last checkpoint: everything a resumed run needs to continue bit for bit."""
+        self.observers.checkpoint(self.step, "last")
         record = {
             "samplers": {
                 "train": self.experiment.train_sampler.state_dict(),
                 "val": self.val_sampler.state_dict() if self.val_sampler is not None else None,
             },
             "progress": {**self.running.state(), "elapsed": self.elapsed()},
+            "selection": self.tracker.state(),
+            "stopped_early": self.stopped_early,
             "config": self.cfg.as_dict(),
             "versions": versions(self.experiment),
         }
-        arrays = {name: np.asarray(value) for name, value in self.experiment.algorithm.state_dict().items()}
-        checkpoints.save(self.run_dir / CHECKPOINT_DIR, checkpoints.Checkpoint(self.step, arrays, record))
+        checkpoints.save(self.run_dir / CHECKPOINT_DIR, checkpoints.Checkpoint(self.step, self.arrays(), record))
+
+    def save_best(self, scores: dict[str, float]) -> None:
+        """The best checkpoint: the weights of this step and its validation scores."""
+        self.observers.checkpoint(self.step, "best")
+        record = {
+            "validation": scores,
+            "monitor": self.tracker.monitor,
+            "monitor_mode": self.tracker.mode,
+            "config": self.cfg.as_dict(),
+            "versions": versions(self.experiment),
+        }
+        checkpoints.save(self.run_dir / BEST_DIR, checkpoints.Checkpoint(self.step, self.arrays(), record))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(value) for name, value in self.experiment.algorithm.state_dict().items()}
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
@@ -173,9 +227,9 @@ class Trainer:
     # -- loop -----------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train up to ``train.iterations``, then test on held-out tasks; write ``results.json``.
-        The run directory's lock is released at the end; a new run that fails before its first
-        checkpoint leaves nothing behind."""
+        """Train up to ``train.iterations`` (or until early stopping), then test on held-out
+        tasks; write ``results.json``. The run directory's lock is released at the end; a new
+        run that fails before its first checkpoint leaves nothing behind."""
         try:
             return self._run()
         except BaseException:
@@ -187,31 +241,47 @@ class Trainer:
                 self.lock.release()
 
     def _run(self) -> TrainResult:
+        """Observers hear of every stage, and of the end however it comes."""
         settings = self.cfg.train
-        bar = ProgressBar(settings.iterations, start=self.step, enabled=self.progress_enabled)
         saved_at = self.step if checkpoints.exists(self.run_dir / CHECKPOINT_DIR) else None
-        with interrupt_flag(self):
-            self._train_to_the_end(bar, saved_at)
-            results = self.final_results()  # a stop signal now only ends the run once scored
-        write_json_atomic(self.run_dir / RESULTS_FILE, results)
+        start = RunStart(self.run_dir, self.cfg.as_dict(), self.step, settings.iterations, self.experiment.spec.problem)
+        try:
+            self.observers.run_start(start)
+            with interrupt_flag(self):
+                self._train_to_the_end(saved_at)
+                results = self.final_results()  # a stop signal now only ends the run once scored
+            write_json_atomic(self.run_dir / RESULTS_FILE, results)
+        except TrainingInterrupted:
+            self.observers.run_end(self.step, "interrupted", {})
+            raise
+        except BaseException:
+            with contextlib.suppress(MetaplugError):  # the first error is the one to report
+                self.observers.run_end(self.step, "failed", {})
+            raise
+        self.observers.run_end(self.step, "completed", results)
         return TrainResult(self.run_dir, self.step, results)
 
-    def _train_to_the_end(self, bar: ProgressBar, saved_at: int | None) -> None:
+    def _train_to_the_end(self, saved_at: int | None) -> None:
         """The training loop: stop after a step when a stop signal came, checkpointed."""
         settings = self.cfg.train
+        bar = ProgressBar(settings.iterations, start=self.step, enabled=self.progress_enabled)
         try:
-            while self.step < settings.iterations:
+            while self.step < settings.iterations and not self.stopped_early:
                 metrics = self.train_step()
                 shown = {"loss": self.smooth(metrics.get("loss", math.nan))}
                 if self.step % settings.log_every == 0 or self.step == settings.iterations:
                     self.log_training()
                 if settings.val_every and self.step % settings.val_every == 0:
-                    shown["val"] = self.validate()["loss"]
-                if settings.checkpoint_every and self.step % settings.checkpoint_every == 0:
+                    scores = self.validate()
+                    shown["val"] = scores["loss"]
+                    if "accuracy" in scores:
+                        shown["val acc"] = scores["accuracy"]
+                    self.stopped_early = self.tracker.exhausted
+                if (settings.checkpoint_every and self.step % settings.checkpoint_every == 0) or self.stopped_early:
                     self.save_checkpoint()
                     saved_at = self.step
                 bar.update(self.step, shown)
-                if self.stop_signal is not None and self.step < settings.iterations:
+                if self.stop_signal is not None and self.step < settings.iterations and not self.stopped_early:
                     if saved_at != self.step:
                         self.save_checkpoint()
                     how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
@@ -224,7 +294,6 @@ class Trainer:
                 self.save_checkpoint()
         finally:
             bar.close()
-            self.metrics.close()
 
     def train_step(self) -> dict[str, float]:
         batch = self.experiment.train_sampler.sample(self.cfg.train.meta_batch_size)
@@ -252,9 +321,7 @@ class Trainer:
         return self.smoothed_loss
 
     def log_training(self) -> None:
-        self.metrics.append(
-            {"step": self.step, "split": "train", **self.running.means(), "elapsed": round(self.elapsed(), 3)}
-        )
+        self.observers.train_metrics(self.step, {**self.running.means(), "elapsed": self.elapsed()})
         self.running.reset()
 
     def validate(self) -> dict[str, float]:
@@ -267,16 +334,32 @@ class Trainer:
             self.cfg.evaluation.steps,
         )
         means = {name: float(np.mean(values)) for name, values in per_task.items()}
-        self.metrics.append({"step": self.step, "split": "val", **means, "elapsed": round(self.elapsed(), 3)})
+        best = self.tracker.update(self.step, means)
+        if best:
+            self.save_best(means)
+        self.observers.validation(self.step, {**means, "elapsed": self.elapsed()}, best)
         return means
 
     def final_results(self) -> dict[str, Any]:
-        """Scores on ``train.test_tasks`` held-out episodes of the test split."""
+        """Scores on ``train.test_tasks`` held-out episodes of the test split, with the weights
+        of the best checkpoint when the run has one (else the last)."""
         results: dict[str, Any] = {
             "step": self.step,
             "elapsed_s": round(self.elapsed(), 3),
             "problem": self.experiment.spec.problem,
+            "stopped_early": self.stopped_early,
         }
+        # the tracker, restored bit for bit on resume, says which step the best checkpoint must hold
+        best_step = checkpoints.saved_step(self.run_dir / BEST_DIR)
+        used = "best" if best_step is not None and best_step == self.tracker.best_step else "last"
+        if used == "best":
+            best = checkpoints.load(self.run_dir / BEST_DIR)
+            self.experiment.algorithm.load_state_dict(best.arrays)
+            results["best"] = {
+                "step": best.step,
+                "monitor": best.record.get("monitor"),
+                "value": best.record.get("validation", {}).get(best.record.get("monitor")),
+            }
         tasks = self.cfg.train.test_tasks
         if tasks and self.test_sampler is not None:
             per_task = evaluate_episodes(
@@ -288,6 +371,8 @@ class Trainer:
             )
             results["test"] = {
                 "split": "test",
+                "checkpoint": used,
+                "checkpoint_step": results["best"]["step"] if used == "best" else self.step,
                 "episodes": tasks,
                 "steps": self.cfg.evaluation.steps,
                 "seed": self.cfg.seed,
@@ -391,16 +476,26 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     return trainer
 
 
+def with_observers(cfg: ExperimentConfig, names: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with the observers ``names`` added after its own (each name once)."""
+    added = tuple(n for n in dict.fromkeys(names) if n not in cfg.train.observers)
+    return replace(cfg, train=replace(cfg.train, observers=cfg.train.observers + added)) if added else cfg
+
+
 def resume(
-    run_dir: Path, iterations: int | None = None, progress: bool | None = None, device: str | None = None
+    run_dir: Path,
+    iterations: int | None = None,
+    progress: bool | None = None,
+    device: str | None = None,
+    observers: Sequence[str] = (),
 ) -> Trainer:
-    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (with
-    ``iterations`` as the new length and on ``device``, when given); it holds the run
-    directory's lock, so a run that is still training is refused untouched."""
+    """A trainer that continues the run in ``run_dir`` from its last checkpoint (with
+    ``iterations`` as the new length, on ``device`` and with more ``observers``, when given);
+    it holds the run directory's lock, so a run that is still training is refused untouched."""
     load_run_config(run_dir)  # a missing or foreign directory is named before any lock file is made
     lock = RunLock(Path(run_dir)).acquire()
     try:
-        trainer = _resume_locked(Path(run_dir), iterations, progress, device)
+        trainer = _resume_locked(Path(run_dir), iterations, progress, device, observers)
     except BaseException:
         lock.release()
         raise
@@ -408,13 +503,22 @@ def resume(
     return trainer
 
 
-def _resume_locked(run_dir: Path, iterations: int | None, progress: bool | None, device: str | None) -> Trainer:
+def _resume_locked(
+    run_dir: Path, iterations: int | None, progress: bool | None, device: str | None, observers: Sequence[str]
+) -> Trainer:
     experiment, saved = restore(run_dir, device)
     cfg = experiment.config
+    if saved.record.get("stopped_early"):
+        raise ConfigError(
+            f"{run_dir} stopped early at step {saved.step} (validation stopped improving); "
+            f"its best checkpoint is in {run_dir / BEST_DIR}: score it with 'metaplug evaluate {run_dir}'"
+        )
     if iterations is not None:
         iterations = SETTINGS["train.iterations"].check("train.iterations", iterations)
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
-        experiment.config = cfg
+    for name in observers:
+        registry().get("observers", name)
+    experiment.config = cfg = with_observers(cfg, observers)
     if saved.step >= cfg.train.iterations:
         scored = "" if (run_dir / RESULTS_FILE).exists() else f", or score it with 'metaplug evaluate {run_dir}'"
         raise ConfigError(
@@ -423,6 +527,6 @@ def _resume_locked(run_dir: Path, iterations: int | None, progress: bool | None,
         )
     trainer = Trainer(experiment, run_dir, progress)
     trainer.resume_from(saved)
-    if iterations is not None or device is not None:
+    if iterations is not None or device is not None or observers:
         write_bytes_atomic(run_dir / CONFIG_FILE, encode(cfg.to_toml()))
     return trainer

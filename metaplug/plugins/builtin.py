@@ -56,3 +56,14 @@ BENCHMARKS = (
     ),
 )
 """The standard few-shot benchmarks: ``(name, target, summary)``."""
+
+
+@hookimpl
+def register_observers(register: Register) -> None:
+    register(
+        Component(
+            name="jsonl",
+            summary="Training and validation metrics as JSON lines in RUN_DIR/metrics.jsonl (plot, compare).",
+            target="metaplug.experiment.metrics:JsonlObserver",
+        )
+    )

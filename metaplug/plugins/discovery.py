@@ -44,11 +44,12 @@ HOOK_FOR_KIND: dict[str, str] = {
     "task-samplers": "register_task_samplers",
     "optimizers": "register_optimizers",
     "models": "register_models",
+    "observers": "register_observers",
 }
 
 BUILTIN_PLUGIN = "metaplug"
 
-FIRST_PARTY: frozenset[str] = frozenset({PROJECT_NAME, "metaplug-torch", "metaplug-tensorflow"})
+FIRST_PARTY: frozenset[str] = frozenset({PROJECT_NAME, "metaplug-torch", "metaplug-tensorflow", "metaplug-tensorboard"})
 """Distributions (canonical names) whose components win a name clash with any other plugin's."""
 
 

@@ -29,6 +29,9 @@ _KIND_ALIASES = {
     "samplers": "task-samplers",
     "optimizer": "optimizers",
     "model": "models",
+    "observer": "observers",
+    "logger": "observers",
+    "loggers": "observers",
 }
 
 

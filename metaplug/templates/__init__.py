@@ -1,6 +1,6 @@
 """Template files for ``metaplug new-plugin`` and the code that renders them.
 
-One folder per plugin kind (``algorithm``, ``optimizer``, ``backend``, ``task-sampler``),
+One folder per plugin kind (``algorithm``, ``optimizer``, ``backend``, ``task-sampler``, ``observer``),
 laid over ``common``. A file serves every backend, which it names as ``{{backend}}``, unless
 its name ends in ``.<backend>.tmpl`` (``algorithm.py.torch.tmpl``): then it is rendered for
 that backend only, without the suffix. In file contents and paths, ``{{key}}`` is replaced
@@ -20,7 +20,7 @@ from metaplug import __version__
 from metaplug.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-PLUGIN_KINDS: tuple[str, ...] = ("algorithm", "task-sampler", "optimizer", "backend")
+PLUGIN_KINDS: tuple[str, ...] = ("algorithm", "task-sampler", "optimizer", "backend", "observer")
 BACKENDS: tuple[str, ...] = ("torch", "tensorflow")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 _KEY = re.compile(r"\{\{(\w+)\}\}")
@@ -45,7 +45,7 @@ class PluginNames:
     class_name: str
     """``Myalgo``."""
     kind: str
-    """``algorithm``, ``task-sampler``, ``optimizer`` or ``backend``."""
+    """``algorithm``, ``task-sampler``, ``optimizer``, ``backend`` or ``observer``."""
     backend: str
     host_range: str
     """Supported host versions, ``>=0.1,<0.2``."""
@@ -80,7 +80,7 @@ class PluginNames:
 
 def _dependencies(kind: str, backend: str) -> str:
     requirements = [f"metaplug{host_range()}", "numpy>=1.24"]
-    if kind != "task-sampler":  # the backend plugin brings its framework
+    if kind not in ("task-sampler", "observer"):  # framework-free kinds; the backend plugin brings its framework
         requirements.insert(1, f"metaplug-{backend}{host_range()}")
     return "\n".join(f'    "{r}",' for r in requirements)
 
