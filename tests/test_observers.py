@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import tomllib
 from typing import ClassVar
 
 import pytest
@@ -91,7 +92,13 @@ def test_an_observer_failure_names_the_observer_and_still_ends_the_others(record
     cfg = make_config(iterations=10, val_every=5, observers=["recorder", "failing"])
     with pytest.raises(PluginError, match="observer 'failing' failed in on_validation: OSError: disk quota exceeded"):
         runner.start(cfg, tmp_path / "run", progress=False).run()
-    assert recorder[-1] == ("end", 5, "failed", [])
+    assert recorder[-1] == ("end", 5, "discarded", [])  # a new run without a checkpoint: the host removes it
+    assert not (tmp_path / "run").exists()
+    Recorder.calls.clear()
+    cfg = make_config(iterations=10, val_every=5, checkpoint_every=2, observers=["recorder", "failing"])
+    with pytest.raises(PluginError, match="observer 'failing' failed in on_validation"):
+        runner.start(cfg, tmp_path / "kept", progress=False).run()
+    assert recorder[-1] == ("end", 5, "failed", []) and (tmp_path / "kept" / "checkpoint").is_dir()
 
 
 def test_observer_names_are_checked_before_anything_is_written(double, tmp_path):
@@ -124,7 +131,8 @@ def test_a_resumed_run_can_add_an_observer(recorder, tmp_path, monkeypatch):
         runner.start(make_config(iterations=6, val_every=0, test_tasks=0), tmp_path / "run", progress=False).run()
     assert recorder == []
     trainer = runner.resume(tmp_path / "run", progress=False, observers=["recorder"])
-    assert 'observers = ["jsonl", "recorder"]' in (tmp_path / "run" / "config.toml").read_text()
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert saved["train"]["observers"] == ["jsonl", "recorder"]
     trainer.run()
     assert recorder[0] == ("start", 3, 6, "regression", True, 0) and recorder[-1][:3] == ("end", 6, "completed")
 
@@ -172,4 +180,4 @@ def test_an_observer_that_fails_to_start_still_hears_the_end(recorder, tmp_path)
     cfg = make_config(iterations=5, observers=["recorder", "failing-start"])
     with pytest.raises(PluginError, match="observer 'failing-start' failed in on_run_start: RuntimeError: no display"):
         runner.start(cfg, tmp_path / "run", progress=False).run()
-    assert [call[0] for call in recorder] == ["start", "end"] and recorder[-1][2] == "failed"
+    assert [call[0] for call in recorder] == ["start", "end"] and recorder[-1][2] == "discarded"

@@ -38,7 +38,7 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
                     experiment.algorithm,
                     batch,
                     folder / "sinusoid_adaptation.png",
-                    f"{title}, {which} checkpoint (step {saved.step}): one test task",
+                    f"{title}\n{which} checkpoint (step {saved.step}), one test task",
                 )
             )
     for path in written:

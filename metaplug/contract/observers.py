@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RUN_STATUSES: tuple[str, ...] = ("completed", "interrupted", "failed")
-"""How a run ended: trained and scored; stopped by Ctrl-C or SIGTERM (checkpointed); an error."""
+RUN_STATUSES: tuple[str, ...] = ("completed", "interrupted", "failed", "discarded")
+"""How a run ended: trained and scored; stopped by Ctrl-C or SIGTERM (checkpointed); an error
+after a checkpoint (the run can be resumed); an error in a new run before its first checkpoint,
+whose files the host removes (remove yours too)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class RunObserver:
 
     def on_run_end(self, step: int, status: str, results: Mapping[str, Any]) -> None:
         """The run ended at ``step`` with ``status`` (one of :data:`RUN_STATUSES`); ``results``
-        is ``results.json`` for a completed run (held-out test scores), else empty. Close files here."""
+        is ``results.json`` for a completed run (held-out test scores), else empty. Close files
+        here; when ``status`` is ``"discarded"`` also remove what you wrote in the run directory."""
 
 
 __all__ = ["RUN_STATUSES", "RunObserver", "RunStart"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -80,6 +81,9 @@ class JsonlObserver(RunObserver):
     def on_run_end(self, step: int, status: str, results: Mapping[str, Any]) -> None:
         if self.log is not None:
             self.log.close()
+            if status == "discarded":
+                with contextlib.suppress(OSError):
+                    self.log.path.unlink()
 
     def _append(self, row: dict[str, Any]) -> None:
         if "elapsed" in row:

@@ -185,7 +185,7 @@ class Trainer:
             self.stopped_early = bool(saved.record.get("stopped_early", False))
         except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
             raise checkpoints.CheckpointError(
-                f"checkpoint in {self.run_dir} holds an invalid sampler, progress or selection state "
+                f"checkpoint in {self.run_dir} holds an invalid sampler or progress state "
                 f"({type(exc).__name__}: {exc}); resume from an intact copy of the run"
             ) from exc
         self.step = saved.step
@@ -255,8 +255,9 @@ class Trainer:
             self.observers.run_end(self.step, "interrupted", {})
             raise
         except BaseException:
+            unsaved = self.new_run and not checkpoints.exists(self.run_dir / CHECKPOINT_DIR)  # run() discards it
             with contextlib.suppress(MetaplugError):  # the first error is the one to report
-                self.observers.run_end(self.step, "failed", {})
+                self.observers.run_end(self.step, "discarded" if unsaved else "failed", {})
             raise
         self.observers.run_end(self.step, "completed", results)
         return TrainResult(self.run_dir, self.step, results)

@@ -1,4 +1,4 @@
-"""Conformance checks for run observers: the whole life of a run, interrupted, resumed, failed."""
+"""Conformance checks for run observers: the whole life of a run, interrupted, resumed, failed, discarded."""
 
 from __future__ import annotations
 
@@ -102,11 +102,24 @@ class ObserverConformance(ComponentConformance):
         self.train(second, 10, 20, offset=1.0)
         second.on_run_end(20, "completed", results(20))
 
-    def test_a_run_that_fails_before_any_step(self, run_dir: Path) -> None:
+    def test_a_run_that_fails_after_a_checkpoint(self, run_dir: Path) -> None:
         run_dir.mkdir()
         observer = self.make()
         observer.on_run_start(RunStart(run_dir, CONFIG, 0, 20, "regression"))
-        observer.on_run_end(0, "failed", {})
+        self.train(observer, 0, 12)
+        observer.on_run_end(12, "failed", {})
+
+    def test_a_discarded_run_leaves_nothing_of_the_observer(self, run_dir: Path) -> None:
+        """A new run that fails before its first checkpoint is discarded: the host removes its
+        files, and the observer removes its own."""
+        run_dir.mkdir()
+        (run_dir / "config.toml").write_text("seed = 0\n")  # the host's, removed by the host
+        observer = self.make()
+        observer.on_run_start(RunStart(run_dir, CONFIG, 0, 20, "classification"))
+        self.train(observer, 0, 7)  # metrics at step 5, no validation, no checkpoint
+        observer.on_run_end(7, "discarded", {})
+        left = sorted(p.name for p in run_dir.iterdir())
+        assert left == ["config.toml"], f"a discarded run left {left} in the run directory; remove what you wrote"
 
     def test_two_runs_in_one_process_keep_to_their_own_directories(self, run_dir: Path) -> None:
         other = run_dir.with_name("other")

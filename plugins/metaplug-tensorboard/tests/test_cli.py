@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tomllib
 import types
 
 import pytest
@@ -49,7 +50,7 @@ def test_train_log_tensorboard_on_the_default_job_writes_readable_events(tmp_pat
         "-q",
     )
     assert done.returncode == 0, done.stderr
-    assert 'observers = ["jsonl", "tensorboard"]' in (run / "config.toml").read_text()
+    assert tomllib.loads((run / "config.toml").read_text())["train"]["observers"] == ["jsonl", "tensorboard"]
     events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,21 +28,27 @@ class TensorBoardObserver(RunObserver):
 
     Events are flushed at each validation and checkpoint, and at least every 10 seconds. A
     resumed run purges the events after the checkpoint it continues from, as metrics.jsonl
-    drops its rows, so that TensorBoard shows each step once.
+    drops its rows, so that TensorBoard shows each step once; a run the host discards (it
+    failed before its first checkpoint) removes its event files.
     """
 
     def __init__(self) -> None:
         self.writer: Any = None
+        self.folder: Path | None = None
+        self.earlier: set[str] = set()
+        """The folder's files before this run started (a discarded run removes only its own)."""
 
     def on_run_start(self, run: RunStart) -> None:
         from tensorboardX import SummaryWriter
 
         self.config = dict(run.config)
-        # purge_step: events of steps the resumed run logs again are hidden from TensorBoard.
+        self.folder = Path(run.run_dir) / FOLDER
+        self.earlier = set(os.listdir(self.folder)) if self.folder.is_dir() else set()
+        # purge_step: events of steps this run logs (again, when it resumes) hide any earlier ones.
         # The suffix keeps a file written in the same second apart, and sorted after the earlier one.
         self.writer = SummaryWriter(
-            logdir=str(Path(run.run_dir) / FOLDER),
-            purge_step=run.step + 1 if run.resumed else None,
+            logdir=str(self.folder),
+            purge_step=run.step + 1,
             flush_secs=10,
             filename_suffix=f".step{run.step:09d}.{os.getpid()}",
         )
@@ -73,6 +80,18 @@ class TensorBoardObserver(RunObserver):
         finally:
             self.writer.close()
             self.writer = None
+        if status == "discarded":
+            self._remove_own_files()
+
+    def _remove_own_files(self) -> None:
+        """The run is discarded (it failed before its first checkpoint): remove the event files
+        it wrote, and the folder when nothing else is in it."""
+        assert self.folder is not None
+        for name in set(os.listdir(self.folder)) - self.earlier:
+            with contextlib.suppress(OSError):
+                (self.folder / name).unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
     def _scalars(self, prefix: str, step: int, metrics: Mapping[str, float]) -> None:
         for name, value in metrics.items():
