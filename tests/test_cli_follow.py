@@ -82,3 +82,16 @@ def test_observers_are_listed_and_described():
     assert {"name": "jsonl", "plugins": ["metaplug"]}.items() <= next(e for e in listed if e["name"] == "jsonl").items()
     info = metaplug("info", "observer", "jsonl", check=True).stdout
     assert "observer 'jsonl' from plugin 'metaplug'" in info and "metrics.jsonl" in info
+
+
+def test_predict_uses_the_best_checkpoint_unless_told_otherwise(tmp_path):
+    run = tmp_path / "run"
+    metaplug("train", *SMALL, "--iterations", "12", "--run-dir", str(run), "-q", check=True)
+    best_step = checkpoints.load(run / "best").step
+    (tmp_path / "support.csv").write_text("x,y\n-1.0,0.5\n0.0,0.1\n1.0,-0.4\n2.0,-0.8\n")
+    (tmp_path / "query.csv").write_text("x\n0.5\n1.5\n")
+    args = ("predict", str(run), "--support", str(tmp_path / "support.csv"), "--query", str(tmp_path / "query.csv"))
+    best = metaplug(*args, "--out", str(tmp_path / "best.csv"), check=True)
+    assert f"2 predictions written to {tmp_path / 'best.csv'} (best checkpoint, step {best_step})" in best.stdout
+    last = metaplug(*args, "--checkpoint", "last", check=True).stdout
+    assert last != (tmp_path / "best.csv").read_text() and last.startswith("query,output_0\n")
