@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 
 from metaplug.experiment.progress import ProgressBar, format_duration, format_rate
 
@@ -40,13 +39,37 @@ def test_a_resumed_run_counts_its_rate_from_where_it_resumed():
     assert last.startswith("step 920/1000") and "5 it/s" in last and "ETA 00:16" in last
 
 
-def test_the_bar_is_silent_when_stderr_is_not_a_terminal():
-    stream = io.StringIO()  # not a terminal
-    bar = ProgressBar(100, stream=stream)
+def test_off_a_terminal_a_plain_line_comes_every_interval_and_quiet_prints_nothing():
+    stream = io.StringIO()  # not a terminal: a log file, CI
+    now = [0.0]
+    bar = ProgressBar(100, stream=stream, clock=lambda: now[0], interval=30.0)
     bar.update(1, {"loss": 1.0})
+    assert stream.getvalue() == "" and not bar.enabled  # no bar drawn, nothing yet
+    now[0] = 31.0
+    bar.update(31, {"loss": 0.5})
+    now[0] = 40.0
+    bar.update(40, {"loss": 0.25})  # within the interval: no line
+    now[0] = 50.0
+    bar.update(50)
+    bar.close()  # the final state
+    assert stream.getvalue().splitlines() == [
+        "step 31/100 (31%) loss 0.5 1 it/s ETA 01:09",
+        "step 50/100 (50%) loss 0.25 1 it/s ETA 00:50",
+    ]
+    quiet = io.StringIO()
+    silent = ProgressBar(100, enabled=False, stream=quiet, clock=lambda: now[0])
+    now[0] = 100.0
+    silent.update(99, {"loss": 1.0})
+    silent.close()
+    assert quiet.getvalue() == "" and silent._progress is None
+
+
+def test_a_short_run_off_a_terminal_prints_no_line():
+    stream = io.StringIO()
+    bar = ProgressBar(10, stream=stream)
+    bar.update(10, {"loss": 1.0})
     bar.close()
-    assert stream.getvalue() == "" and not bar.enabled
-    assert ProgressBar(100, enabled=False, stream=sys.stderr)._progress is None
+    assert stream.getvalue() == ""
 
 
 def test_durations_are_minutes_and_seconds_then_hours():
