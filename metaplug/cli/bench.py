@@ -17,6 +17,9 @@ COLUMNS = [
     "median_ms",
     "tasks_per_s",
     "peak_rss_mb",
+    "data_wait_ms",
+    "data_wait_pct",
+    "sampler_peak_mb",
     "gflop_per_s",
     "reference_median_ms",
     "speedup",
@@ -38,6 +41,16 @@ COLUMNS = [
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, exists=True), help="Dataset root (sets METAPLUG_DATA_DIR)."
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Meta-batches drawn ahead in the background (0: drawn in the loop).",
+)
+@click.option(
+    "--data-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Threads building batches."
+)
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
 def bench_command(
@@ -49,14 +62,17 @@ def bench_command(
     reference: bool,
     batching: str | None,
     data_dir: str | None,
+    prefetch: int,
+    data_workers: int,
     timeout: float | None,
     as_json: bool,
 ) -> None:
     """Benchmark meta-training steps of every installed (algorithm, backend) pair.
 
-    Reports the median time per meta-step, tasks per second and peak memory, each pair
-    measured in its own process. Omniglot workloads use real data when it is found
-    (METAPLUG_DATA_DIR) and random data of the same shapes otherwise."""
+    Reports the median time per meta-step, tasks per second, peak memory and the time each
+    step waited for its batch of episodes, each pair measured in its own process. Omniglot
+    workloads use real data when it is found (METAPLUG_DATA_DIR) and random data of the same
+    shapes otherwise; imagefolder workloads (named only) a generated 84x84 RGB image folder."""
     from metaplug.cli.discovery import format_table
     from metaplug.experiment.bench import bench_pair, plan
 
@@ -69,7 +85,7 @@ def bench_command(
     for pair in pairs:
         if not as_json:
             click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
-        row = bench_pair(pair, steps, warmup, reference, timeout, batching)
+        row = bench_pair(pair, steps, warmup, reference, timeout, batching, prefetch, data_workers)
         rows.append(row)
         if as_json:
             click.echo(json.dumps(row))

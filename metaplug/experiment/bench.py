@@ -17,6 +17,19 @@ PyTorch plugin's issue:
     mini-ImageNet's shape, 5-way 1-shot with 15 queries per class, 2 tasks per meta-batch;
     MAML with one inner step with lr 0.01, second order, resp. Prototypical Networks.
     Expensive on a CPU, so measured only when named (``--workload``), never by default.
+``imagefolder-maml`` / ``imagefolder-protonet``
+    conv4 on 3x84x84 RGB images from the ``image-folder`` sampler, 5-way 5-shot with 15
+    queries per class, 4 tasks per meta-batch (MAML: one inner step with lr 0.01, second
+    order): the data-loading workload. The folder is ``$METAPLUG_DATA_DIR/imagefolder`` when
+    it exists, else 20 classes x 40 generated 100x100 JPEG images under the cache folder.
+    Measured only when named.
+
+Workloads with a sampler draw their batches live, ``prefetch`` batches ahead in the
+background (:class:`~metaplug.experiment.prefetch.Prefetcher`; 0: in the loop), and
+report the time each step waited for its batch (``data_wait_ms``, and ``data_wait_pct``
+of the time per step including the wait) and the peak memory the sampler allocated while
+building its data and drawing its first batches (``sampler_peak_mb``; memory-mapped
+caches not counted).
 
 Other algorithms run on the shapes their problems allow, with their default
 hyper-parameters and the shape's inner learning rate. Each (backend, workload) pair is
@@ -26,13 +39,17 @@ and caches do not count against another's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,7 +87,20 @@ SHAPES: dict[str, Shape] = {
         input_shape=(3, 84, 84),
         on_request=True,
     ),
+    "imagefolder": Shape(
+        "imagefolder",
+        "classification",
+        "conv4",
+        4,
+        {"ways": 5, "shots": 5, "queries": 15},
+        0.01,
+        input_shape=(3, 84, 84),
+        on_request=True,
+    ),
 }
+
+SAMPLERS = {"imagefolder": "image-folder"}
+"""Shape -> task sampler, where the names differ."""
 
 NAMED: dict[str, dict[str, Any]] = {
     "sinusoid-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
@@ -79,6 +109,8 @@ NAMED: dict[str, dict[str, Any]] = {
     "omniglot-protonet": {},
     "miniimagenet-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
     "miniimagenet-protonet": {},
+    "imagefolder-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
+    "imagefolder-protonet": {},
 }
 """Workloads with fixed hyper-parameters; their algorithms get no generic workloads."""
 
@@ -137,7 +169,7 @@ def nominal_gflop(w: Workload) -> float | None:
         return None
     options = w.shape.task_options
     images = w.shape.meta_batch_size * options["ways"] * (options["shots"] + options["queries"])
-    return 3 * images * conv4_forward_flops((1, 28, 28), options["ways"]) / 1e9
+    return 3 * images * conv4_forward_flops(w.shape.input_shape, options["ways"]) / 1e9
 
 
 # -- child side -----------------------------------------------------------------------------
@@ -157,6 +189,106 @@ def episodes(w: Workload, count: int, seed: int = 0) -> tuple[list[EpisodeBatch]
         return _random_images(w, count, seed, "random (Omniglot not found)")
     source = "sinusoid (generated)" if w.shape.name == "sinusoid" else f"{w.shape.name} (real)"
     return [sampler.sample(w.shape.meta_batch_size) for _ in range(count)], sampler.spec, source
+
+
+def bench_image_folder(classes: int = 20, per_class: int = 40, side: int = 100) -> tuple[Path, str]:
+    """The image folder of the ``imagefolder`` workloads and its description:
+    ``$METAPLUG_DATA_DIR/imagefolder`` if it exists, else generated once (seeded smooth
+    colour patterns saved as JPEG) under ``$METAPLUG_CACHE_DIR/bench``."""
+    import os
+    import shutil
+    import tempfile
+
+    from metaplug.tasks.datasets import cache_dir, data_dir
+
+    real = data_dir("imagefolder")
+    if real.is_dir():
+        return real, f"imagefolder ({real})"
+    folder = cache_dir() / "bench" / f"imagefolder-{classes}x{per_class}-{side}px"
+    description = f"imagefolder (generated: {classes} classes x {per_class} JPEG, {side}px)"
+    if folder.is_dir():
+        return folder, description
+    from PIL import Image
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        rng = np.random.default_rng(0)
+        grid = np.linspace(0, 1, side, dtype=np.float32)
+        for c in range(classes):
+            (staging / f"class{c:03d}").mkdir()
+            base = rng.uniform(0, 6, size=(3, 2))
+            for i in range(per_class):
+                phase = rng.uniform(0, 6, size=3)
+                pixels = np.stack(
+                    [
+                        0.5 + 0.5 * np.sin(base[k, 0] * grid[:, None] * 6 + base[k, 1] * grid[None, :] * 6 + phase[k])
+                        for k in range(3)
+                    ],
+                    axis=-1,
+                )
+                noise = rng.normal(0, 0.05, size=pixels.shape)
+                image = np.clip(255 * (pixels + noise), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(staging / f"class{c:03d}" / f"{i:03d}.jpg", quality=90)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder, description
+
+
+@dataclass
+class BatchSource:
+    """Where the timed steps get their batches: ``draw()`` gives the next one."""
+
+    draw: Callable[[], EpisodeBatch]
+    spec: TaskSpec
+    description: str
+    sampler_peak_mb: float | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def batch_source(w: Workload, prefetch: int, workers: int = 1, seed: int = 0, probe: int = 3) -> BatchSource:
+    """The workload's batches drawn live from its sampler (``prefetch`` ahead in the
+    background), or cycled from four seeded random batches when there is no sampler or
+    no data. The sampler's peak memory is measured while it is built and draws ``probe``
+    batches."""
+    from metaplug.experiment.prefetch import Prefetcher
+    from metaplug.plugins.discovery import registry
+
+    name = SAMPLERS.get(w.shape.name, w.shape.name)
+    options: dict[str, Any] = dict(w.shape.task_options)
+    description = "sinusoid (generated)" if w.shape.name == "sinusoid" else f"{w.shape.name} (real)"
+    if name not in registry().names("task-samplers"):
+        return _cycled(w, seed, f"random ({w.shape.name} shape; no sampler)")
+    if w.shape.name == "imagefolder":
+        root, description = bench_image_folder()
+        options.update(root=str(root), image_size=w.shape.input_shape[-1], color="rgb")
+    tracemalloc.start()
+    try:
+        sampler = registry().load("task-samplers", name)(split="train", seed=seed, **options)
+        tasks = w.shape.meta_batch_size
+        source: Any = Prefetcher(sampler, tasks, prefetch, workers) if prefetch else sampler
+        for _ in range(probe):
+            source.sample(tasks)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    except DatasetError:
+        return _cycled(w, seed, "random (Omniglot not found)")
+    finally:
+        tracemalloc.stop()
+    return BatchSource(
+        lambda: source.sample(tasks),
+        sampler.spec,
+        description,
+        round(peak, 1),
+        source.close if isinstance(source, Prefetcher) else (lambda: None),
+    )
+
+
+def _cycled(w: Workload, seed: int, description: str) -> BatchSource:
+    batches, spec, _ = _random_images(w, 4, seed, description)
+    cycle = itertools.cycle(batches)
+    return BatchSource(lambda: next(cycle), spec, description)
 
 
 def _random_images(
@@ -185,9 +317,16 @@ def _random_images(
 
 
 def measure(
-    backend_name: str, workload_name: str, steps: int, warmup: int, batching: str | None = None
+    backend_name: str,
+    workload_name: str,
+    steps: int,
+    warmup: int,
+    batching: str | None = None,
+    prefetch: int = 2,
+    data_workers: int = 1,
 ) -> dict[str, Any]:
-    """Time ``steps`` meta-training steps after ``warmup`` untimed ones (the child's work)."""
+    """Time ``steps`` meta-training steps after ``warmup`` untimed ones, and the time each
+    waited for its batch (the child's work)."""
     from metaplug.experiment.components import algorithm as build_algorithm
     from metaplug.experiment.components import describe_options
     from metaplug.plugins.discovery import registry
@@ -204,23 +343,29 @@ def measure(
         if "batching" not in names:
             raise ConfigError(f"{w.algorithm} ({backend_name}) has no batching option")
         options["batching"] = batching
-    batches, spec, source = episodes(w, min(steps + warmup, 4))
+    source = batch_source(w, prefetch, data_workers)
     algorithm = build_algorithm(
         w.algorithm,
-        spec=spec,
+        spec=source.spec,
         backend=backend_name,
         model=w.shape.model,
         optimizer=OUTER_OPTIMIZER,
         lr=OUTER_LR,
         **options,
     )
-    for i in range(warmup):
-        algorithm.meta_train_step(batches[i % len(batches)])
-    times = []
-    for i in range(steps):
-        began = time.perf_counter()
-        algorithm.meta_train_step(batches[(warmup + i) % len(batches)])
-        times.append(time.perf_counter() - began)
+    try:
+        for _ in range(warmup):
+            algorithm.meta_train_step(source.draw())
+        times, waits = [], []
+        for _ in range(steps):
+            asked = time.perf_counter()
+            batch = source.draw()
+            began = time.perf_counter()
+            algorithm.meta_train_step(batch)
+            times.append(time.perf_counter() - began)
+            waits.append(began - asked)
+    finally:
+        source.close()
     median = statistics.median(times)
     return {
         "backend": backend_name,
@@ -231,9 +376,13 @@ def measure(
         "median_ms": round(1000 * median, 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "data_wait_ms": round(1000 * statistics.mean(waits), 3),
+        "data_wait_pct": round(100 * sum(waits) / (sum(waits) + sum(times)), 2),
+        "prefetch": prefetch,
+        "sampler_peak_mb": source.sampler_peak_mb,
         "steps": steps,
         "warmup": warmup,
-        "data": source,
+        "data": source.description,
         "device": str(getattr(getattr(algorithm, "backend", None), "device", "cpu")),
     }
 
@@ -290,7 +439,13 @@ def plan(backend: str | None = None, algorithm: str | None = None, workload_name
 
 
 def run_child(
-    pair: Pair, steps: int, warmup: int, batching: str | None = None, timeout: float | None = None
+    pair: Pair,
+    steps: int,
+    warmup: int,
+    batching: str | None = None,
+    timeout: float | None = None,
+    prefetch: int = 2,
+    data_workers: int = 1,
 ) -> dict[str, Any]:
     """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process."""
     request = json.dumps(
@@ -300,6 +455,8 @@ def run_child(
             "steps": steps,
             "warmup": warmup,
             "batching": batching,
+            "prefetch": prefetch,
+            "data_workers": data_workers,
         }
     )
     command = [sys.executable, "-m", "metaplug", "bench-child", request]
@@ -321,6 +478,8 @@ def bench_pair(
     reference: bool = False,
     timeout: float | None = None,
     batching: str | None = None,
+    prefetch: int = 2,
+    data_workers: int = 1,
 ) -> dict[str, Any]:
     """One output row: the measurement (with ``batching``, that mode instead of the
     algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
@@ -330,14 +489,14 @@ def bench_pair(
         "algorithm": pair.workload.algorithm,
         "workload": pair.workload.name,
     }
-    row.update(run_child(pair, steps, warmup, batching=batching, timeout=timeout))
+    row.update(run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers))
     gflop = nominal_gflop(pair.workload)
     if gflop is not None:
         row["nominal_gflop"] = round(gflop, 1)
         if row.get("median_ms"):
             row["gflop_per_s"] = round(gflop / (row["median_ms"] / 1000), 1)
     if reference:
-        measured = run_child(pair, steps, warmup, batching="reference", timeout=timeout)
+        measured = run_child(pair, steps, warmup, "reference", timeout, prefetch, data_workers)
         if "error" in measured:
             row["reference"] = f"not measured: {measured['error']}"
         else:
@@ -365,6 +524,8 @@ def child_main(request_json: str) -> dict[str, Any]:
             int(request["steps"]),
             int(request["warmup"]),
             request.get("batching"),
+            int(request.get("prefetch", 2)),
+            int(request.get("data_workers", 1)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad bench-child request: {exc}") from exc

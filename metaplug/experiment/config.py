@@ -68,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
         "patience": 0,
         "min_delta": 0.0,
         "observers": ["jsonl"],
+        "prefetch": 2,
+        "data_workers": 1,
     },
     "evaluation": {"episodes": 600, "steps": None, "ways": None, "shots": None, "queries": None},
 }
@@ -118,6 +120,8 @@ SETTINGS: dict[str, Setting] = {
     "train.patience": Setting(int, 0),
     "train.min_delta": Setting(float, 0),
     "train.observers": Setting(tuple[str, ...]),
+    "train.prefetch": Setting(int, 0),
+    "train.data_workers": Setting(int, 1),
     "evaluation.episodes": Setting(int, 1),
     "evaluation.steps": Setting(int | None, 0),
     "evaluation.ways": Setting(int | None, 1),
@@ -130,6 +134,8 @@ Each validation that improves ``monitor`` (``auto``: validation accuracy for cla
 else loss; ``monitor_mode`` ``auto``: max for accuracy, else min) by more than ``min_delta``
 writes the ``best`` checkpoint; ``patience`` N > 0 stops training after N validations
 without improvement. ``observers`` names the run observers (``jsonl`` writes ``metrics.jsonl``).
+``prefetch`` is how many meta-batches are drawn ahead in the background (0: none) and
+``data_workers`` how many threads build them (see :mod:`metaplug.experiment.prefetch`).
 ``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
 test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
 
@@ -156,6 +162,8 @@ class TrainSettings:
     patience: int = 0
     min_delta: float = 0.0
     observers: tuple[str, ...] = ("jsonl",)
+    prefetch: int = 2
+    data_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -276,8 +284,8 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
             continue
         table = dict(raw.get(name, {}))
         fixed = {k.split(".", 1)[1] for k in SETTINGS if k.startswith(f"{name}.")}
-        for key in fixed:
-            table[key] = SETTINGS[f"{name}.{key}"].check(f"{name}.{key}", table.get(key))
+        for key in fixed:  # a key added after a run was saved takes its default
+            table[key] = SETTINGS[f"{name}.{key}"].check(f"{name}.{key}", table.get(key, DEFAULTS[name].get(key)))
         if name not in COMPONENT_SECTIONS:
             unknown = sorted(set(table) - fixed)
             if unknown:

@@ -17,16 +17,18 @@ from typing import Any
 import numpy as np
 
 from metaplug import __version__
+from metaplug.contract.interfaces import TaskSampler
 from metaplug.contract.observers import RunStart
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment.components import Experiment, build, check, resolve_monitor
-from metaplug.experiment.config import SETTINGS, ExperimentConfig, defaults, from_dict, merge
+from metaplug.experiment.config import SETTINGS, ExperimentConfig, TrainSettings, defaults, from_dict, merge
 from metaplug.experiment.evaluation import evaluate_episodes, summarize
 from metaplug.experiment.files import write_bytes_atomic, write_json_atomic
 from metaplug.experiment.memory import check_fits_in_memory
 from metaplug.experiment.metrics import RunningMeans
 from metaplug.experiment.observers import Observers
+from metaplug.experiment.prefetch import Prefetcher
 from metaplug.experiment.progress import ProgressBar
 from metaplug.experiment.rundir import (
     BEST_DIR,
@@ -153,6 +155,7 @@ class Trainer:
         self.val_sampler = split_sampler(experiment, "val") if self.cfg.train.val_every else None
         self.test_sampler = split_sampler(experiment, "test") if self.cfg.train.test_tasks else None
         """Built before training, so that test episodes the split cannot provide fail at once."""
+        self.batches = training_batches(experiment.train_sampler, self.cfg.train)
         self.running = RunningMeans()
         self.step = 0
         self.elapsed_before = 0.0
@@ -175,7 +178,7 @@ class Trainer:
         """Continue from ``saved`` (the algorithm's arrays are already loaded)."""
         try:
             samplers = saved.record["samplers"]
-            self.experiment.train_sampler.load_state_dict(samplers["train"])
+            self.batches.load_state_dict(samplers["train"])
             if self.val_sampler is not None and samplers.get("val") is not None:
                 self.val_sampler.load_state_dict(samplers["val"])
             progress = saved.record.get("progress", {})
@@ -195,7 +198,7 @@ class Trainer:
         self.observers.checkpoint(self.step, "last")
         record = {
             "samplers": {
-                "train": self.experiment.train_sampler.state_dict(),
+                "train": self.batches.state_dict(),
                 "val": self.val_sampler.state_dict() if self.val_sampler is not None else None,
             },
             "progress": {**self.running.state(), "elapsed": self.elapsed()},
@@ -294,10 +297,12 @@ class Trainer:
             if saved_at != self.step:
                 self.save_checkpoint()
         finally:
+            if isinstance(self.batches, Prefetcher):
+                self.batches.close()
             bar.close()
 
     def train_step(self) -> dict[str, float]:
-        batch = self.experiment.train_sampler.sample(self.cfg.train.meta_batch_size)
+        batch = self.batches.sample(self.cfg.train.meta_batch_size)
         try:
             metrics = {k: float(v) for k, v in self.experiment.algorithm.meta_train_step(batch).items()}
         except (OverflowError, FloatingPointError, RuntimeError, ValueError) as exc:
@@ -380,6 +385,14 @@ class Trainer:
                 **summarize(per_task),
             }
         return results
+
+
+def training_batches(sampler: TaskSampler, settings: TrainSettings) -> TaskSampler | Prefetcher:
+    """The training sampler, drawn ``train.prefetch`` meta-batches ahead in the background
+    (by ``train.data_workers`` threads) unless that is 0."""
+    if not settings.prefetch:
+        return sampler
+    return Prefetcher(sampler, settings.meta_batch_size, settings.prefetch, settings.data_workers)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,30 @@ def register_task_samplers(register: Register) -> None:
     )
     for name, target, summary in BENCHMARKS:
         register(Component(name=name, summary=summary, target=target, problems=("classification",)))
+    register(
+        Component(
+            name="image-folder",
+            summary="N-way K-shot episodes over your own images, ROOT/<class>/<images> (tasks.root=PATH).",
+            target="metaplug.tasks.imagefolder:ImageFolderSampler",
+            problems=("classification",),
+        )
+    )
+    register(
+        Component(
+            name="table",
+            summary="Meta-regression over the tasks of a CSV or .npz table (tasks.path=FILE, tasks.task_column=...).",
+            target="metaplug.tasks.table:TableSampler",
+            problems=("regression",),
+        )
+    )
+    register(
+        Component(
+            name="table-classes",
+            summary="N-way K-shot classification over the rows of a CSV or .npz table (tasks.class_column=...).",
+            target="metaplug.tasks.table:TableClassesSampler",
+            problems=("classification",),
+        )
+    )
 
 
 BENCHMARKS = (
