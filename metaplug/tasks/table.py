@@ -4,7 +4,8 @@
 ``table``
     meta-regression: ``task_column`` names each row's task (a family of related
     regression problems: one patient, one machine, one city...); ``targets`` are the
-    columns to predict and ``features`` (default: every other numeric column) the inputs.
+    columns to predict and ``features`` (default: every other column) the inputs; every
+    value of these columns must be a number.
     An episode is one task with ``shots`` support and ``queries`` query rows drawn
     without overlap.
 ``table-classes``
@@ -88,20 +89,6 @@ class Table:
             if not math.isfinite(out[row]):
                 raise DatasetError(f"{self.path}, {self.where(row)}, column {name!r}: {str(text)!r} is not a number")
         return out
-
-    def numeric_columns(self) -> list[str]:
-        """Columns whose every value is a number (in the order of the file)."""
-        found = []
-        for name, values in self.columns.items():
-            if values.dtype.kind in "biuf":
-                found.append(name)
-                continue
-            try:
-                values.astype(np.float64)
-            except ValueError:
-                continue
-            found.append(name)
-        return found
 
 
 def read_table(path: Path) -> Table:
@@ -199,7 +186,7 @@ class TableOptions(Options):
     """Shared options of the table samplers."""
 
     path: str | None = option(None, help="the table: a CSV file with a header, or a .npz of 1-D arrays")
-    features: tuple[str, ...] = option((), help="input columns (default: every other numeric column)")
+    features: tuple[str, ...] = option((), help="input columns (default: every column not otherwise used)")
     split_column: str | None = option(None, help="column of train/val/test values (default: split_ratio)")
     split_ratio: tuple[float, float, float] = option((0.7, 0.15, 0.15), minimum=0, help="train/val/test shares")
     split_seed: int = option(0, minimum=0, help="seed of the ratio split")
@@ -216,9 +203,9 @@ def _resolve_path(o: TableOptions, owner: str, data_dir: str | None) -> Path:
 
 
 def _features(table: Table, o: TableOptions, used: list[str]) -> tuple[list[str], np.ndarray]:
-    names = list(o.features) or [c for c in table.numeric_columns() if c not in used]
+    names = list(o.features) or [c for c in table.columns if c not in used]
     if not names:
-        raise DatasetError(f"{table.path} has no numeric feature columns besides {', '.join(used)}")
+        raise DatasetError(f"{table.path} has no feature columns besides {', '.join(used)}")
     for name in names:
         if name in used:
             raise ConfigError(f"tasks.features names {name!r}, which is the task, class, split or a target column")
@@ -318,6 +305,7 @@ class TableClassesSampler(EpisodeSampler):
 
     def __init__(self, split: str = "train", seed: int = 0, data_dir: str | None = None, **options: Any) -> None:
         o = self.Options.parse(options, owner="task sampler 'table-classes'")
+        rng = split_rng(seed, split)
         table = read_table(_resolve_path(o, "table-classes", data_dir))
         labels = table.column(o.class_column, "class_column").astype(str)
         used = [o.class_column, *([o.split_column] if o.split_column else [])]
@@ -343,7 +331,7 @@ class TableClassesSampler(EpisodeSampler):
         ids = np.searchsorted(self.class_names, labels[mine])
         self.dataset = LabelledArrays(x[mine].astype(np.float32), ids)
         self.split = split
-        self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, split_rng(seed, split), where=where)
+        self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, rng, where=where)
         self.spec = TaskSpec(
             problem="classification",
             input_shape=(x.shape[1],),
