@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -27,7 +28,13 @@ def shared_folder() -> Path:
 
 class TestImageFolderConformance(TaskSamplerConformance):
     sampler = "image-folder"
-    options = {"ways": 3, "shots": 2, "queries": 2, "image_size": 16, "split_ratio": [0.5, 0.25, 0.25]}
+    options: ClassVar[dict[str, Any]] = {
+        "ways": 3,
+        "shots": 2,
+        "queries": 2,
+        "image_size": 16,
+        "split_ratio": [0.5, 0.25, 0.25],
+    }
 
     def make(self, split="train", seed=0):
         return self.load()(split=split, seed=seed, root=str(shared_folder()), **self.options)
@@ -42,11 +49,11 @@ def test_ratio_split_is_seeded_disjoint_and_covers_every_class(tmp_path):
     root = make_image_folder(tmp_path / "images", classes=10, per_class=4)
     parts = {s: sampler(root, s, split_ratio=[0.6, 0.2, 0.2]).classes for s in ("train", "val", "test")}
     assert [len(parts[s]) for s in ("train", "val", "test")] == [6, 2, 2]
-    assert sorted(sum(parts.values(), [])) == [f"class{k:02d}" for k in range(10)]
+    assert sorted(c for names in parts.values() for c in names) == [f"class{k:02d}" for k in range(10)]
     assert sampler(root, "val", split_seed=1).classes != sampler(root, "val", split_seed=0).classes
     batch = sampler(root).sample(2)
     assert batch.support_x.shape == (2, 2, 3, 16, 16) and batch.query_x.shape == (2, 4, 3, 16, 16)
-    assert batch.support_x.dtype == np.float32 and 0 <= batch.support_x.min() and batch.support_x.max() <= 1
+    assert batch.support_x.dtype == np.float32 and batch.support_x.min() >= 0 and batch.support_x.max() <= 1
 
 
 def test_split_folders_and_split_files(tmp_path):

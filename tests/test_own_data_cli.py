@@ -21,9 +21,12 @@ BACKENDS = [
     "torch",
     pytest.param(
         "tensorflow",
-        marks=pytest.mark.skipif(
-            __import__("importlib").util.find_spec("metaplug_tensorflow") is None, reason="metaplug-tensorflow missing"
-        ),
+        marks=[
+            pytest.mark.slow,  # TensorFlow's start-up: 12-16 s a run on two cores
+            pytest.mark.skipif(
+                importlib.util.find_spec("metaplug_tensorflow") is None, reason="no metaplug-tensorflow"
+            ),
+        ],
     ),
 ]
 

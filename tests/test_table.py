@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def tables() -> Path:
 
 class TestTableConformance(TaskSamplerConformance):
     sampler = "table"
-    options = {"shots": 5, "queries": 5}
+    options: ClassVar[dict[str, Any]] = {"shots": 5, "queries": 5}
 
     def make(self, split="train", seed=0):
         return self.load()(split=split, seed=seed, path=str(tables() / "sites.csv"), **self.options)
@@ -33,7 +34,13 @@ class TestTableConformance(TaskSamplerConformance):
 
 class TestTableClassesConformance(TaskSamplerConformance):
     sampler = "table-classes"
-    options = {"ways": 2, "shots": 2, "queries": 3, "class_column": "species", "split_ratio": [0.6, 0.2, 0.2]}
+    options: ClassVar[dict[str, Any]] = {
+        "ways": 2,
+        "shots": 2,
+        "queries": 3,
+        "class_column": "species",
+        "split_ratio": [0.6, 0.2, 0.2],
+    }
 
     def make(self, split="train", seed=0):
         return self.load()(split=split, seed=seed, path=str(tables() / "species.csv"), **self.options)
