@@ -14,6 +14,7 @@ from plugin_factory import algorithm_plugin, write_plugin
 import metaplug
 
 STANDARD_BENCHMARKS = ["mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub"]
+OWN_DATA = ["image-folder", "table", "table-classes"]
 
 
 def run(*args: str, env_extra: dict[str, str] | None = None, python_args: tuple[str, ...] = ()):
@@ -46,7 +47,12 @@ def test_plugins_json_reports_components_and_errors(fake_site):
     assert listing["cli_algo_plugin"]["hooks"] == ["register_algorithms"]
     assert listing["cli_algo_plugin"]["version"] == "1.0.0"
     assert listing["cli_broken"]["error"] == "RuntimeError: this plugin is broken"
-    assert listing["metaplug"]["components"]["task-samplers"] == ["sinusoid", "omniglot", *STANDARD_BENCHMARKS]
+    assert listing["metaplug"]["components"]["task-samplers"] == [
+        "sinusoid",
+        "omniglot",
+        *STANDARD_BENCHMARKS,
+        *OWN_DATA,
+    ]
 
 
 def test_plugins_table_reports_broken_plugin_on_stderr(fake_site):

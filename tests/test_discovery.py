@@ -12,6 +12,7 @@ from metaplug.errors import BackendNotSupportedError, ConfigError, PluginError, 
 from metaplug.plugins import discovery as plugins
 
 STANDARD_BENCHMARKS = ["mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub"]
+OWN_DATA = ["image-folder", "table", "table-classes"]
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_builtin_task_samplers_go_through_the_hooks(site):
     found = plugins.discover()
     builtin = plugin_named(found, "metaplug")
     assert builtin.components == {
-        "task-samplers": ["sinusoid", "omniglot", *STANDARD_BENCHMARKS],
+        "task-samplers": ["sinusoid", "omniglot", *STANDARD_BENCHMARKS, *OWN_DATA],
         "observers": ["jsonl"],
     }
     assert builtin.hooks == ["register_observers", "register_task_samplers"]
@@ -279,7 +280,7 @@ def test_only_named_plugins_load(site, monkeypatch):
     found = plugins.discover()
     assert found.registry.names("algorithms") == ["wanted-algo"]
     assert plugin_named(found, "unwanted").disabled
-    assert found.registry.names("task-samplers") == sorted(["omniglot", "sinusoid", *STANDARD_BENCHMARKS])  # built-ins
+    assert found.registry.names("task-samplers") == sorted(["omniglot", "sinusoid", *STANDARD_BENCHMARKS, *OWN_DATA])
 
 
 def test_lookup_errors_suggest_and_list_backends(site):
