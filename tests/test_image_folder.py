@@ -59,6 +59,8 @@ def test_ratio_split_is_seeded_disjoint_and_covers_every_class(tmp_path):
 def test_split_folders_and_split_files(tmp_path):
     folders = make_image_folder(tmp_path / "by-folder", classes=2, per_class=3, splits=("train", "val", "test"))
     assert sampler(folders, "val").classes == ["class02", "class03"]
+    with pytest.raises(ConfigError, match="remove split_files"):
+        sampler(folders, split_files=str(tmp_path))
     flat = make_image_folder(tmp_path / "flat", classes=6, per_class=3)
     lists = tmp_path / "splits"
     lists.mkdir()

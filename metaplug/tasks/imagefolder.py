@@ -85,6 +85,11 @@ def split_classes(
 ) -> dict[str, list[Path]]:
     """The class folders of each split, for the layout ``root`` and the options use."""
     if has_split_folders(root):
+        if split_files is not None:
+            raise ConfigError(
+                f"{root} is split into train/, val/ and test/ folders; "
+                f"remove split_files ({split_files}) or the folders"
+            )
         return {s: class_folders(root / s) if (root / s).is_dir() else _missing_split(root, s) for s in SPLITS}
     folders = {p.name: p for p in class_folders(root)}
     if split_files is not None:
