@@ -92,3 +92,16 @@ def test_an_error_while_drawing_reaches_the_caller():
     wrapped.sample(2)
     with pytest.raises(RuntimeError, match="disk went away"):
         wrapped.sample(2)
+
+
+def test_prefetch_settings_and_runs_saved_before_them():
+    from metaplug.experiment.config import defaults, from_dict
+
+    raw = defaults()
+    assert (raw["train"]["prefetch"], raw["train"]["data_workers"]) == (2, 1)
+    del raw["train"]["prefetch"], raw["train"]["data_workers"]  # a config.toml written before these keys
+    cfg = from_dict(raw)
+    assert (cfg.train.prefetch, cfg.train.data_workers) == (2, 1)
+    raw["train"]["data_workers"] = 0
+    with pytest.raises(ConfigError, match="train.data_workers must be at least 1"):
+        from_dict(raw)
