@@ -10,8 +10,9 @@ sampler's state so ``--resume`` continues bitwise:
 ``flip``
     mirror left-right with probability 1/2.
 ``jitter``
-    colour jitter: brightness, contrast and (RGB) saturation each scaled by a factor drawn
-    from ``[1 - jitter, 1 + jitter]``, in that order, clipped to ``[0, 1]``.
+    colour jitter: brightness, contrast (around the image's mean luma) and, for RGB,
+    saturation (around each pixel's luma), each by a factor drawn from
+    ``[1 - jitter, 1 + jitter]``, composed in that order and clipped to ``[0, 1]``.
 
 A class augmentation changes the classes themselves:
 
@@ -73,44 +74,55 @@ class Augmentation:
 
     def apply(self, images: np.ndarray, drawn: Mapping[str, np.ndarray]) -> np.ndarray:
         """``images`` float32 ``(count, C, H, W)`` in ``[0, 1]`` transformed by ``drawn``
-        (a pure function: the same inputs give the same output on every thread)."""
-        out = images
-        if "crop" in drawn:
-            out = _crop(out, drawn["crop"], self.padding)
+        (a pure function: the same inputs give the same output on every thread); a new
+        array, ``images`` is left alone."""
+        out = _crop(images, drawn["crop"], self.padding) if "crop" in drawn else np.array(images, dtype=np.float32)
         if "flip" in drawn:
-            out = np.where(drawn["flip"][:, None, None, None], out[..., ::-1], out)
+            for i in np.flatnonzero(drawn["flip"]):
+                out[i] = out[i, :, :, ::-1]
         if "jitter" in drawn:
-            out = _jitter(out, drawn["jitter"])
-        return np.ascontiguousarray(out, dtype=np.float32)
+            _jitter(out, drawn["jitter"])
+        return out
 
 
 def _crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarray:
+    """Each image shifted by ``offset - padding`` pixels, zeros coming in: the crop at
+    ``offset`` of the image padded by ``padding`` zeros on every side."""
     count, _, height, width = images.shape
-    padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    out = np.empty_like(images)
+    out = np.zeros(images.shape, dtype=np.float32)
     for i in range(count):
-        top, left = offsets[i]
-        out[i] = padded[i, :, top : top + height, left : left + width]
+        dy, dx = int(offsets[i, 0]) - padding, int(offsets[i, 1]) - padding
+        rows, cols = slice(max(0, dy), min(height, height + dy)), slice(max(0, dx), min(width, width + dx))
+        if rows.start < rows.stop and cols.start < cols.stop:
+            out[i, :, rows.start - dy : rows.stop - dy, cols.start - dx : cols.stop - dx] = images[i, :, rows, cols]
     return out
 
 
-def _jitter(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    brightness, contrast, saturation = (factors[:, k, None, None, None] for k in range(3))
-    out = np.clip(images * brightness, 0.0, 1.0)
-    mean = _gray(out).mean(axis=(1, 2, 3), keepdims=True)
-    out = np.clip((out - mean) * contrast + mean, 0.0, 1.0)
-    if images.shape[1] == 3:
-        gray = _gray(out)
-        out = np.clip(gray + (out - gray) * saturation, 0.0, 1.0)
-    return out
+def _jitter(images: np.ndarray, factors: np.ndarray) -> None:
+    """Brightness ``b``, contrast ``c`` (around the mean luma) and saturation ``s`` (around
+    each pixel's luma) in place, then clipped once: ``x b c s + g b c (1 - s) + m b (1 - c)``
+    for luma ``g`` and its mean ``m`` (the three blends composed; all are linear)."""
+    brightness, contrast, saturation = (factors[:, k, None, None, None].astype(np.float32) for k in range(3))
+    gray = _gray(images)
+    mean = gray.mean(axis=(1, 2, 3), keepdims=True, dtype=np.float32)
+    if images.shape[1] != 3:  # no colour to saturate
+        saturation = np.ones_like(saturation)
+    scale = brightness * contrast
+    images *= scale * saturation
+    gray *= scale * (1 - saturation)
+    images += gray
+    images += mean * brightness * (1 - contrast)
+    np.clip(images, 0.0, 1.0, out=images)
 
 
 def _gray(images: np.ndarray) -> np.ndarray:
-    """Luma ``(count, 1, H, W)`` (ITU-R 601 weights for RGB)."""
+    """Luma ``(count, 1, H, W)`` (ITU-R 601 weights for RGB), a new array."""
     if images.shape[1] != 3:
-        return images
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[None, :, None, None]
-    return (images * weights).sum(axis=1, keepdims=True)
+        return np.array(images, dtype=np.float32)
+    gray = images[:, 0:1] * np.float32(0.299)
+    gray += images[:, 1:2] * np.float32(0.587)
+    gray += images[:, 2:3] * np.float32(0.114)
+    return gray
 
 
 class RotatedClasses:

@@ -146,7 +146,7 @@ class FolderImages:
 
     def examples(self, label: int, indices: np.ndarray) -> np.ndarray:
         rows = self.starts[label] + np.asarray(indices, dtype=np.int64)
-        return self.images[rows].astype(np.float32) / np.float32(255.0)
+        return np.multiply(self.images[rows], np.float32(1 / 255), dtype=np.float32)
 
 
 @dataclass(frozen=True)
