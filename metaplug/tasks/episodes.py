@@ -150,12 +150,14 @@ class NWayKShot:
         """The batch ``plan`` describes (reads and transforms images; draws nothing)."""
         classes = plan.classes
         num_tasks, per_class = len(classes), self.shots + self.queries
-        images = np.stack(
-            [
-                np.stack([self.dataset.examples(int(c), index) for c, index in zip(task, rows, strict=True)])
-                for task, rows in zip(classes, plan.indices, strict=True)
-            ]
-        )  # (T, ways, shots + queries, *shape)
+        images: np.ndarray | None = None  # (T, ways, shots + queries, *shape), filled in place
+        for t, (task, rows) in enumerate(zip(classes, plan.indices, strict=True)):
+            for w, (c, index) in enumerate(zip(task, rows, strict=True)):
+                examples = self.dataset.examples(int(c), index)
+                if images is None:
+                    images = np.empty((num_tasks, self.ways, per_class, *examples.shape[1:]), dtype=np.float32)
+                images[t, w] = examples
+        assert images is not None
         shape = images.shape[3:]
         if plan.augment and self.augmentation is not None:
             flat = self.augmentation.apply(images.reshape(-1, *shape), plan.augment)
