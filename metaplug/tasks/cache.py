@@ -141,22 +141,24 @@ def decode_image(source: Path, size: tuple[int, int], color: str) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
 
 
-def decode_images(paths: Sequence[Path], out: np.ndarray, workers: int | None = None) -> None:
+def decode_images(paths: Sequence[Path], out: np.ndarray, workers: int | None = None, chunk: int = 64) -> None:
     """Decode ``paths`` into ``out`` (uint8 ``(len(paths), C, H, W)``; ``C`` 1 for gray, 3
-    for RGB) with ``workers`` threads (default: the CPUs, at most 8). The first unreadable
-    file stops the decode with a :class:`DatasetError` naming it."""
+    for RGB) with ``workers`` threads (default: the CPUs, at most 8), ``chunk`` files per
+    task so that memory does not grow with the number of files. The first unreadable file
+    (in order) stops the decode with a :class:`DatasetError` naming it."""
     if out.ndim != 4 or out.shape[1] not in (1, 3) or len(out) != len(paths):
         raise ValueError(f"out must be (len(paths), 1 or 3, H, W), got {out.shape} for {len(paths)} paths")
     color = "gray" if out.shape[1] == 1 else "rgb"
     size = (int(out.shape[2]), int(out.shape[3]))
 
-    def decode(index: int) -> None:
-        out[index] = decode_image(paths[index], size, color)
+    def decode(start: int) -> None:
+        for index in range(start, min(start + chunk, len(paths))):
+            out[index] = decode_image(paths[index], size, color)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for _ in pool.map(decode, range(len(paths))):
+            for _ in pool.map(decode, range(0, len(paths), chunk)):
                 pass
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
