@@ -30,6 +30,15 @@ def test_crop_shifts_the_padded_image(images):
     assert not corner[:, :, :2].any() and not corner[:, :, :, :2].any()  # the zero padding came in
 
 
+def test_crop_matches_cropping_the_padded_image():
+    images = np.random.default_rng(2).random((40, 3, 7, 9), dtype=np.float32)
+    offsets = np.random.default_rng(3).integers(0, 2 * 8 + 1, size=(40, 2))  # some shifted out entirely
+    out = Augmentation(("crop",), padding=8).apply(images, {"crop": offsets})
+    padded = np.pad(images, ((0, 0), (0, 0), (8, 8), (8, 8)))
+    for i, (top, left) in enumerate(offsets):
+        np.testing.assert_array_equal(out[i], padded[i, :, top : top + 7, left : left + 9])
+
+
 def test_jitter_keeps_pixels_in_range_and_factor_one_is_identity(images):
     augmentation = Augmentation(("jitter",), jitter=0.9)
     np.testing.assert_allclose(augmentation.apply(images, {"jitter": np.ones((6, 3), np.float32)}), images, atol=1e-6)

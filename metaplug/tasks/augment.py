@@ -73,29 +73,44 @@ class Augmentation:
         return drawn
 
     def apply(self, images: np.ndarray, drawn: Mapping[str, np.ndarray]) -> np.ndarray:
-        """``images`` float32 ``(count, C, H, W)`` in ``[0, 1]`` transformed by ``drawn``
-        (a pure function: the same inputs give the same output on every thread); a new
-        array, ``images`` is left alone."""
-        out = _crop(images, drawn["crop"], self.padding) if "crop" in drawn else np.array(images, dtype=np.float32)
-        if "flip" in drawn:
-            for i in np.flatnonzero(drawn["flip"]):
-                out[i] = out[i, :, :, ::-1]
-        if "jitter" in drawn:
-            _jitter(out, drawn["jitter"])
+        """``images`` float32 ``(count, C, H, W)`` in ``[0, 1]`` transformed by ``drawn``,
+        as a new array (a pure function: the same inputs give the same output on every
+        thread)."""
+        out = np.array(images, dtype=np.float32)
+        self.apply_in_place(out, drawn)
         return out
 
+    def apply_in_place(self, images: np.ndarray, drawn: Mapping[str, np.ndarray]) -> None:
+        """:meth:`apply` overwriting ``images`` (float32, C-contiguous): no new batch-sized
+        array, which matters as much as the arithmetic for 84x84 RGB batches."""
+        if "crop" in drawn:
+            _crop(images, drawn["crop"], self.padding)
+        if "flip" in drawn:
+            for i in np.flatnonzero(drawn["flip"]):
+                images[i] = images[i, :, :, ::-1]
+        if "jitter" in drawn:
+            _jitter(images, drawn["jitter"])
 
-def _crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarray:
-    """Each image shifted by ``offset - padding`` pixels, zeros coming in: the crop at
-    ``offset`` of the image padded by ``padding`` zeros on every side."""
-    count, _, height, width = images.shape
-    out = np.zeros(images.shape, dtype=np.float32)
-    for i in range(count):
-        dy, dx = int(offsets[i, 0]) - padding, int(offsets[i, 1]) - padding
-        rows, cols = slice(max(0, dy), min(height, height + dy)), slice(max(0, dx), min(width, width + dx))
-        if rows.start < rows.stop and cols.start < cols.stop:
-            out[i, :, rows.start - dy : rows.stop - dy, cols.start - dx : cols.stop - dx] = images[i, :, rows, cols]
-    return out
+
+def _crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> None:
+    """Each image (in place) cropped at ``offset`` from itself padded by ``padding`` zeros
+    on every side: shifted by ``offset - padding`` pixels, zeros coming in."""
+    _, _, height, width = images.shape
+    for i, (top, left) in enumerate(offsets.tolist()):
+        dy, dx = top - padding, left - padding
+        if dy == 0 and dx == 0:
+            continue
+        image = images[i]
+        rows = slice(max(0, -dy), min(height, height - dy))  # where the kept pixels go
+        cols = slice(max(0, -dx), min(width, width - dx))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            image[:] = 0
+            continue
+        image[:, rows, cols] = image[:, rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx]
+        image[:, : rows.start] = 0
+        image[:, rows.stop :] = 0
+        image[:, :, : cols.start] = 0
+        image[:, :, cols.stop :] = 0
 
 
 def _jitter(images: np.ndarray, factors: np.ndarray) -> None:
@@ -108,10 +123,10 @@ def _jitter(images: np.ndarray, factors: np.ndarray) -> None:
     if images.shape[1] != 3:  # no colour to saturate
         saturation = np.ones_like(saturation)
     scale = brightness * contrast
-    images *= scale * saturation
     gray *= scale * (1 - saturation)
+    gray += mean * brightness * (1 - contrast)  # the per-pixel and per-image terms, on one channel
+    images *= scale * saturation
     images += gray
-    images += mean * brightness * (1 - contrast)
     np.clip(images, 0.0, 1.0, out=images)
 
 

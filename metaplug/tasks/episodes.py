@@ -160,8 +160,7 @@ class NWayKShot:
         assert images is not None
         shape = images.shape[3:]
         if plan.augment and self.augmentation is not None:
-            flat = self.augmentation.apply(images.reshape(-1, *shape), plan.augment)
-            images = flat.reshape(images.shape)
+            self.augmentation.apply_in_place(images.reshape(-1, *shape), plan.augment)
         labels = np.broadcast_to(np.arange(self.ways, dtype=np.int64)[:, None], (self.ways, per_class))
         labels = np.broadcast_to(labels, (num_tasks, self.ways, per_class))
         support, query = slice(0, self.shots), slice(self.shots, per_class)
