@@ -156,8 +156,6 @@ class Trainer:
         self.test_sampler = split_sampler(experiment, "test") if self.cfg.train.test_tasks else None
         """Built before training, so that test episodes the split cannot provide fail at once."""
         self.batches = training_batches(experiment.train_sampler, self.cfg.train)
-        self.test_sampler = experiment.sampler("test") if self.cfg.train.test_tasks else None
-        """Built before training so that test data that cannot be used fails the run at once."""
         self.running = RunningMeans()
         self.step = 0
         self.elapsed_before = 0.0

@@ -6,7 +6,7 @@ Layouts (the first that applies):
     the splits as folders.
 ``ROOT/<class>/...`` with ``split_files = "DIR"``
     ``DIR/train.csv`` (or ``.txt``), ``DIR/val...`` and ``DIR/test...`` list each split's
-    classes (see :func:`metaplug.tasks.splits.read_split_file`).
+    classes (see :func:`metaplug.tasks.class_splits.read_split_file`).
 ``ROOT/<class>/...``
     the classes (sorted) shuffled with ``split_seed`` and cut by ``split_ratio``.
 
@@ -30,8 +30,8 @@ from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError, DatasetError
 from metaplug.tasks.augment import AUGMENTATIONS, Augmentation, RotatedClasses, check_names
 from metaplug.tasks.cache import COLORS, cached_array, decode_images, files_key
+from metaplug.tasks.class_splits import ratio_split, read_split_file, split_file
 from metaplug.tasks.episodes import ClassDataset, EpisodeSampler, NWayKShot, split_rng
-from metaplug.tasks.splits import ratio_split, read_split_file, split_file
 
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 

@@ -35,6 +35,7 @@ import numpy as np
 from metaplug.contract.interfaces import SPLITS, EpisodeBatch, TaskSpec
 from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError, DatasetError
+from metaplug.tasks.class_splits import ratio_split
 from metaplug.tasks.episodes import (
     EpisodeSampler,
     LabelledArrays,
@@ -44,7 +45,6 @@ from metaplug.tasks.episodes import (
     set_rng_state,
     split_rng,
 )
-from metaplug.tasks.splits import ratio_split
 
 
 @dataclass(frozen=True)
