@@ -107,5 +107,3 @@ def test_bad_data_is_one_line_on_the_command_line(tmp_path):
     done = metaplug("train", "--tasks", "table", "--set", f"tasks.path={table}", "--iterations", "1",
                     cache=tmp_path / "cache")  # fmt: skip
     assert_one_line_error(done, "t.csv, line 15, column 'x': 'n/a' is not a number")
-    done = metaplug("train", "--tasks", "image-folder", "--iterations", "1", cache=tmp_path / "cache")
-    assert_one_line_error(done, "needs tasks.root")
