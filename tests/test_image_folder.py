@@ -74,6 +74,13 @@ def test_split_folders_and_split_files(tmp_path):
         sampler(flat, "train", split_files=str(lists))
 
 
+def test_read_examples_reads_files_as_the_cache_holds_them(tmp_path):
+    root = make_image_folder(tmp_path / "images", classes=4, per_class=3)
+    train = sampler(root, split_ratio=[0.5, 0.25, 0.25])
+    files = sorted((root / train.classes[0]).iterdir())
+    np.testing.assert_array_equal(train.read_examples(files), train.images[:3] / np.float32(255))
+
+
 def test_grayscale_folders_give_one_channel(tmp_path):
     root = make_image_folder(tmp_path / "gray", classes=4, per_class=3, color="gray")
     assert sampler(root, split_ratio=[0.5, 0.25, 0.25]).spec.input_shape == (1, 16, 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,6 +55,15 @@ def test_trains_on_a_folder_of_images(tmp_path, backend):
     assert results["problem"] == "classification" and results["test"]["episodes"] == 4
     assert 0 <= results["test"]["accuracy"]["mean"] <= 1
     assert f'root = "{root}"' in (tmp_path / "run" / "config.toml").read_text()
+    if backend == "torch":  # your own support set, read as the sampler reads its images
+        for name in ("class03", "class07"):
+            shutil.copytree(root / name, tmp_path / "support" / name)
+        done = metaplug("predict", str(tmp_path / "run"), "--support", str(tmp_path / "support"), "--query",
+                        str(root / "class03" / "004.png"), "--json", cache=tmp_path / "cache")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (row,) = json.loads(done.stdout)
+        assert row["prediction"] in ("class03", "class07")
+        assert row["p(class03)"] + row["p(class07)"] == pytest.approx(1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -70,6 +70,8 @@ def test_standardisation_uses_the_training_split_only(tmp_path):
     assert not set(train.task_names) & set(test.task_names)
     raw = TableSampler("train", 0, path=str(path), standardize=False)
     assert abs(float(raw.x[:, 0].mean()) - 100) < 5
+    np.testing.assert_allclose(test.prepare_features(raw.x), train.x, atol=2e-5)  # what metaplug predict applies
+    np.testing.assert_array_equal(raw.prepare_features(raw.x), raw.x)
 
 
 def test_npz_and_split_column(tmp_path):

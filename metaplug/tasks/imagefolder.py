@@ -29,7 +29,7 @@ from metaplug.contract.interfaces import SPLITS, TaskSpec
 from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError, DatasetError
 from metaplug.tasks.augment import AUGMENTATIONS, Augmentation, RotatedClasses, check_names
-from metaplug.tasks.cache import COLORS, cached_array, decode_images, files_key
+from metaplug.tasks.cache import COLORS, cached_array, decode_image, decode_images, files_key
 from metaplug.tasks.class_splits import ratio_split, read_split_file, split_file
 from metaplug.tasks.episodes import ClassDataset, EpisodeSampler, NWayKShot, split_rng
 
@@ -211,6 +211,7 @@ class ImageFolderSampler(EpisodeSampler):
                 f"fewer than shots + queries = {needed}"
             )
         self.root, self.split, self.color, self.classes = root, split, color, [c.name for c in classes]
+        self.image_size = o.image_size
         self.images = load_split(root, split, classes, o.image_size, color)
         dataset: ClassDataset = FolderImages(self.images, [len(c.files) for c in classes])
         augmenting = split == "train" or o.augment_eval
@@ -237,6 +238,12 @@ class ImageFolderSampler(EpisodeSampler):
             num_classes=dataset.num_classes,
             default_model="conv4",
         )
+
+    def read_examples(self, paths: list[Path]) -> np.ndarray:
+        """Image files as this sampler's examples, float32 ``(N, C, size, size)`` in [0, 1]:
+        converted and resized as the cache was (``metaplug predict``)."""
+        size = (self.image_size, self.image_size)
+        return np.stack([decode_image(p, size, self.color) for p in paths]).astype(np.float32) / np.float32(255)
 
 
 def load_split(root: Path, split: str, classes: list[ClassFolder], size: int, color: str) -> np.ndarray:

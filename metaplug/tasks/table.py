@@ -181,6 +181,12 @@ def standardizer(values: np.ndarray, train_rows: np.ndarray) -> tuple[np.ndarray
     return train.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
+def prepare(x: np.ndarray, scaling: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``x`` shifted and scaled by ``scaling`` (mean, std), or unchanged when it is ``None``."""
+    x = np.asarray(x, dtype=np.float64)
+    return x if scaling is None else (x - scaling[0]) / scaling[1]
+
+
 @dataclass(frozen=True)
 class TableOptions(Options):
     """Shared options of the table samplers."""
@@ -243,9 +249,8 @@ class TableSampler:
         self.feature_names, x = _features(table, o, used)
         y = np.stack([table.numbers(n, "targets") for n in o.targets], axis=1)
         rows = split_groups(table, tasks, o.split_column, o.split_ratio, o.split_seed)
-        if o.standardize:
-            mean, std = standardizer(x, rows["train"])
-            x = (x - mean) / std
+        self.scaling = standardizer(x, rows["train"]) if o.standardize else None
+        x = self.prepare_features(x)
         if o.standardize_targets:
             mean, std = standardizer(y, rows["train"])
             y = (y - mean) / std
@@ -287,6 +292,11 @@ class TableSampler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
 
+    def prepare_features(self, x: np.ndarray) -> np.ndarray:
+        """Feature rows ``(N, F)`` as the episodes hold them: standardised with the training
+        split's statistics (``metaplug predict`` applies it to your own rows)."""
+        return prepare(x, self.scaling)
+
 
 @dataclass(frozen=True)
 class TableClassesOptions(TableOptions):
@@ -311,9 +321,8 @@ class TableClassesSampler(EpisodeSampler):
         used = [o.class_column, *([o.split_column] if o.split_column else [])]
         self.feature_names, x = _features(table, o, used)
         rows = split_groups(table, labels, o.split_column, o.split_ratio, o.split_seed)
-        if o.standardize:
-            mean, std = standardizer(x, rows["train"])
-            x = (x - mean) / std
+        self.scaling = standardizer(x, rows["train"]) if o.standardize else None
+        x = self.prepare_features(x)
         mine = rows[split]
         self.class_names = sorted(set(labels[mine].tolist()))
         where = f" in the {split} split of {table.path}"
@@ -339,6 +348,11 @@ class TableClassesSampler(EpisodeSampler):
             num_classes=len(self.class_names),
             default_model="mlp",
         )
+
+    def prepare_features(self, x: np.ndarray) -> np.ndarray:
+        """Feature rows ``(N, F)`` as the episodes hold them: standardised with the training
+        split's statistics (``metaplug predict`` applies it to your own rows)."""
+        return prepare(x, self.scaling)
 
 
 __all__ = ["Table", "TableClassesSampler", "TableSampler", "read_table"]
