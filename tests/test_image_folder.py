@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,9 +19,9 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("METAPLUG_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@functools.cache
-def shared_folder() -> Path:
-    return make_image_folder(Path(tempfile.mkdtemp(prefix="metaplug-imagefolder-")) / "images", classes=12)
+@pytest.fixture(scope="module")
+def shared_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("conformance") / "images", classes=12)
 
 
 class TestImageFolderConformance(TaskSamplerConformance):
@@ -36,8 +34,14 @@ class TestImageFolderConformance(TaskSamplerConformance):
         "split_ratio": [0.5, 0.25, 0.25],
     }
 
+    root: ClassVar[Path]
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, shared_folder):
+        type(self).root = shared_folder
+
     def make(self, split="train", seed=0):
-        return self.load()(split=split, seed=seed, root=str(shared_folder()), **self.options)
+        return self.load()(split=split, seed=seed, root=str(self.root), **self.options)
 
 
 def sampler(root, split="train", **options):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,9 +14,9 @@ from metaplug.tasks.table import TableClassesSampler, TableSampler
 from metaplug.testing.samplers import TaskSamplerConformance
 
 
-@functools.cache
-def tables() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="metaplug-table-"))
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tables")
     make_regression_csv(folder / "sites.csv")
     make_classes_csv(folder / "species.csv")
     return folder
@@ -28,8 +26,14 @@ class TestTableConformance(TaskSamplerConformance):
     sampler = "table"
     options: ClassVar[dict[str, Any]] = {"shots": 5, "queries": 5}
 
+    folder: ClassVar[Path]
+
+    @pytest.fixture(autouse=True)
+    def _tables(self, tables):
+        type(self).folder = tables
+
     def make(self, split="train", seed=0):
-        return self.load()(split=split, seed=seed, path=str(tables() / "sites.csv"), **self.options)
+        return self.load()(split=split, seed=seed, path=str(self.folder / "sites.csv"), **self.options)
 
 
 class TestTableClassesConformance(TaskSamplerConformance):
@@ -42,8 +46,14 @@ class TestTableClassesConformance(TaskSamplerConformance):
         "split_ratio": [0.6, 0.2, 0.2],
     }
 
+    folder: ClassVar[Path]
+
+    @pytest.fixture(autouse=True)
+    def _tables(self, tables):
+        type(self).folder = tables
+
     def make(self, split="train", seed=0):
-        return self.load()(split=split, seed=seed, path=str(tables() / "species.csv"), **self.options)
+        return self.load()(split=split, seed=seed, path=str(self.folder / "species.csv"), **self.options)
 
 
 def test_regression_episodes_come_from_one_task_each(tmp_path):
