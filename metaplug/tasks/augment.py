@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,6 +51,28 @@ def check_names(names: tuple[str, ...]) -> None:
             raise ConfigError(f"augment: unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"augment names an augmentation twice: {list(names)}")
+
+
+@dataclass(frozen=True)
+class AugmentOptions(Options):
+    """The augmentation options every image sampler shares."""
+
+    augment: tuple[str, ...] = option((), help=f"augmentations of training episodes: {', '.join(AUGMENTATIONS)}")
+    augment_eval: bool = option(False, help="augment validation and test episodes too")
+    crop_padding: int = option(4, minimum=0, help="padding (pixels) of the crop augmentation")
+    jitter: float = option(0.4, minimum=0, maximum=1, below_maximum=True, help="strength of the jitter augmentation")
+
+    def validate(self) -> None:
+        check_names(self.augment)
+
+    def apply(self, dataset: ClassDataset, split: str) -> tuple[ClassDataset, Augmentation | None]:
+        """``dataset`` with the class augmentations of ``split`` (rotations as new classes),
+        and its example augmentations (``None`` without any)."""
+        names = self.augment if split == "train" or self.augment_eval else ()
+        if "rotate" in names:
+            dataset = RotatedClasses(dataset)
+        examples = tuple(n for n in names if n != "rotate")
+        return dataset, Augmentation(examples, self.crop_padding, self.jitter) if examples else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from metaplug.contract.interfaces import TaskSpec
-from metaplug.contract.options import Options, option
+from metaplug.contract.options import option
+from metaplug.tasks.augment import AugmentOptions
 from metaplug.tasks.episodes import EpisodeSampler, NWayKShot, split_rng
 from metaplug.tasks.layouts import DatasetInfo, Found, locate, verify
 from metaplug.tasks.split_cache import SplitImages, SplitPlan, decoded_split
@@ -51,7 +52,7 @@ def in_order(classes: list[str], by_class: dict[str, list[Any]]) -> Iterator[tup
 
 
 @dataclass(frozen=True)
-class BenchmarkOptions(Options):
+class BenchmarkOptions(AugmentOptions):
     """N-way K-shot episodes of a standard benchmark."""
 
     ways: int = option(5, minimum=1, help="classes per episode")
@@ -85,8 +86,9 @@ class BenchmarkSampler(EpisodeSampler):
         self.options = o
         decoded = self.load(split, o, data_dir)
         self.classes = decoded.classes
-        self.dataset = ImageClasses(decoded.images, decoded.counts)
-        self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, rng)
+        self.dataset, augmentation = o.apply(ImageClasses(decoded.images, decoded.counts), split)
+        augment_rng = split_rng(seed, split, stream=1) if augmentation else None
+        self.episodes = NWayKShot(self.dataset, o.ways, o.shots, o.queries, rng, augmentation, augment_rng)
         self.split = split
         self.spec = TaskSpec(
             problem="classification",

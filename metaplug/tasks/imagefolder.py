@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from metaplug.contract.interfaces import SPLITS, TaskSpec
-from metaplug.contract.options import Options, option
+from metaplug.contract.options import option
 from metaplug.errors import ConfigError, DatasetError
-from metaplug.tasks.augment import AUGMENTATIONS, Augmentation, RotatedClasses, check_names
+from metaplug.tasks.augment import AugmentOptions
 from metaplug.tasks.cache import COLORS, cached_array, decode_image, decode_images, files_key
 from metaplug.tasks.class_splits import ratio_split, read_split_file, split_file
 from metaplug.tasks.episodes import ClassDataset, EpisodeSampler, NWayKShot, split_rng
@@ -150,7 +150,7 @@ class FolderImages:
 
 
 @dataclass(frozen=True)
-class ImageFolderOptions(Options):
+class ImageFolderOptions(AugmentOptions):
     """N-way K-shot episodes over ``root/<class>/<images>`` (see the module docstring)."""
 
     root: str | None = option(None, help="folder of class folders (or of train/, val/ and test/ folders)")
@@ -164,13 +164,9 @@ class ImageFolderOptions(Options):
         (0.64, 0.16, 0.2), minimum=0, help="train/val/test shares of the classes, without split folders or files"
     )
     split_seed: int = option(0, minimum=0, help="seed of the ratio split of the classes")
-    augment: tuple[str, ...] = option((), help=f"augmentations of training episodes: {', '.join(AUGMENTATIONS)}")
-    augment_eval: bool = option(False, help="augment validation and test episodes too")
-    crop_padding: int = option(4, minimum=0, help="padding (pixels) of the crop augmentation")
-    jitter: float = option(0.4, minimum=0, maximum=1, below_maximum=True, help="strength of the jitter augmentation")
 
     def validate(self) -> None:
-        check_names(self.augment)
+        super().validate()
         if sum(self.split_ratio) <= 0:
             raise ConfigError(f"split_ratio must have a positive share, got {list(self.split_ratio)}")
 
@@ -214,12 +210,7 @@ class ImageFolderSampler(EpisodeSampler):
         self.image_size = o.image_size
         self.images = load_split(root, split, classes, o.image_size, color)
         dataset: ClassDataset = FolderImages(self.images, [len(c.files) for c in classes])
-        augmenting = split == "train" or o.augment_eval
-        names = o.augment if augmenting else ()
-        if "rotate" in names:
-            dataset = RotatedClasses(dataset)
-        example_names = tuple(n for n in names if n != "rotate")
-        augmentation = Augmentation(example_names, o.crop_padding, o.jitter) if example_names else None
+        dataset, augmentation = o.apply(dataset, split)
         self.dataset = dataset
         self.episodes = NWayKShot(
             dataset,
