@@ -228,6 +228,17 @@ class ResNet12Options(Options):
 
     channels: tuple[int, ...] = option((64, 160, 320, 640), minimum=1, help="widths of the four residual blocks")
     leak: float = option(0.1, minimum=0, help="negative slope of the leaky ReLUs")
+    drop_rate: float = option(
+        0.0,
+        minimum=0,
+        maximum=1,
+        below_maximum=True,
+        help="meta-training only: dropout after blocks 1-2, DropBlock's final rate after 3-4 (0: off; MetaOptNet 0.1)",
+    )
+    dropblock_size: int = option(5, minimum=1, help="side of DropBlock's square blocks (at most the feature map's)")
+    dropblock_ramp: int = option(
+        20000, minimum=1, help="meta-training steps over which DropBlock's rate grows linearly to drop_rate"
+    )
 
     def validate(self) -> None:
         if len(self.channels) != 4:

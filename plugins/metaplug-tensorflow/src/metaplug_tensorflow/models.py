@@ -17,18 +17,27 @@ Weights come in two forms:
 
 Names, shapes and initialisation follow ``docs/models.md``; weights are stored in
 TensorFlow's layout (see :mod:`metaplug_tensorflow.layout`).
+
+A model learns that a forward pass is part of meta-training from :func:`meta_training`
+(the algorithm's ``meta_train_step`` enters it around its compiled step) and which task
+of the meta-batch its first task is from :func:`task_forwards` (the algorithm's
+``map_tasks`` enters it): only ``resnet12`` with ``drop_rate > 0`` reacts (dropout and
+DropBlock, drawn as :mod:`metaplug.contract.dropblock` says).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from metaplug.contract import dropblock
 from metaplug.contract.hyperparameters import Conv4Options, MLPOptions, ResNet12Options
 from metaplug.contract.interfaces import ModelSpec
 from metaplug.contract.options import Options
@@ -38,6 +47,69 @@ from metaplug_tensorflow._tf import tf
 BATCH_NORM_EPS = 1e-5
 PADDING_1 = [[0, 0], [1, 1], [1, 1], [0, 0]]
 HEAD = ("head.weight", "head.bias")
+
+
+@dataclass
+class MetaTraining:
+    """What the random draws of the meta-training forward passes being traced depend on:
+    the run's seed, the meta-training step (the outer optimizer's step variable, read in
+    the graph), the position in the meta-batch of the forward's first task and the number
+    of forward passes those tasks have made so far."""
+
+    seed: int
+    step: tf.Variable | tf.Tensor
+    task: int | tf.Tensor = 0
+    forwards: int = 0
+
+    def next_forward(self) -> tuple[int | tf.Tensor, int]:
+        """The first task and the number of the forward pass starting now (counted)."""
+        number = self.forwards
+        self.forwards += 1
+        return self.task, number
+
+
+_TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
+    "metaplug_tensorflow_meta_training", default=None
+)
+
+
+@contextlib.contextmanager
+def meta_training(seed: int, step: tf.Variable | tf.Tensor) -> Iterator[MetaTraining]:
+    """Mark the forward passes traced inside as meta-training at outer step ``step`` (0 for
+    the first; a variable read when the graph runs) of a run seeded with ``seed``: the only
+    forwards where a model may be random (evaluation and adaptation are traced outside)."""
+    state = MetaTraining(int(seed), step)
+    token = _TRAINING.set(state)
+    try:
+        yield state
+    finally:
+        _TRAINING.reset(token)
+
+
+@contextlib.contextmanager
+def task_forwards(task: int | tf.Tensor) -> Iterator[None]:
+    """Inside :func:`meta_training`: the forward passes traced inside start at task ``task``
+    of the meta-batch (a loop's index tensor, or 0 for the whole batch) and are numbered
+    from 0. Outside it: nothing."""
+    state = _TRAINING.get()
+    if state is None:
+        yield
+        return
+    token = _TRAINING.set(dataclasses.replace(state, task=task, forwards=0))
+    try:
+        yield
+    finally:
+        _TRAINING.reset(token)
+
+
+def training_forward() -> tuple[MetaTraining, int | tf.Tensor, int] | None:
+    """For a model starting a forward pass: ``(state, first task, forward number)`` during
+    meta-training (counting this forward), else ``None``."""
+    state = _TRAINING.get()
+    if state is None:
+        return None
+    task, number = state.next_forward()
+    return state, task, number
 
 
 def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, per_task: bool) -> tf.Tensor:
@@ -186,12 +258,88 @@ RESNET12_BLOCK = 12
 the shortcut's convolution, scale and shift."""
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One meta-training forward pass's random draws: ``tasks`` (int64 ``(T,)``) are the
+    meta-batch positions of its tasks."""
+
+    seed: int
+    step: tf.Tensor
+    forward: int
+    tasks: tf.Tensor
+
+
+def drop(
+    h: tf.Tensor, tasks: int | tf.Tensor, n: int | tf.Tensor, draw: Draw, block: int, spec: ModelSpec
+) -> tf.Tensor:
+    """Block ``block``'s output ``h`` (T * N, H, W, C) after dropout (blocks 0-1) or
+    DropBlock (blocks 2-3) as :func:`metaplug.contract.dropblock.keep_mask` draws them."""
+    rate = float(spec.options["drop_rate"])
+    size, ramp = int(spec.options.get("dropblock_size", 5)), int(spec.options.get("dropblock_ramp", 20000))
+    height, width, channels = h.shape[1:]
+    shift = tf.bitwise.right_shift
+    keys = dropblock.forward_key(draw.seed, draw.step, draw.tasks, draw.forward, block, shift)
+    keys = tf.reshape(keys, [-1, 1, 1, 1, 1])
+    b = dropblock.dropblock_size(size, height, width) if block in dropblock.DROPBLOCK_BLOCKS else 1
+    rows, cols = height - b + 1, width - b + 1
+    # element indices in channel-first order (as the reference), laid out channels last
+    grid = tf.reshape(
+        tf.range(tf.cast(n, tf.int64) * channels * rows * cols, dtype=tf.int64), [n, channels, rows, cols]
+    )
+    numbers = dropblock.uniform32(keys, tf.transpose(grid, [0, 2, 3, 1])[None], shift)  # (T, N, rows, cols, C)
+    out = tf.reshape(h, [tasks, n, height, width, channels])
+    if block not in dropblock.DROPBLOCK_BLOCKS:
+        kept = tf.cast(numbers >= dropblock.dropout_threshold(rate), h.dtype)
+        return tf.reshape(out * kept * tf.constant(1.0 / (1.0 - rate), h.dtype), tf.shape(h))
+    scale = dropblock.dropblock_threshold_scale(rate, height, width, size, ramp)
+    reached = tf.cast(tf.minimum(tf.cast(draw.step, tf.int64) + 1, ramp), tf.float64)
+    threshold = tf.cast(tf.floor(reached * tf.constant(scale, tf.float64)), tf.int64)
+    seeds = tf.reshape(tf.cast(numbers < threshold, h.dtype), [-1, rows, cols, channels])
+    padded = tf.pad(seeds, [[0, 0], [b - 1, b - 1], [b - 1, b - 1], [0, 0]])
+    covered = tf.nn.max_pool2d(padded, b, 1, "VALID")
+    kept = tf.reshape(1.0 - covered, [tasks, n, height, width, channels])
+    count = tf.cast(tf.size(kept[0]), h.dtype)
+    total = tf.maximum(tf.reduce_sum(kept, axis=[1, 2, 3, 4], keepdims=True), tf.constant(1.0, h.dtype))
+    return tf.reshape(out * kept * (count / total), tf.shape(h))
+
+
 class ResNet12(ImageModel):
     """Four residual blocks (three 3x3 convolutions without bias, padding 1, batch norm,
     leaky ReLU after the first two; a 1x1 convolution and batch norm as shortcut; sum,
-    leaky ReLU, 2x2 max-pooling), then the mean over the pixels."""
+    leaky ReLU, 2x2 max-pooling), then the mean over the pixels. With ``drop_rate > 0``,
+    each block's output in a meta-training forward pass goes through :func:`drop`."""
 
-    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool) -> tf.Tensor:
+    def embed(
+        self, params: Sequence[tf.Tensor], x: tf.Tensor, per_task: bool = False, vectorized: bool = True
+    ) -> tf.Tensor:
+        training = training_forward() if float(self.spec.options.get("drop_rate", 0.0)) > 0 else None
+        if training is None:
+            return super().embed(params, x, per_task, vectorized)
+        state, first, forward = training
+        tasks = tf.cast(first, tf.int64) + tf.range(tf.shape(x, out_type=tf.int64)[0])
+        step = tf.convert_to_tensor(state.step)
+        if not per_task:
+            return self._features(list(params), x, False, Draw(state.seed, step, forward, tasks))
+        if vectorized:
+
+            def one_task(args: tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]) -> tf.Tensor:
+                weights, inputs, task = args
+                return self._features(list(weights), inputs[None], False, Draw(state.seed, step, forward, task[None]))[
+                    0
+                ]
+
+            return tf.vectorized_map(one_task, (list(params), x, tasks))
+        num_tasks = x.shape[0]
+        columns = [tf.unstack(p, num=num_tasks) for p in params]
+        rows = [
+            self._features(
+                [c[t][None] for c in columns], x[t : t + 1], True, Draw(state.seed, step, forward, tasks[t : t + 1])
+            )
+            for t in range(num_tasks)
+        ]
+        return tf.concat(rows, axis=0)
+
+    def _features(self, params: list[tf.Tensor], x: tf.Tensor, per_task: bool, draw: Draw | None = None) -> tf.Tensor:
         if per_task:  # a task axis of length 1 on every weight
             params = [p[0] for p in params]
         leak = float(self.spec.options.get("leak", 0.1))
@@ -210,6 +358,8 @@ class ResNet12(ImageModel):
             out = norm(tf.nn.conv2d(out, k3, 1, PADDING_1), s3, b3) + norm(tf.nn.conv2d(h, k0, 1, "VALID"), s0, b0)
             # leaky ReLU is monotone: pooling first gives the same values on 4x fewer elements
             h = leaky_relu(tf.nn.max_pool2d(out, 2, 2, "VALID"), leak)
+            if draw is not None:
+                h = drop(h, tasks, n, draw, i // RESNET12_BLOCK, self.spec)
         return tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [tasks, n, -1])
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from metaplug_torch.functional import FunctionalModel
-from metaplug_torch.models import execution_style
+from metaplug_torch.models import execution_style, task_forwards
 
 TaskFn = Callable[..., tuple[torch.Tensor, ...]]
 
@@ -61,23 +61,39 @@ def map_tasks(
     (a task's loss) times the scale is back-propagated into the leaves of
     ``shared`` (accumulating in ``.grad``) chunk by chunk, so memory stays
     bounded. Returned outputs are detached.
+
+    Each call of ``fn`` runs in :func:`~metaplug_torch.models.task_forwards` of its task's
+    position in the batch (under ``vmap``: a batched index), so a model's training-time
+    randomness is the same whatever the mode.
     """
     num_tasks = int(tasks[0].shape[0])
     if mode == "vectorized":
         size = chunk or num_tasks
-        mapped = torch.func.vmap(fn, in_dims=(None,) + (0,) * len(tasks), randomness="error")
+        mapped = torch.func.vmap(_numbered(fn), in_dims=(None,) + (0,) * (len(tasks) + 1), randomness="error")
+        numbers = torch.arange(num_tasks, device=tasks[0].device)
         pieces = []
         with execution_style("vectorized"):
             for start in range(0, num_tasks, size):
-                out = mapped(shared, *(t[start : start + size] for t in tasks))
+                out = mapped(shared, numbers[start : start + size], *(t[start : start + size] for t in tasks))
                 pieces.append(_finish(out, backward_scale, lambda loss: loss.sum()))
         return tuple(torch.cat(parts) for parts in zip(*pieces, strict=True))
     pieces = []
     with execution_style(mode):
         for index in range(num_tasks):
-            out = fn(shared, *(t[index] for t in tasks))
+            with task_forwards(index):
+                out = fn(shared, *(t[index] for t in tasks))
             pieces.append(_finish(out, backward_scale, lambda loss: loss))
     return tuple(torch.stack(parts) for parts in zip(*pieces, strict=True))
+
+
+def _numbered(fn: TaskFn) -> TaskFn:
+    """``fn`` taking its task's number after ``shared``, run in :func:`task_forwards` of it."""
+
+    def numbered(shared: object, number: torch.Tensor, *task: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with task_forwards(number):
+            return fn(shared, *task)
+
+    return numbered
 
 
 def _finish(

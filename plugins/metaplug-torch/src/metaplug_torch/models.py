@@ -3,6 +3,12 @@
 Every model is ``head(features(x))`` with submodules named ``features`` and
 ``head``, so algorithms can embed (ProtoNets), adapt only the head (ANIL) or
 replace it (fine-tuning). Batch norm always uses the batch's own statistics.
+
+A model learns that a forward pass is part of meta-training from :func:`meta_training`
+(the algorithm's ``meta_train_step`` enters it) and which task of the meta-batch it runs
+from :func:`task_forwards` (:func:`metaplug_torch.batching.map_tasks` enters it): only
+``resnet12`` with ``drop_rate > 0`` reacts (dropout and DropBlock, drawn as
+:mod:`metaplug.contract.dropblock` says).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaplug.contract import dropblock
 from metaplug.contract.hyperparameters import Conv4Options, MLPOptions, ResNet12Options
 from metaplug.contract.interfaces import ModelSpec
 from metaplug.contract.options import Options
@@ -57,6 +64,67 @@ def execution_style(style: str) -> Iterator[None]:
         yield
     finally:
         _STYLE.reset(token)
+
+
+@dataclasses.dataclass
+class MetaTraining:
+    """What the random draws of the meta-training forward passes now running depend on:
+    the run's seed, the meta-training step, the task's position in the meta-batch and the
+    number of forward passes that task has made so far."""
+
+    seed: int
+    step: int
+    task: int | torch.Tensor = 0
+    forwards: int = 0
+
+    def next_forward(self) -> tuple[int | torch.Tensor, int]:
+        """The task and the number of the forward pass starting now (counted)."""
+        number = self.forwards
+        self.forwards += 1
+        return self.task, number
+
+
+_TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
+    "metaplug_torch_meta_training", default=None
+)
+
+
+@contextlib.contextmanager
+def meta_training(seed: int, step: int) -> Iterator[MetaTraining]:
+    """Mark the forward passes inside as meta-training at outer step ``step`` (0 for the
+    first) of a run seeded with ``seed``: the only forwards where a model may be random
+    (evaluation and adaptation run outside, deterministic)."""
+    state = MetaTraining(int(seed), int(step))
+    token = _TRAINING.set(state)
+    try:
+        yield state
+    finally:
+        _TRAINING.reset(token)
+
+
+@contextlib.contextmanager
+def task_forwards(task: int | torch.Tensor) -> Iterator[None]:
+    """Inside :func:`meta_training`: the forward passes inside belong to task ``task`` of the
+    meta-batch (a tensor under ``vmap``) and are numbered from 0. Outside it: nothing."""
+    state = _TRAINING.get()
+    if state is None:
+        yield
+        return
+    token = _TRAINING.set(dataclasses.replace(state, task=task, forwards=0))
+    try:
+        yield
+    finally:
+        _TRAINING.reset(token)
+
+
+def training_forward() -> tuple[MetaTraining, int | torch.Tensor, int] | None:
+    """For a model starting a forward pass: ``(state, task, forward number)`` during
+    meta-training (counting this forward), else ``None``."""
+    state = _TRAINING.get()
+    if state is None:
+        return None
+    task, number = state.next_forward()
+    return state, task, number
 
 
 def batch_norm(
@@ -188,11 +256,53 @@ class ResidualBlock(nn.Module):
         return F.leaky_relu(F.max_pool2d(h, 2), self.leak)
 
 
+@dataclasses.dataclass(frozen=True)
+class DropOptions:
+    """ResNet-12's training-time regularisation (:mod:`metaplug.contract.dropblock`)."""
+
+    rate: float
+    block_size: int
+    ramp: int
+
+
+def drop(
+    x: torch.Tensor, options: DropOptions, seed: int, step: int, task: int | torch.Tensor, forward: int, block: int
+) -> torch.Tensor:
+    """Block ``block``'s output ``x`` (N, C, H, W) after dropout (blocks 0-1) or DropBlock
+    (blocks 2-3) as :func:`metaplug.contract.dropblock.keep_mask` draws them."""
+    n, c, h, w = x.shape
+    key = dropblock.forward_key(seed, step, task, forward, block)
+    if block not in dropblock.DROPBLOCK_BLOCKS:
+        index = torch.arange(n * c * h * w, device=x.device).reshape(n, c, h, w)
+        kept = dropblock.uniform32(key, index) >= dropblock.dropout_threshold(options.rate)
+        return x * kept.to(x.dtype) * (1.0 / (1.0 - options.rate))
+    b = dropblock.dropblock_size(options.block_size, h, w)
+    index = torch.arange(n * c * (h - b + 1) * (w - b + 1), device=x.device).reshape(n, c, h - b + 1, w - b + 1)
+    threshold = dropblock.dropblock_threshold(options.rate, h, w, options.block_size, options.ramp, step)
+    seeds = (dropblock.uniform32(key, index) < threshold).to(x.dtype)
+    covered = F.max_pool2d(F.pad(seeds, (b - 1,) * 4), b, stride=1)
+    kept = 1.0 - covered
+    return x * kept * (kept.numel() / kept.sum().clamp(min=1.0))
+
+
 class ResidualStack(nn.Sequential):
-    """The resnet12 ``features``: the blocks, then the mean over the spatial axes."""
+    """The resnet12 ``features``: the blocks, then the mean over the spatial axes.
+
+    With ``drop`` (``drop_rate > 0``), each block's output in a meta-training forward pass
+    goes through :func:`drop`; otherwise the blocks run as they are."""
+
+    def __init__(self, *blocks: nn.Module, drop: DropOptions | None = None) -> None:
+        super().__init__(*blocks)
+        self.drop = drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).mean((2, 3))
+        training = training_forward() if self.drop is not None else None
+        for number, block in enumerate(self):
+            x = block(x)
+            if training is not None and self.drop is not None:
+                state, task, forward = training
+                x = drop(x, self.drop, state.seed, state.step, task, forward, number)
+        return x.mean((2, 3))
 
 
 class FeaturesAndHead(nn.Module):
@@ -239,16 +349,27 @@ def resnet12(
     output_size: int,
     channels: Sequence[int] = RESNET12_CHANNELS,
     leak: float = 0.1,
+    drop_rate: float = 0.0,
+    dropblock_size: int = 5,
+    dropblock_ramp: int = 20000,
 ) -> FeaturesAndHead:
     """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): four residual blocks, global
-    average pooling, a linear head. Without DropBlock."""
+    average pooling, a linear head; with ``drop_rate > 0``, MetaOptNet's dropout and
+    DropBlock (Ghiasi et al. 2018) in meta-training forward passes."""
     widths = resnet12_channels(channels)
     if len(input_shape) != 3:
         raise ConfigError(f"resnet12 needs (channels, height, width) inputs, got input_shape {tuple(input_shape)}")
     if min(int(s) for s in input_shape[1:]) < 16:
         raise ConfigError(f"resnet12 input {tuple(input_shape)} is too small for four halvings (at least 16x16)")
     sizes = [int(input_shape[0]), *widths]
-    blocks = ResidualStack(*(ResidualBlock(a, b, float(leak)) for a, b in itertools.pairwise(sizes)))
+    if not 0.0 <= float(drop_rate) < 1.0:
+        raise ConfigError(f"resnet12 drop_rate must be in [0, 1), got {drop_rate}")
+    if int(dropblock_size) < 1 or int(dropblock_ramp) < 1:
+        raise ConfigError(
+            f"resnet12 dropblock_size and dropblock_ramp must be positive, got {dropblock_size} and {dropblock_ramp}"
+        )
+    regularise = DropOptions(float(drop_rate), int(dropblock_size), int(dropblock_ramp)) if drop_rate > 0 else None
+    blocks = ResidualStack(*(ResidualBlock(a, b, float(leak)) for a, b in itertools.pairwise(sizes)), drop=regularise)
     return FeaturesAndHead(blocks, nn.Linear(widths[-1], output_size))
 
 

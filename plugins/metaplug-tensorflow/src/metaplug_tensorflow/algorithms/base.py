@@ -29,7 +29,7 @@ from metaplug_tensorflow.functional import KerasModel, first_line, is_keras_mode
 from metaplug_tensorflow.inner import resolve_rule
 from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import accuracy, task_loss
-from metaplug_tensorflow.models import FunctionalModel
+from metaplug_tensorflow.models import FunctionalModel, meta_training, task_forwards
 from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
 
 AUTO_BATCHING = {"mlp": "vectorized", "conv4": "loop", "resnet12": "loop"}
@@ -371,14 +371,18 @@ class MetaLearner:
         """Run ``fn(*tensors) -> (sums over tasks, per-task metrics)`` on the whole batch
         (vectorized) or one task at a time in a ``tf.while_loop`` (loop: traced once,
         memory for one task), adding up the sums and stacking the ``keys`` metrics.
-        ``sums`` gives the zero values of the sums."""
+        ``sums`` gives the zero values of the sums. Each call of ``fn`` is traced in
+        :func:`~metaplug_tensorflow.models.task_forwards` of its first task's position, so
+        a model's training-time randomness is the same in both modes."""
         if self.vectorized:
-            return fn(*tensors)
+            with task_forwards(0):
+                return fn(*tensors)
         num_tasks = tensors[0].shape[0]
         arrays = {k: tf.TensorArray(self.backend.dtype, size=num_tasks) for k in keys}
 
         def body(i: tf.Tensor, totals: list[tf.Tensor], arrays: dict[str, tf.TensorArray]) -> tuple:
-            part, metrics = fn(*[t[i][None] for t in tensors])  # static task axis of 1
+            with task_forwards(i):
+                part, metrics = fn(*[t[i][None] for t in tensors])  # static task axis of 1
             totals = [a + b for a, b in zip(totals, part, strict=True)]
             return i + 1, totals, {k: arrays[k].write(i, metrics[k][0]) for k in keys}
 
@@ -416,7 +420,8 @@ class MetaLearner:
         e = self.episode_tensors(batch)
         extra = self.extra_train_inputs(batch)
         self.optimizer.schedule()
-        with self.backend.scope():
+        # traced (once) as meta-training: the model may draw from the seed and the step variable
+        with self.backend.scope(), meta_training(self.backend.seed_value, self.optimizer.steps):
             metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
         return {k: float(v) for k, v in metrics.items()}
 

@@ -18,6 +18,7 @@ from metaplug.contract.minibatches import EVAL, TRAIN, MiniBatchDraws
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import Weights, tile
 from metaplug_tensorflow.algorithms.gradient import GradientMetaLearner
+from metaplug_tensorflow.models import task_forwards
 
 AdamState = tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]
 """The inner Adam's first and second moments (per weight, with a task axis) and step count."""
@@ -165,11 +166,12 @@ class Reptile(GradientMetaLearner):
 
         def body(i: tf.Tensor, totals: list[tf.Tensor], adam: AdamState, arrays: dict) -> tuple:
             sx, sy, qx, qy, *batches = [t[i][None] for t in tensors]
-            fast, carried = self.adapt_with(
-                tile(theta, 1), sx, sy, self.options.inner_steps, batches[0] if batches else None, adam
-            )
+            with task_forwards(i):
+                fast, carried = self.adapt_with(
+                    tile(theta, 1), sx, sy, self.options.inner_steps, batches[0] if batches else None, adam
+                )
+                metrics = self.loss_and_accuracy(self.task_output(fast, qx), qy)
             totals = [s + (p - phi[0]) for s, p, phi in zip(totals, theta, fast, strict=True)]
-            metrics = self.loss_and_accuracy(self.task_output(fast, qx), qy)
             return i + 1, totals, carried, {k: arrays[k].write(i, metrics[k][0]) for k in self.metric_keys}
 
         zeros = [tf.zeros_like(p) for p in theta]

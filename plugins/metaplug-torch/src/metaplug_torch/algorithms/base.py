@@ -13,7 +13,7 @@ from metaplug.contract.hyperparameters import BatchingOptions, require_batching_
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
 from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
-from metaplug_torch import batching, inner, optimizers
+from metaplug_torch import batching, inner, models, optimizers
 from metaplug_torch.backend import Backend, Episodes
 from metaplug_torch.functional import FunctionalModel
 from metaplug_torch.losses import accuracy, task_loss
@@ -75,8 +75,9 @@ class MetaLearner:
     (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option names, or
     :class:`~metaplug_torch.inner.InnerSGD` without that option), ``self.extra`` (the
     meta-parameters of :meth:`extra_parameters`), ``self.dtype``, ``self.device``,
-    ``self.mode`` (the resolved batching mode) and ``self.optimizer`` (the outer
-    optimizer over both).
+    ``self.mode`` (the resolved batching mode), ``self.optimizer`` (the outer
+    optimizer over both) and ``self.seed`` (``torch.initial_seed()``: the run's seed, which
+    with the outer step keys the model's training-time randomness, e.g. DropBlock).
     """
 
     name = ""
@@ -123,6 +124,8 @@ class MetaLearner:
         }
         factory = optimizer if optimizer is not None else optimizers.Adam
         self.optimizer = factory([*self.params.values(), *self.extra.values()])
+        self.seed = torch.initial_seed()
+        self._steps = 0
         self.setup()
 
     # -- what subclasses implement or override --------------------------------------
@@ -215,9 +218,17 @@ class MetaLearner:
         """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
         data = self.episode_tensors(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, acc = self.meta_gradients(data, batch)[:2]
+        with models.meta_training(self.seed, self.training_step):
+            loss, acc = self.meta_gradients(data, batch)[:2]
         self.optimizer.step()
+        self._steps += 1
         return self._metrics(loss, acc)
+
+    @property
+    def training_step(self) -> int:
+        """Outer steps taken: the outer optimizer's count (saved in the state, so a resumed
+        run continues it), or for an optimizer without one, this object's."""
+        return int(getattr(self.optimizer, "steps_taken", self._steps))
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
         """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
