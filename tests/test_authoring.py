@@ -84,6 +84,7 @@ IMPLEMENTATIONS = {
     "algorithm": {"src/metaplug_shared/algorithm.py"},
     "optimizer": {"src/metaplug_shared/optimizer.py", "tests/test_metaplug_shared.py"},
     "backend": {"src/metaplug_shared/backend.py"},
+    "model": {"src/metaplug_shared/model.py"},
 }
 """Per kind, the generated files that differ between backends beyond the backend's name."""
 
@@ -129,6 +130,8 @@ TEMPLATES = [
     pytest.param("optimizer", "tensorflow", "metaplug_tensorflow", id="optimizer-tensorflow", marks=pytest.mark.slow),
     pytest.param("backend", "torch", "metaplug_torch", id="backend-torch"),
     pytest.param("backend", "tensorflow", "metaplug_tensorflow", id="backend-tensorflow", marks=pytest.mark.slow),
+    pytest.param("model", "torch", "metaplug_torch", id="model-torch"),
+    pytest.param("model", "tensorflow", "metaplug_tensorflow", id="model-tensorflow", marks=pytest.mark.slow),
 ]
 
 

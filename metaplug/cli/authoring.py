@@ -329,7 +329,7 @@ def uninstall_command(name: str, yes: bool) -> None:
 @click.argument("name")
 @click.option(
     "--kind",
-    type=click.Choice(["algorithm", "task-sampler", "optimizer", "backend", "observer"]),
+    type=click.Choice(["algorithm", "task-sampler", "optimizer", "backend", "observer", "model"]),
     default="algorithm",
     show_default=True,
     help="What the plugin adds.",
@@ -339,7 +339,7 @@ def uninstall_command(name: str, yes: bool) -> None:
     type=click.Choice(["torch", "tensorflow"]),
     default="torch",
     show_default=True,
-    help="Framework of an algorithm, optimizer or backend (task samplers and observers need none).",
+    help="Framework of an algorithm, optimizer, backend or model (task samplers and observers need none).",
 )
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it [./metaplug-NAME].")
 def new_plugin_command(name: str, kind: str, backend: str, directory: str | None) -> None:

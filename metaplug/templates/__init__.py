@@ -1,9 +1,9 @@
 """Template files for ``metaplug new-plugin`` and the code that renders them.
 
-One folder per plugin kind (``algorithm``, ``optimizer``, ``backend``, ``task-sampler``, ``observer``),
-laid over ``common``. A file serves every backend, which it names as ``{{backend}}``, unless
-its name ends in ``.<backend>.tmpl`` (``algorithm.py.torch.tmpl``): then it is rendered for
-that backend only, without the suffix. In file contents and paths, ``{{key}}`` is replaced
+One folder per plugin kind (``algorithm``, ``optimizer``, ``backend``, ``task-sampler``,
+``observer``, ``model``), laid over ``common``. A file serves every backend, which it names as
+``{{backend}}``, unless its name ends in ``.<backend>.tmpl`` (``algorithm.py.torch.tmpl``):
+then it is rendered for that backend only, without the suffix. In file contents and paths, ``{{key}}`` is replaced
 by the value of :class:`PluginNames`'s field ``key`` and the trailing ``.tmpl`` is dropped
 (so that template sources are never imported or collected as tests).
 """
@@ -20,7 +20,7 @@ from metaplug import __version__
 from metaplug.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-PLUGIN_KINDS: tuple[str, ...] = ("algorithm", "task-sampler", "optimizer", "backend", "observer")
+PLUGIN_KINDS: tuple[str, ...] = ("algorithm", "task-sampler", "optimizer", "backend", "observer", "model")
 BACKENDS: tuple[str, ...] = ("torch", "tensorflow")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$")
 _KEY = re.compile(r"\{\{(\w+)\}\}")
@@ -45,7 +45,7 @@ class PluginNames:
     class_name: str
     """``Myalgo``."""
     kind: str
-    """``algorithm``, ``task-sampler``, ``optimizer``, ``backend`` or ``observer``."""
+    """``algorithm``, ``task-sampler``, ``optimizer``, ``backend``, ``observer`` or ``model``."""
     backend: str
     host_range: str
     """Supported host versions, ``>=0.1,<0.2``."""

@@ -24,6 +24,7 @@ _EXPORTS = {
     "AlgorithmConformance": "metaplug.testing.algorithms",
     "BackendConformance": "metaplug.testing.backends",
     "ComponentConformance": "metaplug.testing.components",
+    "ModelConformance": "metaplug.testing.models",
     "ObserverConformance": "metaplug.testing.observers",
     "OptimizerConformance": "metaplug.testing.optimizers",
     "TaskSamplerConformance": "metaplug.testing.samplers",

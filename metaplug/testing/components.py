@@ -14,14 +14,18 @@ from metaplug.contract.records import Component, validate
 from metaplug.plugins.discovery import discovery, registry
 from metaplug.testing.probe import FRAMEWORKS, run_probe
 
+PER_BACKEND = ("algorithms", "optimizers", "models")
+"""Kinds registered once per backend implementation."""
+
 
 class ComponentConformance:
     """Base of the conformance classes; subclasses set :attr:`kind` and name the component."""
 
     kind: ClassVar[str] = ""
-    """``"algorithms"``, ``"task-samplers"``, ``"optimizers"`` or ``"backends"`` (set by the base class)."""
+    """``"algorithms"``, ``"task-samplers"``, ``"optimizers"``, ``"backends"``, ``"observers"``
+    or ``"models"`` (set by the base class)."""
     backend: ClassVar[str | None] = None
-    """Algorithms and optimizers: the backend whose implementation is tested."""
+    """Algorithms, optimizers and models: the backend whose implementation is tested."""
 
     @classmethod
     def component_name(cls) -> str:
@@ -30,7 +34,7 @@ class ComponentConformance:
 
     def record(self) -> Component:
         """The registered record of the component under test."""
-        backend = self.backend if self.kind in ("algorithms", "optimizers") else None
+        backend = self.backend if self.kind in PER_BACKEND else None
         return registry().get(self.kind, self.component_name(), backend)
 
     def load(self) -> Any:
@@ -49,7 +53,7 @@ class ComponentConformance:
         assert plugin.error is None, f"plugin {plugin.name!r} has a discovery error: {plugin.error}"
         assert record.summary.strip() == record.summary, "summary has surrounding whitespace"
         assert len(record.summary) <= 120, f"summary is {len(record.summary)} characters; keep it to one short line"
-        if self.kind in ("algorithms", "optimizers"):
+        if self.kind in PER_BACKEND:
             assert self.backend in record.backends
 
     def test_entry_point_module_imports_no_framework(self) -> None:

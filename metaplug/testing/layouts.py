@@ -24,6 +24,21 @@ def conv4_layout(channels: int, size: int, outputs: int, filters: int = 64) -> d
     return layout
 
 
+def resnet12_layout(channels: int, outputs: int, widths: tuple[int, int, int, int]) -> dict[str, tuple[int, ...]]:
+    """``resnet12`` with block widths ``widths`` on inputs of ``channels`` channels."""
+    layout: dict[str, tuple[int, ...]] = {}
+    for i, width in enumerate(widths):
+        block = f"features.{i}"
+        for j, fan_in in enumerate((channels, width, width), start=1):
+            layout[f"{block}.conv{j}.weight"] = (width, fan_in, 3, 3)
+            layout[f"{block}.norm{j}.weight"], layout[f"{block}.norm{j}.bias"] = (width,), (width,)
+        layout[f"{block}.shortcut.conv.weight"] = (width, channels, 1, 1)
+        layout[f"{block}.shortcut.norm.weight"], layout[f"{block}.shortcut.norm.bias"] = (width,), (width,)
+        channels = width
+    layout["head.weight"], layout["head.bias"] = (outputs, channels), (outputs,)
+    return layout
+
+
 def model_weights(state: dict) -> dict[str, tuple[int, ...]]:
     """Names (without ``model.``) and shapes of the model weights in an algorithm's state."""
     return {k[len("model.") :]: tuple(v.shape) for k, v in state.items() if k.startswith("model.")}

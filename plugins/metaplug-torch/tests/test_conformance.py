@@ -1,7 +1,10 @@
 """metaplug's conformance suite (metaplug.testing), run on every component of this plugin:
 the same checks a third-party plugin's tests inherit."""
 
-from metaplug.testing import AlgorithmConformance, BackendConformance, OptimizerConformance
+from typing import Any, ClassVar
+
+from metaplug.testing import AlgorithmConformance, BackendConformance, ModelConformance, OptimizerConformance
+from metaplug.testing.layouts import conv4_layout, mlp_layout, resnet12_layout
 
 BACKEND = "torch"
 
@@ -56,3 +59,34 @@ class TestInnerSGD(OptimizerConformance):
 
 class TestInnerMetaSGD(OptimizerConformance):
     optimizer, backend = "inner-metasgd", BACKEND
+
+
+class TestMLPModel(ModelConformance):
+    model, backend = "mlp", BACKEND
+    options: ClassVar[dict[str, Any]] = {"hidden": (16, 16)}
+    problem, input_shape, output_size = "regression", (1,), 1
+    layout = mlp_layout(1, 1, (16, 16))
+
+
+class TestConv4Model(ModelConformance):
+    model, backend = "conv4", BACKEND
+    options: ClassVar[dict[str, Any]] = {"filters": 8}
+    layout = conv4_layout(1, 28, 3, filters=8)
+    rejected_input_shape = (8,)
+
+
+class TestResNet12Model(ModelConformance):
+    model, backend = "resnet12", BACKEND
+    options: ClassVar[dict[str, Any]] = {"channels": (4, 8, 8, 16)}
+    layout = resnet12_layout(1, 3, (4, 8, 8, 16))
+    rejected_input_shape = (1, 8, 8)
+
+
+class TestResNet12DropBlockModel(ModelConformance):
+    model, backend = "resnet12", BACKEND
+    options: ClassVar[dict[str, Any]] = {
+        "channels": (4, 8, 8, 16),
+        "drop_rate": 0.1,
+        "dropblock_size": 2,
+        "dropblock_ramp": 2,
+    }
