@@ -96,7 +96,15 @@ def test_a_plugin_registers_a_model_with_register_models(site):
 def test_model_options_are_declared_once_in_the_host():
     assert MLPOptions().hidden == (40, 40)
     assert Conv4Options().as_dict() == {"filters": 64, "pooling": "max"}
-    assert ResNet12Options().as_dict() == {"channels": (64, 160, 320, 640), "leak": 0.1}
+    assert ResNet12Options().as_dict() == {
+        "channels": (64, 160, 320, 640),
+        "leak": 0.1,
+        "drop_rate": 0.0,
+        "dropblock_size": 5,
+        "dropblock_ramp": 20000,
+    }
+    with pytest.raises(ConfigError, match=r"model.drop_rate must be in \[0, 1\), got 1.0"):
+        ResNet12Options.parse({"drop_rate": 1.0}, "model 'resnet12'", "model")
     with pytest.raises(ConfigError, match="model.filters must be at least 1, got 0"):
         Conv4Options.parse({"filters": 0}, "model 'conv4'", "model")
     with pytest.raises(ConfigError, match="pooling must be one of max, stride"):
