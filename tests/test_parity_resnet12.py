@@ -81,3 +81,27 @@ def test_resnet12_backends_agree(name, dtype):
 
     assert_same_evaluation(torch_alg, tf_alg, batches[1], tolerance)
     assert_same_adaptation(torch_alg, tf_alg, batches[1], tolerance)
+
+
+DROPBLOCK = ModelSpec(
+    "resnet12",
+    SPEC.input_shape,
+    SPEC.output_size,
+    {"channels": (8, 16, 16, 32), "drop_rate": 0.2, "dropblock_size": 2, "dropblock_ramp": 2},
+)
+"""Dropout after blocks 1-2 and DropBlock (2x2 blocks on the 3x3 map, the whole 1x1 map)
+after blocks 3-4, at full rate from the second step."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["protonet", pytest.param("maml", marks=pytest.mark.slow)],  # MAML: the inner loop's forwards are numbered too
+)
+def test_resnet12_with_dropblock_backends_agree(name):
+    """Both backends draw the same dropout and DropBlock masks from the same seed (0) and
+    step, so two meta-steps agree as without them; evaluation draws nothing."""
+    hyper = {**CASES, **SLOW_CASES}[name]
+    torch_alg, tf_alg = build_pair(name, SPEC, DROPBLOCK, "float64", dict(hyper))
+    for seed in (1, 2):
+        assert_same_meta_step(torch_alg, tf_alg, synthetic_batch(seed), TOLERANCE["float64"])
+    assert_same_evaluation(torch_alg, tf_alg, synthetic_batch(3), TOLERANCE["float64"])
