@@ -1,9 +1,9 @@
 """ResNet-12's training-time regularisation (dropout and DropBlock), identical on every backend.
 
 As MetaOptNet's ``ResNet12_embedding.py`` (Lee et al. 2019) with ``drop_rate`` ``p``:
-blocks 1 and 2 end with dropout at rate ``p``, blocks 3 and 4 with DropBlock (Ghiasi et
+blocks 0 and 1 end with dropout at rate ``p``, blocks 2 and 3 with DropBlock (Ghiasi et
 al. 2018) whose rate grows linearly from ``p / ramp`` at the first meta-training step to
-``p`` at step ``ramp`` and stays there. DropBlock draws block seeds with probability
+``p`` from step ``ramp - 1`` (counting from 0) on. DropBlock draws block seeds with probability
 
     gamma = rate / b**2 * (H * W) / ((H - b + 1) * (W - b + 1))
 

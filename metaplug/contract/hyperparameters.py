@@ -233,7 +233,7 @@ class ResNet12Options(Options):
         minimum=0,
         maximum=1,
         below_maximum=True,
-        help="meta-training only: dropout after blocks 1-2, DropBlock's final rate after 3-4 (0: off; MetaOptNet 0.1)",
+        help="meta-training only: dropout after blocks 0-1, DropBlock ramping to it after 2-3 (0: off; MetaOptNet 0.1)",
     )
     dropblock_size: int = option(5, minimum=1, help="side of DropBlock's square blocks (at most the feature map's)")
     dropblock_ramp: int = option(
