@@ -75,10 +75,11 @@ def build_pair(
     model_spec: ModelSpec,
     dtype: str,
     hyper: dict[str, Any] | None = None,
+    lr: float = 1.0,
     **sgd_options: Any,
 ) -> tuple[Any, Any]:
     """The torch and tensorflow implementations of ``name`` with the same weights and state
-    (SGD, rate 1, and ``sgd_options``), with ``hyper`` (default ``HYPER[name]``)."""
+    (SGD at rate ``lr``, and ``sgd_options``), with ``hyper`` (default ``HYPER[name]``)."""
     import torch
 
     from metaplug_tensorflow.backend import Backend
@@ -93,13 +94,13 @@ def build_pair(
     torch_model = torch_backend.build_model(model_spec)
     if dtype == "float64":
         torch_model = torch_model.double()
-    torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=1.0, **sgd_options)
+    torch_sgd = functools.partial(reg.load("optimizers", "sgd", backend="torch"), lr=lr, **sgd_options)
     torch_alg = reg.load("algorithms", name, backend="torch")(
         backend=torch_backend, model=torch_model, spec=spec, optimizer=torch_sgd, **hyper
     )
 
     tf_backend = Backend(device="cpu", dtype=dtype)
-    tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=1.0, **sgd_options)
+    tf_sgd = functools.partial(reg.load("optimizers", "sgd", backend="tensorflow"), lr=lr, **sgd_options)
     tf_alg = reg.load("algorithms", name, backend="tensorflow")(
         backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper
     )

@@ -20,6 +20,10 @@ TensorFlow's task axis); ``loop``: one task at a time, so memory holds one task'
 benchmarks' baseline); ``auto``: what was measured fastest for the model and device."""
 
 
+ANNEALING: tuple[str, ...] = ("linear", "cosine")
+"""Shapes of an outer optimizer's annealing to ``final_lr`` (:func:`metaplug.contract.schedules.learning_rate`)."""
+
+
 # -- algorithms ----------------------------------------------------------------------------
 
 
@@ -87,6 +91,30 @@ class MetaSGDOptions(MAMLOptions):
 
 
 @dataclass(frozen=True)
+class MAMLPlusPlusOptions(MAMLOptions):
+    """MAML++ (Antoniou et al. 2019): MAML with each of the paper's tricks a switch (all on by
+    default), so an ablation is a configuration."""
+
+    inner_steps: int = option(5, minimum=1, help="inner steps per task during meta-training")
+    multi_step_loss: bool = option(
+        True, help="MSL: the query loss after every inner step, weighted, annealed to the last step's"
+    )
+    multi_step_loss_steps: int = option(
+        5000, minimum=1, help="meta-steps over which MSL's weights anneal; afterwards the last step's loss only"
+    )
+    learned_inner_lr: bool = option(True, help="LSLR: a learned inner rate per layer and step, from inner_lr")
+    per_step_batch_norm: bool = option(
+        True, help="BNWB: batch-norm weights and biases per inner step, meta-learned, not adapted"
+    )
+    first_order_steps: int = option(
+        0, minimum=0, help="DA: first-order meta-gradients for the first N meta-steps, then second order"
+    )
+    cosine_annealing: bool = option(True, help="CA: cosine annealing of the outer rate to min_outer_lr")
+    cosine_steps: int = option(50000, minimum=1, help="meta-steps of the cosine annealing")
+    min_outer_lr: float = option(1e-5, minimum=0, help="the outer rate at the end of the cosine annealing")
+
+
+@dataclass(frozen=True)
 class ReptileOptions(InnerLoopOptions):
     """Reptile, with the published protocol's inner Adam and mini-batches as options."""
 
@@ -149,6 +177,9 @@ class ScheduleOptions(Options):
     decay_rate: float = option(0.5, minimum=0, maximum=1, exclusive=True, help="factor of the step decay")
     final_lr: float | None = option(None, minimum=0, help="anneal the rate linearly to this value")
     anneal_steps: int = option(0, minimum=0, help="steps over which the rate is annealed to final_lr")
+    anneal: str = option(
+        "linear", choices=ANNEALING, help="the shape of the annealing to final_lr: " + ", ".join(ANNEALING)
+    )
 
     @property
     def constant(self) -> bool:
@@ -246,6 +277,7 @@ class ResNet12Options(Options):
 
 
 __all__ = [
+    "ANNEALING",
     "BATCHING",
     "AdamOptions",
     "BatchingOptions",
@@ -254,6 +286,7 @@ __all__ = [
     "FineTuneOptions",
     "InnerLoopOptions",
     "MAMLOptions",
+    "MAMLPlusPlusOptions",
     "MLPOptions",
     "MetaSGDOptions",
     "ProtoNetOptions",

@@ -260,7 +260,10 @@ class InnerRule(Protocol):
       with the outer optimizer and saves them as ``inner.<parameter name>``.
     - ``step(params, grads, learnables, lr)`` returns every parameter of ``params`` after
       one inner step, given the gradients of the support loss (same names and shapes),
-      the tensors ``init`` returned and ``inner_lr``.
+      the tensors ``init`` returned and ``inner_lr`` (a float, or a scalar tensor when an
+      algorithm learns the rate: MAML++ steps each parameter with its own).
+
+    A rule with per-task state (moments) implements :class:`StatefulInnerRule` as well.
 
     ``step`` must be a pure function of its inputs: no in-place updates, no randomness, no
     Python side effects and no conversion to numpy. Algorithms differentiate through it
@@ -288,6 +291,66 @@ class InnerRule(Protocol):
     ) -> dict[str, Any]:
         """Every parameter after one inner step, by name."""
         ...
+
+
+@runtime_checkable
+class StatefulInnerRule(InnerRule, Protocol):
+    """An inner rule with per-task state (Adam's and RMSprop's moments): an
+    :class:`InnerRule` with two more methods, which inner loops call instead of ``step``.
+
+    - ``init_state(params)`` returns the state at the start of one task's adaptation,
+      keyed by parameter name (each value whatever the rule needs for that parameter: a
+      tuple of tensors, a step count...). Inner loops call it afresh for every task and
+      every adaptation, so nothing carries over from one task to the next.
+    - ``step_with_state(params, grads, learnables, lr, state)`` returns the parameters after
+      one inner step and the new state, both keyed by name. It is pure like ``step`` and
+      differentiated through, moments included (second-order MAML).
+
+    Keying the state by parameter name lets an algorithm step parameters one at a time
+    with their own rate (MAML++'s per-layer rates pass ``{name: param}`` mappings and a
+    scalar tensor ``lr``). ``step`` is one step from a fresh state. Algorithms go through
+    :func:`initial_state` and :func:`apply_rule`, which handle both kinds of rule.
+    """
+
+    def init_state(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The state before the first inner step, by parameter name."""
+        ...
+
+    def step_with_state(
+        self,
+        params: Mapping[str, Any],
+        grads: Mapping[str, Any],
+        learnables: Mapping[str, Any],
+        lr: Any,
+        state: Mapping[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every parameter after one inner step, and the new state, by name."""
+        ...
+
+
+def is_stateful(rule: InnerRule) -> bool:
+    """Whether ``rule`` keeps per-task state (implements :class:`StatefulInnerRule`)."""
+    return callable(getattr(rule, "init_state", None)) and callable(getattr(rule, "step_with_state", None))
+
+
+def initial_state(rule: InnerRule, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh per-task state for ``rule`` on ``params`` (``{}`` for a stateless rule)."""
+    return rule.init_state(params) if is_stateful(rule) else {}  # type: ignore[attr-defined]
+
+
+def apply_rule(
+    rule: InnerRule,
+    params: Mapping[str, Any],
+    grads: Mapping[str, Any],
+    learnables: Mapping[str, Any],
+    lr: Any,
+    state: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One inner step of ``rule``: ``(new params, new state)``, the state threaded through
+    for a :class:`StatefulInnerRule` and ``{}`` for a stateless one."""
+    if is_stateful(rule):
+        return rule.step_with_state(params, grads, learnables, lr, state)  # type: ignore[attr-defined]
+    return rule.step(params, grads, learnables, lr), {}
 
 
 def resolve_inner_rule(
@@ -319,6 +382,11 @@ def resolve_inner_rule(
     if not isinstance(rule, InnerRule):
         raise ConfigError(
             f"rule must implement init() and step() (metaplug.contract.interfaces.InnerRule), got {type(rule).__name__}"
+        )
+    if callable(getattr(rule, "init_state", None)) != callable(getattr(rule, "step_with_state", None)):
+        raise ConfigError(
+            f"rule {type(rule).__name__} must implement both init_state() and step_with_state() or neither "
+            f"(metaplug.contract.interfaces.StatefulInnerRule)"
         )
     return rule
 

@@ -25,6 +25,12 @@ ALGORITHMS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Meta-SGD: MAML with learned per-parameter inner rates (Li et al. 2017).",
     ),
     (
+        "mamlpp",
+        "algorithms.mamlpp:MAMLPlusPlus",
+        BOTH,
+        "MAML++: MAML with multi-step loss, learned per-step rates, per-step batch norm (Antoniou et al. 2019).",
+    ),
+    (
         "protonet",
         "algorithms.protonet:ProtoNet",
         ("classification",),
@@ -45,6 +51,8 @@ OPTIMIZERS: tuple[tuple[str, str, str, str], ...] = (
     ("rmsprop", "optimizers:RMSprop", "outer", "RMSprop; step decay or linear annealing (torch.optim.RMSprop)."),
     ("inner-sgd", "inner:InnerSGD", "inner", "Inner-loop gradient descent p - lr * grad."),
     ("inner-metasgd", "inner:InnerMetaSGD", "inner", "Inner-loop descent with learned per-parameter rates (Meta-SGD)."),
+    ("inner-adam", "inner:InnerAdam", "inner", "Inner-loop Adam, differentiable, moments fresh per task."),
+    ("inner-rmsprop", "inner:InnerRMSprop", "inner", "Inner-loop RMSprop, differentiable, average fresh per task."),
 )
 """Rows ``(name, target, role, summary)``."""
 

@@ -1,9 +1,10 @@
-"""The seven algorithms on TensorFlow (imports TensorFlow)."""
+"""The algorithms on TensorFlow (imports TensorFlow)."""
 
 from metaplug_tensorflow.algorithms.base import AdaptedModel, MetaLearner
 from metaplug_tensorflow.algorithms.finetune import FineTune
 from metaplug_tensorflow.algorithms.gradient import GradientMetaLearner
 from metaplug_tensorflow.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
+from metaplug_tensorflow.algorithms.mamlpp import MAMLPlusPlus
 from metaplug_tensorflow.algorithms.protonet import ProtoNet
 from metaplug_tensorflow.algorithms.reptile import Reptile
 
@@ -11,6 +12,7 @@ __all__ = [
     "ANIL",
     "FOMAML",
     "MAML",
+    "MAMLPlusPlus",
     "AdaptedModel",
     "FineTune",
     "GradientMetaLearner",

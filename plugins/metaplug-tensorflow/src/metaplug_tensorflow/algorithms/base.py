@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
-from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
+from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec, apply_rule, initial_state
 from metaplug.contract.options import checked
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
@@ -314,12 +314,17 @@ class MetaLearner:
 
     def rule_update(self, names: Sequence[str], learnables: Mapping[str, tf.Tensor], lr: float) -> Update:
         """One step of ``self.rule`` at rate ``lr`` as an :data:`Update` of weight lists, the
-        weights being named ``names`` (the rule works on name-keyed mappings)."""
+        weights being named ``names`` (the rule works on name-keyed mappings). Each call
+        returns a new update for one adaptation: a stateful rule's state starts fresh at its
+        first step and is carried through its later steps (the loop unrolls at tracing)."""
+        state: dict[str, Any] | None = None
 
         def update(weights: Weights, grads: Weights) -> Weights:
-            stepped = self.rule.step(
-                dict(zip(names, weights, strict=True)), dict(zip(names, grads, strict=True)), learnables, lr
-            )
+            nonlocal state
+            named = dict(zip(names, weights, strict=True))
+            if state is None:
+                state = initial_state(self.rule, named)
+            stepped, state = apply_rule(self.rule, named, dict(zip(names, grads, strict=True)), learnables, lr, state)
             return [stepped[n] for n in names]
 
         return update
