@@ -13,7 +13,6 @@ import importlib.util
 import math
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("metaplug_torch")

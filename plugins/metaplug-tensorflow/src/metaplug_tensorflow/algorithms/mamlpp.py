@@ -32,7 +32,7 @@ class MAMLPlusPlus(MAML):
     """
 
     name = "mamlpp"
-    Options = MAMLPlusPlusOptions  # type: ignore[assignment]
+    Options = MAMLPlusPlusOptions
     options: MAMLPlusPlusOptions
 
     def setup(self) -> None:

@@ -42,7 +42,7 @@ class MAMLPlusPlus(MAML):
     """
 
     name = "mamlpp"
-    Options = MAMLPlusPlusOptions  # type: ignore[assignment]
+    Options = MAMLPlusPlusOptions
     options: MAMLPlusPlusOptions
 
     def setup(self) -> None:
@@ -102,7 +102,12 @@ class MAMLPlusPlus(MAML):
         return new, after
 
     def trajectory(
-        self, params: Params, extra: Mapping[str, torch.Tensor], sx: torch.Tensor, sy: torch.Tensor, steps: int,
+        self,
+        params: Params,
+        extra: Mapping[str, torch.Tensor],
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
         second_order: bool,
     ) -> list[Params]:
         """The adapted parameters after each of ``steps`` inner steps on the support set."""
@@ -123,7 +128,12 @@ class MAMLPlusPlus(MAML):
         return found
 
     def adapt_task(
-        self, params: Params, learnables: Params, h_support: torch.Tensor, sy: torch.Tensor, steps: int,
+        self,
+        params: Params,
+        learnables: Params,
+        h_support: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
         second_order: bool,
     ) -> Params:
         """The adapted parameters after ``steps`` steps, with the last step's batch norm
