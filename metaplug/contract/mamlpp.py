@@ -8,11 +8,14 @@ TensorFlow implementations use identical ones and a resumed run continues exactl
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from metaplug.contract.hyperparameters import MAMLPlusPlusOptions, ScheduleOptions
 from metaplug.contract.schedules import with_cosine_annealing
 from metaplug.errors import ConfigError
+
+_NORM = re.compile(r"norm\d*")
 
 MSL_FLOOR = 0.03
 """The non-final steps' weights end at ``MSL_FLOOR / inner_steps`` (the paper's code)."""
@@ -52,12 +55,12 @@ def step_index(step: int, inner_steps: int) -> int:
 
 def batch_norm_names(names: list[str] | tuple[str, ...]) -> list[str]:
     """The batch-norm weights and biases among a model's parameter names: those of a module
-    whose name starts with ``norm`` (``features.0.norm.weight``, ``layer1.shortcut.norm.bias``;
-    the standard models' layout, docs/models.md)."""
+    named ``norm`` or ``norm`` and a number (``features.0.norm.weight``, ``layer1.norm2.bias``,
+    ``layer1.shortcut.norm.bias``: the standard models' layout, docs/models.md)."""
     found = []
     for name in names:
         parts = name.split(".")
-        if len(parts) >= 2 and parts[-2].startswith("norm") and parts[-1] in ("weight", "bias"):
+        if len(parts) >= 2 and _NORM.fullmatch(parts[-2]) and parts[-1] in ("weight", "bias"):
             found.append(name)
     return found
 
