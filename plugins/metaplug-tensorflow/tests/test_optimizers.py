@@ -180,4 +180,4 @@ def test_rules_resolve_by_name_without_the_host():
         resolve_rule(None, "inner-sign", "maml")
     with pytest.raises(ConfigError, match="reptile has no inner_rule option"):
         resolve_rule(given, None, "reptile")
-    assert set(BUILTIN_RULES) == {"inner-sgd", "inner-metasgd"}
+    assert set(BUILTIN_RULES) == {"inner-sgd", "inner-metasgd", "inner-adam", "inner-rmsprop"}
