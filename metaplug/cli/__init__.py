@@ -68,8 +68,13 @@ def ignore_further_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+INVOCATION: list[str] = []
+"""The arguments of this ``metaplug`` command (what ``train --nproc`` passes on to its workers)."""
+
+
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     """Entry point of the ``metaplug`` script and ``python -m metaplug``."""
+    INVOCATION[:] = sys.argv[1:] if args is None else list(args)
     try:
         _load_commands()
         cli.main(args=args, prog_name=prog_name or "metaplug", standalone_mode=False)

@@ -35,6 +35,7 @@ OPTION_PATHS: dict[str, str] = {
     "patience": "train.patience",
     "data_dir": "data_dir",
     "device": "device",
+    "nproc": "distributed.workers",
 }
 """Command-line option → configuration key (``section.key``)."""
 
@@ -113,6 +114,18 @@ OPTION_PATHS: dict[str, str] = {
     show_default=True,
     help="Format of --dry-run.",
 )
+@click.option(
+    "--nproc",
+    type=int,
+    help="Train on N local worker processes (data-parallel; torchrun or TF_CONFIG). Also with --resume.",
+)
+@click.option(
+    "--workers",
+    "cluster",
+    metavar="HOST:PORT,...",
+    help="TensorFlow multi-machine: every worker's address (sets TF_CONFIG); with --worker-index.",
+)
+@click.option("--worker-index", type=int, help="TensorFlow multi-machine: this machine's place in --workers.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the results.")
 def train_command(
     config_file: str | None,
@@ -123,6 +136,8 @@ def train_command(
     dry_run_format: str,
     quiet: bool,
     observers: tuple[str, ...],
+    cluster: str | None,
+    worker_index: int | None,
     **options: Any,
 ) -> None:
     """Meta-train an algorithm on a task distribution, then test it on held-out tasks.
@@ -130,11 +145,13 @@ def train_command(
     With no options this runs the default job: sinusoid regression with MAML on the
     first available backend (about a minute on a laptop CPU).
     """
-    from metaplug.experiment import runner
+    from metaplug.cli import INVOCATION
+    from metaplug.experiment import runner, scaling
 
     progress = False if quiet else None
+    scaling.set_cluster(cluster, worker_index)
     if resume_dir is not None:
-        changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device"))
+        changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device", "nproc"))
         if config_file or assignments or run_dir or changed:
             given = (
                 ["--" + k.replace("_", "-") for k in changed]
@@ -143,10 +160,18 @@ def train_command(
                 + (["--run-dir"] if run_dir else [])
             )
             raise click.UsageError(
-                f"--resume continues a run as configured; only --iterations, --device and --log may change "
+                f"--resume continues a run as configured; only --iterations, --device, --log and --nproc may change "
                 f"(remove {', '.join(given)})"
             )
-        trainer = runner.resume(Path(resume_dir), options.get("iterations"), progress, options.get("device"), observers)
+        trainer = scaling.resume(
+            Path(resume_dir),
+            options.get("iterations"),
+            progress,
+            options.get("device"),
+            options.get("nproc"),
+            INVOCATION,
+            observers,
+        )
     else:
         cfg = runner.with_observers(resolve_config(config_file, options, assignments), observers)
         if dry_run:
@@ -157,7 +182,8 @@ def train_command(
             if dry_run_format == "json":
                 click.echo()
             return
-        trainer = runner.start(cfg, Path(run_dir) if run_dir else None, progress)
+        trainer = scaling.start(cfg, Path(run_dir) if run_dir else None, progress, INVOCATION)
+    quiet = quiet or not scaling.leads(trainer)
     if not quiet:
         what = "continuing" if resume_dir else "training"
         click.echo(
@@ -168,9 +194,12 @@ def train_command(
         result = trainer.run()
     except runner.TrainingInterrupted as exc:
         ignore_further_interrupts()
+        if not scaling.leads(trainer):  # rank 0 says it
+            raise SystemExit(exc.exit_code) from None
         fail(str(exc), exc.exit_code)
         return
-    report(result, trainer, quiet)
+    if scaling.leads(trainer):
+        report(result, trainer, quiet)
 
 
 def resolve_config(config_file: str | None, options: dict[str, Any], assignments: tuple[str, ...]) -> Any:

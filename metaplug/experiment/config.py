@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "data_workers": 1,
     },
     "evaluation": {"episodes": 600, "steps": None, "ways": None, "shots": None, "queries": None},
+    "distributed": {"workers": 1, "threads": None, "timeout_s": 300.0},
 }
 """The default job: sinusoid regression with MAML, about a minute on a laptop CPU."""
 
@@ -127,6 +128,9 @@ SETTINGS: dict[str, Setting] = {
     "evaluation.ways": Setting(int | None, 1),
     "evaluation.shots": Setting(int | None, 1),
     "evaluation.queries": Setting(int | None, 1),
+    "distributed.workers": Setting(int, 1),
+    "distributed.threads": Setting(int | None, 1),
+    "distributed.timeout_s": Setting(float, 0, exclusive=True),
 }
 """Every fixed setting (``section.key``); ``val_every`` and ``checkpoint_every`` 0 mean never
 (a checkpoint is still written at the end), ``test_tasks`` 0 skips the final test.
@@ -182,6 +186,18 @@ class EvaluationSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """Data-parallel training (docs/user-guide.md, "Scaling out"): ``workers`` processes (the
+    world size; a launcher's overrides it and the run records it), ``threads`` per worker
+    (``None``: the machine's cores shared out) and ``timeout_s``, how long a worker waits
+    for the others before the run stops."""
+
+    workers: int = 1
+    threads: int | None = None
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A validated experiment; :meth:`as_dict` round-trips through :func:`from_dict`."""
 
@@ -197,6 +213,7 @@ class ExperimentConfig:
     evaluation: EvaluationSettings
     device: str | None = None
     """The backend's device (``cpu``, ``cuda:1``, ``gpu``...); ``None``: the backend's default."""
+    distributed: DistributedSettings = DistributedSettings()
 
     def as_dict(self) -> dict[str, Any]:
         def section(choice: Choice, **extra: Any) -> dict[str, Any]:
@@ -213,6 +230,7 @@ class ExperimentConfig:
             "optimizer": section(self.optimizer, lr=self.lr),
             "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.train).items()},
             "evaluation": dict(vars(self.evaluation)),
+            "distributed": dict(vars(self.distributed)),
         }
 
     def to_toml(self) -> str:
@@ -283,6 +301,8 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
         if not isinstance(DEFAULTS[name], dict):
             continue
         table = dict(raw.get(name, {}))
+        if name == "distributed":  # runs saved before the section existed lack it
+            table = {**DEFAULTS[name], **table}
         fixed = {k.split(".", 1)[1] for k in SETTINGS if k.startswith(f"{name}.")}
         for key in fixed:  # a key added after a run was saved takes its default
             table[key] = SETTINGS[f"{name}.{key}"].check(f"{name}.{key}", table.get(key, DEFAULTS[name].get(key)))
@@ -308,6 +328,7 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
         lr=sections["optimizer"]["lr"],
         train=TrainSettings(**sections["train"]),
         evaluation=EvaluationSettings(**sections["evaluation"]),
+        distributed=DistributedSettings(**sections["distributed"]),
     )
 
 

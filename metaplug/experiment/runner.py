@@ -253,7 +253,7 @@ class Trainer:
             with interrupt_flag(self):
                 self._train_to_the_end(saved_at)
                 results = self.final_results()  # a stop signal now only ends the run once scored
-            write_json_atomic(self.run_dir / RESULTS_FILE, results)
+            self.write_results(results)
         except TrainingInterrupted:
             self.observers.run_end(self.step, "interrupted", {})
             raise
@@ -264,6 +264,10 @@ class Trainer:
             raise
         self.observers.run_end(self.step, "completed", results)
         return TrainResult(self.run_dir, self.step, results)
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        """``results.json``, atomically."""
+        write_json_atomic(self.run_dir / RESULTS_FILE, results)
 
     def _train_to_the_end(self, saved_at: int | None) -> None:
         """The training loop: stop after a step when a stop signal came, checkpointed."""

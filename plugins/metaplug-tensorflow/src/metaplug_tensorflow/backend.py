@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,21 @@ class Backend:
     def rng(self) -> np.random.Generator:
         """The generator that initialises weights (reseeded by :meth:`seed`)."""
         return self._rng
+
+    @classmethod
+    def join_workers(cls, timeout_s: float, device: str | None = None) -> Any:
+        """The :class:`~metaplug_tensorflow.distributed.Workers` this process is one of when a launcher
+        started it, else ``None`` (see :mod:`metaplug.contract.distributed`)."""
+        from metaplug_tensorflow.distributed import Workers
+
+        return Workers.join(timeout_s, device)
+
+    @classmethod
+    def launch_workers(cls, nproc: int, argv: Sequence[str], threads: int, timeout_s: float) -> int:
+        """Run ``metaplug argv`` on ``nproc`` local workers; their exit status."""
+        from metaplug_tensorflow.distributed import launch
+
+        return launch(nproc, argv, threads, timeout_s)
 
     def seed(self, seed: int) -> None:
         """Seed model initialisation (a numpy generator), TensorFlow's global generator and

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +47,21 @@ class Backend:
                 f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
                 f"are visible, numbered from 0"
             )
+
+    @classmethod
+    def join_workers(cls, timeout_s: float, device: str | None = None) -> Any:
+        """The :class:`~metaplug_torch.distributed.Workers` this process is one of when a launcher
+        started it, else ``None`` (see :mod:`metaplug.contract.distributed`)."""
+        from metaplug_torch.distributed import Workers
+
+        return Workers.join(timeout_s, device)
+
+    @classmethod
+    def launch_workers(cls, nproc: int, argv: Sequence[str], threads: int, timeout_s: float) -> int:
+        """Run ``metaplug argv`` on ``nproc`` local workers; their exit status."""
+        from metaplug_torch.distributed import launch
+
+        return launch(nproc, argv, threads, timeout_s)
 
     def seed(self, seed: int) -> None:
         """Seed torch's generators (CPU and every CUDA device)."""

@@ -1,0 +1,85 @@
+"""What ``metaplug train`` does about workers: join those a launcher started, or launch them
+(``--nproc N``, ``distributed.workers``); ``--workers``/``--worker-index`` spell TensorFlow's
+``TF_CONFIG``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from metaplug.errors import ConfigError
+from metaplug.experiment import checkpoint as checkpoints
+from metaplug.experiment import runner
+from metaplug.experiment import workers as scale_out
+from metaplug.experiment.components import check
+from metaplug.experiment.config import SETTINGS, ExperimentConfig
+from metaplug.experiment.files import write_bytes_atomic
+from metaplug.experiment.rundir import CHECKPOINT_DIR, CONFIG_FILE
+from metaplug.experiment.tomlio import encode
+
+
+def set_cluster(cluster: str | None, index: int | None) -> None:
+    """Set ``TF_CONFIG`` from ``--workers host:port,...`` and ``--worker-index i``."""
+    if cluster is None and index is None:
+        return
+    if cluster is None or index is None:
+        raise ConfigError("--workers and --worker-index go together (every worker's address, and this one's)")
+    hosts = [host.strip() for host in cluster.split(",") if host.strip()]
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigError(f"--workers takes host:port addresses separated by commas, got {host!r}")
+    if not 0 <= index < len(hosts):
+        raise ConfigError(f"--worker-index must be 0 to {len(hosts) - 1} for {len(hosts)} --workers, got {index}")
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+
+
+def start(cfg: ExperimentConfig, run_dir: Path | None, progress: bool | None, argv: Sequence[str]) -> runner.Trainer:
+    """A trainer for a new run: this process's worker's when a launcher started it (a
+    restarted group continues ``run_dir``'s last checkpoint), one process's when one worker
+    is asked for; for more, launch them running ``metaplug argv`` and exit with their status."""
+    cfg = check(cfg)
+    workers = scale_out.join(cfg)
+    if workers is None:
+        if cfg.distributed.workers > 1:
+            raise SystemExit(scale_out.launch(cfg, argv, cfg.distributed.workers))
+        return runner.start(cfg, run_dir, progress)
+    if workers.restarted and run_dir is not None and checkpoints.exists(run_dir / CHECKPOINT_DIR):
+        return scale_out.resume(run_dir, None, progress, None, workers)
+    return scale_out.start(cfg, run_dir, progress, workers)
+
+
+def resume(
+    run_dir: Path,
+    iterations: int | None,
+    progress: bool | None,
+    device: str | None,
+    nproc: int | None,
+    argv: Sequence[str],
+) -> runner.Trainer:
+    """A trainer continuing ``run_dir`` on ``--nproc`` workers (default: as many as it ran on)."""
+    cfg = runner.load_run_config(run_dir)
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    wanted = cfg.distributed.workers if nproc is None else SETTINGS["distributed.workers"].check("--nproc", nproc)
+    workers = scale_out.join(cfg)
+    if workers is not None:
+        return scale_out.resume(run_dir, iterations, progress, device, workers)
+    if wanted > 1:
+        raise SystemExit(scale_out.launch(cfg, argv, wanted))
+    trainer = runner.resume(run_dir, iterations, progress, device)
+    if trainer.cfg.distributed.workers != 1:  # ran on several workers before
+        trainer.cfg = trainer.experiment.config = replace(
+            trainer.cfg, distributed=replace(trainer.cfg.distributed, workers=1)
+        )
+        write_bytes_atomic(Path(run_dir) / CONFIG_FILE, encode(trainer.cfg.to_toml()))
+    return trainer
+
+
+def leads(trainer: runner.Trainer) -> bool:
+    """Whether this process speaks for the run (one process, or rank 0)."""
+    workers = getattr(trainer, "workers", None)
+    return workers is None or workers.rank == 0
