@@ -122,8 +122,11 @@ class Workers:
         return str(box[0])
 
     def close(self) -> None:
+        """Wait for the others (a worker that leaves first can abort gloo's threads in the
+        others), then leave the group."""
         if dist.is_initialized():
             with contextlib.suppress(RuntimeError, ValueError):
+                dist.barrier()
                 dist.destroy_process_group()
 
 

@@ -1,0 +1,73 @@
+"""Data-parallel training: the host's slicing and gathering, and real worker processes on CPU
+(gloo, MultiWorkerMirroredStrategy on localhost) giving one process's meta-parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distributed_worker
+from metaplug.contract.distributed import check_meta_batch, gather_tasks, shard, task_slice
+from metaplug.errors import ConfigError
+from workers_env import finish, start_workers
+
+
+class FakeWorkers:
+    """``world_size`` workers simulated in one process: ``all_gather`` returns the rows the
+    test prepared for the other ranks."""
+
+    def __init__(self, rank: int, world_size: int, others: dict[int, np.ndarray]) -> None:
+        self.rank, self.world_size, self.others = rank, world_size, others
+
+    def all_gather(self, values: np.ndarray) -> np.ndarray:
+        return np.stack([values if r == self.rank else self.others[r] for r in range(self.world_size)])
+
+
+@pytest.mark.parametrize("tasks, world", [(4, 2), (5, 2), (7, 3), (2, 4), (600, 7)])
+def test_task_slices_cover_every_task_once_in_order(tasks: int, world: int) -> None:
+    slices = [task_slice(tasks, r, world) for r in range(world)]
+    covered = np.concatenate([np.arange(tasks)[s] for s in slices])
+    assert covered.tolist() == list(range(tasks))
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_takes_the_same_tasks_from_every_array() -> None:
+    batch = distributed_worker.batch(0, 5)
+    part = shard(batch, 1, 2)
+    assert part.num_tasks == 2
+    np.testing.assert_array_equal(part.support_x, batch.support_x[3:])
+    np.testing.assert_array_equal(part.query_y, batch.query_y[3:])
+    assert part.classes is not None and batch.classes is not None
+    np.testing.assert_array_equal(part.classes, batch.classes[3:])
+
+
+def test_gather_tasks_restores_the_order_of_uneven_slices() -> None:
+    values = np.arange(5.0) * 10
+    rank1 = np.full(3, np.nan)
+    rank1[:2] = values[3:]  # padded to the longest slice
+    gathered = gather_tasks(FakeWorkers(0, 2, {1: rank1}), values[:3], 5)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(gathered, values)
+
+
+def test_a_meta_batch_that_does_not_split_evenly_is_refused() -> None:
+    check_meta_batch(8, 4)
+    with pytest.raises(ConfigError, match=r"meta_batch_size 6 cannot be split evenly over 4 workers; use a multiple"):
+        check_meta_batch(6, 4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_two_workers_train_and_evaluate_as_one_process(backend: str, tmp_path) -> None:
+    """Every algorithm, step after step: the meta-parameters of two workers equal one
+    process's to float tolerance, and so do the gathered evaluation results."""
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    out = tmp_path / "workers.npz"
+    procs = start_workers(backend, [distributed_worker.__file__, backend, str(out)])
+    for status, _, err in finish(procs):
+        assert status == 0, err[-3000:]
+    distributed = dict(np.load(out))
+    single = distributed_worker.run(backend)
+    assert sorted(distributed) == sorted(single)
+    for key, expected in single.items():
+        np.testing.assert_allclose(distributed[key], expected, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert len(single["maml/eval/accuracy"]) == distributed_worker.EVAL_TASKS
