@@ -1,6 +1,6 @@
 """A few meta-training steps of every data-parallel algorithm on one backend, run on one
 process (imported by the tests) or as one of several workers (``python distributed_worker.py
-BACKEND OUT.npz``, started with torchrun's variables or ``TF_CONFIG``): rank 0 saves the
+BACKEND OUT.npz [ALGORITHM...]``, started with torchrun's variables or ``TF_CONFIG``): rank 0 saves the
 meta-parameters after every step and the per-task results of an evaluation."""
 
 from __future__ import annotations
@@ -55,13 +55,15 @@ def batch(seed: int, tasks: int) -> Any:
     return EpisodeBatch(sx, sy, qx, qy, "classification", classes=classes)
 
 
-def run(backend: str, workers: Any = None) -> dict[str, np.ndarray]:
-    """``{algorithm/step/parameter: array, algorithm/eval/metric: per-task array}``."""
+def run(backend: str, workers: Any = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``{algorithm/step/parameter: array, algorithm/eval/metric: per-task array}`` for the
+    algorithms ``names`` (default: all of :data:`ALGORITHMS`)."""
     import metaplug
     from metaplug.experiment.workers import ShardedAlgorithm
 
     found: dict[str, np.ndarray] = {}
-    for name, options in ALGORITHMS.items():
+    for name in names or list(ALGORITHMS):
+        options = ALGORITHMS[name]
         learner = metaplug.algorithm(
             name, spec=spec(), backend=backend, optimizer=OPTIMIZER, lr=0.1, seed=0, device="cpu", **options
         )
@@ -77,16 +79,16 @@ def run(backend: str, workers: Any = None) -> dict[str, np.ndarray]:
     return found
 
 
-def main(backend: str, out: str) -> None:
+def main(backend: str, out: str, names: list[str]) -> None:
     from metaplug.plugins.discovery import registry
 
     workers = registry().get("backends", backend).load().join_workers(60.0, "cpu")
     assert workers is not None, "start with torchrun's variables or TF_CONFIG"
-    found = run(backend, workers)
+    found = run(backend, workers, names)
     if workers.rank == 0:
         np.savez(out, **found)
     workers.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -56,18 +58,45 @@ def test_a_meta_batch_that_does_not_split_evenly_is_refused() -> None:
         check_meta_batch(6, 4)
 
 
-@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
-def test_two_workers_train_and_evaluate_as_one_process(backend: str, tmp_path) -> None:
+ALL = list(distributed_worker.ALGORITHMS)
+
+
+@pytest.mark.parametrize(
+    "backend, names",
+    [
+        ("torch", ALL),
+        ("tensorflow", ["maml", "protonet"]),  # TensorFlow's start-up and tracing: the rest in the slow run
+        pytest.param("tensorflow", ALL, marks=pytest.mark.slow, id="tensorflow-all"),
+    ],
+)
+def test_two_workers_train_and_evaluate_as_one_process(backend: str, names: list[str], tmp_path) -> None:
     """Every algorithm, step after step: the meta-parameters of two workers equal one
     process's to float tolerance, and so do the gathered evaluation results."""
     pytest.importorskip("torch" if backend == "torch" else "tensorflow")
     out = tmp_path / "workers.npz"
-    procs = start_workers(backend, [distributed_worker.__file__, backend, str(out)])
+    procs = start_workers(backend, [distributed_worker.__file__, backend, str(out), *names])
     for status, _, err in finish(procs):
         assert status == 0, err[-3000:]
     distributed = dict(np.load(out))
-    single = distributed_worker.run(backend)
+    single = distributed_worker.run(backend, names=names)
     assert sorted(distributed) == sorted(single)
     for key, expected in single.items():
         np.testing.assert_allclose(distributed[key], expected, rtol=1e-5, atol=1e-6, err_msg=key)
     assert len(single["maml/eval/accuracy"]) == distributed_worker.EVAL_TASKS
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_reptile_with_task_to_task_state_is_refused_on_workers(backend: str) -> None:
+    """Reptile's published inner Adam carries state from task to task: one line says why."""
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    import metaplug
+
+    refuse = importlib.import_module(f"metaplug_{backend}.distributed").refuse_dependent_tasks
+    spec = distributed_worker.spec()
+    refuse(metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu"))
+    learner = metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu", inner_optimizer="adam")
+    with pytest.raises(ConfigError, match=r"^reptile with inner_optimizer 'adam' carries the inner Adam state"):
+        refuse(learner)
+    learner = metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu", inner_batch_size=2)
+    with pytest.raises(ConfigError, match=r"^reptile with inner_batch_size or evaluation_batch_size draws"):
+        refuse(learner)

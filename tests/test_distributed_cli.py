@@ -1,0 +1,153 @@
+"""``metaplug train`` on two local workers (torch, gloo): rank 0 alone writes, results equal
+one process's, SIGTERM to the launcher checkpoints, --resume continues bitwise, a killed
+worker stops the run with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaplug.experiment import checkpoint as checkpoints
+from workers_env import ROOT, finish, start_workers
+
+pytest.importorskip("torch")
+
+ITERATIONS = 600
+CONFIG = """\
+seed = 3
+backend = "torch"
+device = "cpu"
+[tasks]
+name = "sinusoid"
+shots = 5
+[train]
+iterations = {iterations}
+meta_batch_size = 4
+log_every = 50
+val_every = 300
+val_tasks = 6
+checkpoint_every = 400
+test_tasks = 10
+"""
+
+
+def config(tmp: Path, iterations: int = ITERATIONS) -> str:
+    path = tmp / "config.toml"
+    path.write_text(CONFIG.format(iterations=iterations))
+    return str(path)
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TF_CONFIG"):
+        env.pop(name, None)
+    return env
+
+
+def metaplug(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "metaplug", *args], capture_output=True, text=True, env=environment(), cwd=ROOT
+    )
+
+
+def weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return checkpoints.load(run_dir / "checkpoint").arrays
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("two")
+    done = metaplug("train", "--config", config(tmp), "--nproc", "2", "--run-dir", str(tmp / "run"), "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("held-out test tasks") == 1, done.stdout  # rank 0 alone reports
+    return tmp / "run"
+
+
+def test_two_workers_write_once_and_score_as_one_process(two_worker_run: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (two_worker_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(50, ITERATIONS + 1, 50))
+    assert "workers = 2" in (two_worker_run / "config.toml").read_text()
+    done = metaplug("train", "--config", config(tmp_path), "--run-dir", str(tmp_path / "one"), "-q")
+    assert done.returncode == 0, done.stderr
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["test"]
+    two = json.loads((two_worker_run / "results.json").read_text())["test"]
+    for metric in ("loss", "loss_before"):
+        assert two[metric]["n"] == one[metric]["n"] == 10
+        assert two[metric]["mean"] == pytest.approx(one[metric]["mean"], rel=1e-4)
+    for name, array in weights(tmp_path / "one").items():
+        if name.startswith("model."):
+            np.testing.assert_allclose(weights(two_worker_run)[name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def interrupted_run(tmp: Path) -> Path:
+    """A two-worker run stopped by SIGTERM to the launcher once training is under way."""
+    run_dir = tmp / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "metaplug", "train", "--config", config(tmp), "--nproc", "2"]
+        + ["--run-dir", str(run_dir), "-q"],
+        env=environment(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    while launcher.poll() is None and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "checkpoint saved, continue with 'metaplug train --resume" in errors[0], err
+    step = checkpoints.load(run_dir / "checkpoint").step
+    assert 0 < step < ITERATIONS
+    return run_dir
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_resume_is_bitwise(two_worker_run: Path, tmp_path: Path) -> None:
+    run_dir = interrupted_run(tmp_path)
+    done = metaplug("train", "--resume", str(run_dir), "--nproc", "2", "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed, uninterrupted = weights(run_dir), weights(two_worker_run)
+    assert sorted(resumed) == sorted(uninterrupted)
+    for name, array in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[name], array, err_msg=name)
+    assert json.loads((run_dir / "results.json").read_text()) == {
+        **json.loads((two_worker_run / "results.json").read_text()),
+        "elapsed_s": json.loads((run_dir / "results.json").read_text())["elapsed_s"],
+    }
+
+
+@pytest.mark.slow
+def test_a_two_worker_run_resumes_on_one_process(two_worker_run: Path, tmp_path: Path) -> None:
+    run_dir = interrupted_run(tmp_path)
+    done = metaplug("train", "--resume", str(run_dir), "--nproc", "1", "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "workers = 1" in (run_dir / "config.toml").read_text()
+    for name, array in weights(two_worker_run).items():
+        if name.startswith("model."):
+            np.testing.assert_allclose(weights(run_dir)[name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_killed_worker_stops_the_others_with_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["-m", "metaplug", "train", "--config", config(tmp_path, 10**6), "--run-dir", str(run_dir), "-q"]
+    procs = start_workers("torch", [*args, "--set", "distributed.timeout_s=30"], cwd=ROOT)
+    metrics = run_dir / "metrics.jsonl"
+    while procs[0].poll() is None and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.05)
+    procs[1].kill()
+    (status, _, err), _ = finish(procs, timeout=60)
+    assert status == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: a worker of this run stopped or did not answer"), err
+    assert "distributed.timeout_s = 30 s" in lines[0]
