@@ -23,6 +23,11 @@ COLUMNS = [
     "gflop_per_s",
     "reference_median_ms",
     "speedup",
+    "workers",
+    "threads",
+    "allreduce_ms",
+    "one_worker_tasks_per_s",
+    "worker_speedup",
     "data",
 ]
 
@@ -52,6 +57,16 @@ COLUMNS = [
     "--data-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Threads building batches."
 )
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Time each pair on N worker processes (data-parallel) and on one, for the speed-up.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Threads per worker (default with --nproc: the cores shared out)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
 def bench_command(
     backend: str | None,
@@ -65,6 +80,8 @@ def bench_command(
     prefetch: int,
     data_workers: int,
     timeout: float | None,
+    nproc: int,
+    threads: int | None,
     as_json: bool,
 ) -> None:
     """Benchmark meta-training steps of every installed (algorithm, backend) pair.
@@ -79,13 +96,15 @@ def bench_command(
     if data_dir:
         os.environ["METAPLUG_DATA_DIR"] = data_dir
     pairs = plan(backend, algorithm, workload)
+    if nproc > 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // nproc)
     if batching is not None:
         check_batching(batching, sorted({pair.backend for pair in pairs}))
     rows = []
     for pair in pairs:
         if not as_json:
             click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
-        row = bench_pair(pair, steps, warmup, reference, timeout, batching, prefetch, data_workers)
+        row = bench_pair(pair, steps, warmup, reference, timeout, batching, prefetch, data_workers, nproc, threads)
         rows.append(row)
         if as_json:
             click.echo(json.dumps(row))
@@ -94,7 +113,7 @@ def bench_command(
     columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     click.echo(format_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
     for r in rows:
-        for note in ("error", "reference"):
+        for note in ("error", "reference", "one_worker"):
             if note in r:
                 click.echo(f"{r['workload']} on {r['backend']}: {note}: {r[note]}")
 
@@ -105,7 +124,9 @@ def bench_child_command(request: str) -> None:
     """Measure one pair (run by 'metaplug bench' in a fresh process); prints one JSON line."""
     from metaplug.experiment.bench import child_main
 
-    click.echo(json.dumps(child_main(request)))
+    row = child_main(request)
+    if row is not None:  # None: a launcher, or a worker other than rank 0
+        click.echo(json.dumps(row))
 
 
 def check_batching(batching: str, backends: list[str]) -> None:

@@ -191,6 +191,9 @@ class Backend(Protocol):
 
     Constructed with no arguments, or with ``device=...`` (``"cpu"``, ``"cuda:1"``...)
     when the user picks a device; raise ``ConfigError`` for one it cannot use.
+
+    Optional, for training on several workers: the classmethods ``join_workers`` and
+    ``launch_workers`` of :mod:`metaplug.contract.distributed`.
     """
 
     name: str

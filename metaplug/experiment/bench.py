@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from metaplug.contract.distributed import DEFAULT_TIMEOUT_S
 from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.errors import ConfigError, DatasetError, suggest
 
@@ -324,9 +326,12 @@ def measure(
     batching: str | None = None,
     prefetch: int = 2,
     data_workers: int = 1,
+    workers: Any = None,
 ) -> dict[str, Any]:
     """Time ``steps`` meta-training steps after ``warmup`` untimed ones, and the time each
-    waited for its batch (the child's work)."""
+    waited for its batch (the child's work); with ``workers``
+    (:class:`~metaplug.contract.distributed.Workers`), each step trains this worker's slice of
+    the meta-batch and averages the gradients over all."""
     from metaplug.experiment.components import algorithm as build_algorithm
     from metaplug.experiment.components import describe_options
     from metaplug.plugins.discovery import registry
@@ -353,9 +358,16 @@ def measure(
         lr=OUTER_LR,
         **options,
     )
+    if workers is not None:
+        from metaplug.contract.distributed import check_meta_batch
+        from metaplug.experiment.workers import ShardedAlgorithm
+
+        check_meta_batch(w.shape.meta_batch_size, workers.world_size)
+        algorithm = ShardedAlgorithm(algorithm, workers, source.spec.problem)
     try:
         for _ in range(warmup):
             algorithm.meta_train_step(source.draw())
+        reduced = workers.reduce_seconds if workers is not None else 0.0
         times, waits = [], []
         for _ in range(steps):
             asked = time.perf_counter()
@@ -367,6 +379,11 @@ def measure(
     finally:
         source.close()
     median = statistics.median(times)
+    scaled: dict[str, Any] = {"workers": 1}
+    if workers is not None:
+        scaled = {"workers": workers.world_size, "engine": workers.name}
+        if workers.reduce_seconds:  # measured where the all-reduce runs eagerly (torch)
+            scaled["allreduce_ms"] = round(1000 * (workers.reduce_seconds - reduced) / steps, 3)
     return {
         "backend": backend_name,
         "algorithm": w.algorithm,
@@ -384,6 +401,7 @@ def measure(
         "warmup": warmup,
         "data": source.description,
         "device": str(getattr(getattr(algorithm, "backend", None), "device", "cpu")),
+        **scaled,
     }
 
 
@@ -446,8 +464,11 @@ def run_child(
     timeout: float | None = None,
     prefetch: int = 2,
     data_workers: int = 1,
+    nproc: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process."""
+    """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process (which launches
+    ``nproc`` workers when more than one), with ``threads`` threads per worker when given."""
     request = json.dumps(
         {
             "backend": pair.backend,
@@ -457,11 +478,16 @@ def run_child(
             "batching": batching,
             "prefetch": prefetch,
             "data_workers": data_workers,
+            "nproc": nproc,
+            "threads": threads,
         }
     )
     command = [sys.executable, "-m", "metaplug", "bench-child", request]
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g} s"}
     if done.returncode != 0:
@@ -480,16 +506,28 @@ def bench_pair(
     batching: str | None = None,
     prefetch: int = 2,
     data_workers: int = 1,
+    nproc: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """One output row: the measurement (with ``batching``, that mode instead of the
     algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
-    per-task loop (``batching="reference"``)."""
+    per-task loop (``batching="reference"``). With ``nproc`` > 1 the pair runs on that many
+    workers (``threads`` each) and also on one worker with as many threads, for
+    ``worker_speedup``."""
     row: dict[str, Any] = {
         "backend": pair.backend,
         "algorithm": pair.workload.algorithm,
         "workload": pair.workload.name,
     }
-    row.update(run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers))
+    row.update(run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers, nproc, threads))
+    row["threads"] = threads
+    if nproc > 1 and row.get("median_ms"):
+        one = run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers, threads=threads)
+        if "error" in one:
+            row["one_worker"] = f"not measured: {one['error']}"
+        else:
+            row["one_worker_tasks_per_s"] = one["tasks_per_s"]
+            row["worker_speedup"] = round(one["median_ms"] / row["median_ms"], 2)
     gflop = nominal_gflop(pair.workload)
     if gflop is not None:
         row["nominal_gflop"] = round(gflop, 1)
@@ -514,8 +552,10 @@ def _resolved_batching(algorithm: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def child_main(request_json: str) -> dict[str, Any]:
-    """Parse the parent's request and measure (raises :class:`MetaplugError` on bad requests)."""
+def child_main(request_json: str) -> dict[str, Any] | None:
+    """Parse the parent's request and measure (raises :class:`MetaplugError` on bad requests).
+    A request for several workers launches them (each runs this again) and returns ``None``:
+    rank 0 prints the row, the other workers return ``None`` too."""
     try:
         request = json.loads(request_json)
         arguments = (
@@ -527,9 +567,28 @@ def child_main(request_json: str) -> dict[str, Any]:
             int(request.get("prefetch", 2)),
             int(request.get("data_workers", 1)),
         )
+        nproc = int(request.get("nproc") or 1)
+        threads = request.get("threads")
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad bench-child request: {exc}") from exc
-    return measure(*arguments)
+    if nproc == 1:
+        return measure(*arguments)
+    from metaplug.plugins.discovery import registry
+
+    backend = registry().load("backends", arguments[0])
+    if not hasattr(backend, "join_workers"):
+        raise ConfigError(f"backend {arguments[0]!r} cannot run on several workers")
+    workers = backend.join_workers(DEFAULT_TIMEOUT_S, None)
+    if workers is None:
+        status = backend.launch_workers(nproc, ["bench-child", request_json], int(threads or 1), DEFAULT_TIMEOUT_S)
+        if status:
+            raise ConfigError(f"the {nproc} workers failed (exit status {status})")
+        return None
+    try:
+        row = measure(*arguments, workers=workers)
+    finally:
+        workers.close()
+    return row if workers.rank == 0 else None
 
 
 __all__ = ["NAMED", "SHAPES", "Pair", "Workload", "bench_pair", "measure", "plan", "workload"]

@@ -54,7 +54,7 @@ def join(cfg: ExperimentConfig) -> Workers | None:
     joining = getattr(cls, "join_workers", None)
     if joining is None:
         return None
-    return joining(cfg.distributed.timeout_s, cfg.device)  # type: ignore[no-any-return]
+    return joining(cfg.distributed.timeout_s, cfg.device)
 
 
 def default_threads(nproc: int) -> int:

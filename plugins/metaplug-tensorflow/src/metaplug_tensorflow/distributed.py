@@ -62,6 +62,9 @@ class Workers:
         self.name = f"tf.distribute.MultiWorkerMirroredStrategy ({'NCCL' if gpus else 'ring'})"
         self.restarted = False
         self.reduce_seconds = 0.0
+        self._gather = tf.function(
+            lambda x: self._replicated(lambda ctx, y: ctx.all_gather(y, axis=0), x), reduce_retracing=True
+        )
 
     @classmethod
     def join(cls, timeout_s: float, device: str | None) -> Workers | None:
@@ -105,7 +108,7 @@ class Workers:
         """Wrap the outer optimizer's ``apply(grads)`` (traced into the compiled training
         step) so that it first replaces the gradients by their mean over the workers."""
         refuse_dependent_tasks(algorithm)
-        optimizer = getattr(algorithm, "optimizer", None)
+        optimizer: Any = getattr(algorithm, "optimizer", None)
         if not callable(getattr(optimizer, "apply", None)):
             raise ConfigError(
                 f"algorithm {getattr(algorithm, 'name', type(algorithm).__name__)!r} has no outer optimizer "
@@ -122,8 +125,7 @@ class Workers:
     def all_gather(self, values: np.ndarray) -> np.ndarray:
         tensor = tf.constant(np.asarray(values, dtype=np.float64)[None])
         with self.collective():
-            rows = self._replicated(lambda ctx, x: ctx.all_gather(x, axis=0), tensor)
-            return np.asarray(rows.numpy())
+            return np.asarray(self._gather(tensor).numpy())
 
     def broadcast_text(self, text: str) -> str:
         data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.float64)
