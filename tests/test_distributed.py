@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib
 
+import distributed_worker
 import numpy as np
 import pytest
+from workers_env import finish, start_workers
 
-import distributed_worker
 from metaplug.contract.distributed import check_meta_batch, gather_tasks, shard, task_slice
 from metaplug.errors import ConfigError
-from workers_env import finish, start_workers
 
 
 class FakeWorkers:

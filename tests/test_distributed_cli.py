@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workers_env import ROOT, finish, start_workers
 
 from metaplug.experiment import checkpoint as checkpoints
-from workers_env import ROOT, finish, start_workers
 
 pytest.importorskip("torch")
 
@@ -91,8 +91,7 @@ def interrupted_run(tmp: Path) -> Path:
     """A two-worker run stopped by SIGTERM to the launcher once training is under way."""
     run_dir = tmp / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "metaplug", "train", "--config", config(tmp), "--nproc", "2"]
-        + ["--run-dir", str(run_dir), "-q"],
+        [sys.executable, "-m", "metaplug", "train", "--config", config(tmp), "--nproc", "2", "--run-dir", str(run_dir)],
         env=environment(),
         cwd=ROOT,
         stdout=subprocess.PIPE,
