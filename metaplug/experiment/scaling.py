@@ -59,18 +59,20 @@ def resume(
     device: str | None,
     nproc: int | None,
     argv: Sequence[str],
+    observers: Sequence[str] = (),
 ) -> runner.Trainer:
-    """A trainer continuing ``run_dir`` on ``--nproc`` workers (default: as many as it ran on)."""
+    """A trainer continuing ``run_dir`` on ``--nproc`` workers (default: as many as it ran on),
+    with more ``observers`` when given."""
     cfg = runner.load_run_config(run_dir)
     if device is not None:
         cfg = replace(cfg, device=device)
     wanted = cfg.distributed.workers if nproc is None else SETTINGS["distributed.workers"].check("--nproc", nproc)
     workers = scale_out.join(cfg)
     if workers is not None:
-        return scale_out.resume(run_dir, iterations, progress, device, workers)
+        return scale_out.resume(run_dir, iterations, progress, device, workers, observers)
     if wanted > 1:
         raise SystemExit(scale_out.launch(cfg, argv, wanted))
-    trainer = runner.resume(run_dir, iterations, progress, device)
+    trainer = runner.resume(run_dir, iterations, progress, device, observers)
     if trainer.cfg.distributed.workers != 1:  # ran on several workers before
         trainer.cfg = trainer.experiment.config = replace(
             trainer.cfg, distributed=replace(trainer.cfg.distributed, workers=1)

@@ -11,7 +11,7 @@ contract is :mod:`metaplug.contract.distributed`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ import numpy as np
 from metaplug.contract.distributed import Workers, check_meta_batch, gather_tasks, shard
 from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
+from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment import runner
 from metaplug.experiment.components import build, check
 from metaplug.experiment.config import ExperimentConfig
 from metaplug.experiment.files import write_bytes_atomic
-from metaplug.experiment.metrics import MetricsLog
-from metaplug.experiment.rundir import CONFIG_FILE
+from metaplug.experiment.observers import Observers
+from metaplug.experiment.rundir import BEST_DIR, CONFIG_FILE
 from metaplug.experiment.tomlio import encode
 from metaplug.plugins.discovery import registry
 
@@ -119,22 +120,10 @@ class ShardedAlgorithm:
         return result
 
 
-class SilentMetrics(MetricsLog):
-    """``metrics.jsonl`` as seen by a worker other than rank 0: it writes nothing."""
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        pass
-
-    def sync(self) -> None:
-        pass
-
-    def truncate(self, step: int) -> None:
-        pass
-
-
 class WorkerTrainer(runner.Trainer):
     """A :class:`~metaplug.experiment.runner.Trainer` on one of several workers: only rank 0
-    writes ``metrics.jsonl``, checkpoints and ``results.json`` (and shows progress)."""
+    has observers (``metrics.jsonl``, TensorBoard...), writes the checkpoints and
+    ``results.json`` and shows progress."""
 
     workers: Workers
 
@@ -148,7 +137,7 @@ class WorkerTrainer(runner.Trainer):
         sharded.trainer = self
         self.experiment.algorithm = sharded
         if workers.rank != 0:
-            self.metrics = SilentMetrics(self.run_dir)
+            self.observers = Observers([])
             self.progress_enabled = False
         return self
 
@@ -157,6 +146,24 @@ class WorkerTrainer(runner.Trainer):
         if self.workers.rank == 0:
             super().save_checkpoint()
         self.workers.all_gather(np.zeros(1))
+
+    def save_best(self, scores: dict[str, float]) -> None:
+        """Rank 0 saves (every worker finds the same best step: the scores are gathered)."""
+        if self.workers.rank == 0:
+            super().save_best(scores)
+        self.workers.all_gather(np.zeros(1))
+
+    def final_results(self) -> dict[str, Any]:
+        """As one process's; every worker first checks that it sees rank 0's best checkpoint,
+        whose weights the test uses."""
+        seen = checkpoints.saved_step(self.run_dir / BEST_DIR)
+        steps = self.workers.all_gather(np.array([-1.0 if seen is None else float(seen)]))[:, 0]
+        if len(set(steps.tolist())) > 1:
+            raise ConfigError(
+                f"the workers do not all see the best checkpoint rank 0 wrote in {self.run_dir}; "
+                "put the run directory on a file system that every machine shares"
+            )
+        return super().final_results()
 
     def write_results(self, results: dict[str, Any]) -> None:
         if self.workers.rank == 0:
@@ -188,14 +195,19 @@ def start(cfg: ExperimentConfig, run_dir: Path | None, progress: bool | None, wo
 
 
 def resume(
-    run_dir: Path, iterations: int | None, progress: bool | None, device: str | None, workers: Workers
+    run_dir: Path,
+    iterations: int | None,
+    progress: bool | None,
+    device: str | None,
+    workers: Workers,
+    observers: Sequence[str] = (),
 ) -> WorkerTrainer:
     """Continue the run in ``run_dir`` on ``workers`` (as many as before or not): rank 0 locks
     it and records the new world size; every worker loads its last checkpoint."""
     run_dir = Path(run_dir)
     if workers.rank == 0:
         try:
-            lead = runner.resume(run_dir, iterations, progress, device)
+            lead = runner.resume(run_dir, iterations, progress, device, observers)
             cfg = with_world_size(lead.cfg, workers)
             if cfg != lead.cfg:
                 lead.cfg = lead.experiment.config = cfg
