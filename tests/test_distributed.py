@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import distributed_worker
 import numpy as np
 import pytest
+from cli_assertions import assert_one_line_error
 from workers_env import finish, start_workers
 
 from metaplug.contract.distributed import check_meta_batch, gather_tasks, shard, task_slice
@@ -100,3 +103,21 @@ def test_reptile_with_task_to_task_state_is_refused_on_workers(backend: str) -> 
     learner = metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu", inner_batch_size=2)
     with pytest.raises(ConfigError, match=r"^reptile with inner_batch_size or evaluation_batch_size draws"):
         refuse(learner)
+
+
+def test_bad_worker_options_are_one_line_errors(tmp_path) -> None:
+    """Checked before any worker starts: nothing is launched."""
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "metaplug", "train", "--backend", "torch", "--iterations", "2", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+
+    assert_one_line_error(train("--nproc", "0"), "distributed.workers", "at least 1")
+    assert_one_line_error(train("--nproc", "2", "--meta-batch-size", "5"), "5 cannot be split evenly over 2 workers")
+    assert_one_line_error(train("--worker-index", "0"), "--workers and --worker-index go together")
+    assert_one_line_error(train("--workers", "hostA", "--worker-index", "0"), "host:port", "'hostA'")
+    assert_one_line_error(train("--workers", "a:1,b:2", "--worker-index", "2"), "--worker-index must be 0 to 1")
+    assert_one_line_error(
+        train("--workers", "localhost:1,localhost:2", "--worker-index", "0"), "which backend 'torch' does not use"
+    )
+    assert not list(tmp_path.iterdir())

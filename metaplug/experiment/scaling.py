@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from metaplug.contract.distributed import Workers, check_meta_batch
 from metaplug.errors import ConfigError
 from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment import runner
@@ -20,9 +21,13 @@ from metaplug.experiment.files import write_bytes_atomic
 from metaplug.experiment.rundir import CHECKPOINT_DIR, CONFIG_FILE
 from metaplug.experiment.tomlio import encode
 
+CLUSTER_FLAGS: list[bool] = []
+"""Set when ``--workers``/``--worker-index`` described the cluster (its backend must join it)."""
+
 
 def set_cluster(cluster: str | None, index: int | None) -> None:
     """Set ``TF_CONFIG`` from ``--workers host:port,...`` and ``--worker-index i``."""
+    CLUSTER_FLAGS.clear()
     if cluster is None and index is None:
         return
     if cluster is None or index is None:
@@ -35,6 +40,25 @@ def set_cluster(cluster: str | None, index: int | None) -> None:
     if not 0 <= index < len(hosts):
         raise ConfigError(f"--worker-index must be 0 to {len(hosts) - 1} for {len(hosts)} --workers, got {index}")
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+    CLUSTER_FLAGS.append(True)
+
+
+def joined(cfg: ExperimentConfig) -> Workers | None:
+    """:func:`metaplug.experiment.workers.join`, refusing ``--workers`` that the backend ignores."""
+    workers = scale_out.join(cfg)
+    if workers is None and CLUSTER_FLAGS:
+        raise ConfigError(
+            f"--workers and --worker-index describe TensorFlow workers (TF_CONFIG), which backend {cfg.backend!r} "
+            "does not use; start torch workers with torchrun (docs/user-guide.md, Scaling out)"
+        )
+    return workers
+
+
+def launched(cfg: ExperimentConfig, argv: Sequence[str], nproc: int) -> SystemExit:
+    """Launch ``nproc`` workers running ``metaplug argv`` (after checking that the meta-batch
+    splits evenly over them): the exit with their status, to raise."""
+    check_meta_batch(cfg.train.meta_batch_size, nproc)
+    return SystemExit(scale_out.launch(cfg, argv, nproc))
 
 
 def start(cfg: ExperimentConfig, run_dir: Path | None, progress: bool | None, argv: Sequence[str]) -> runner.Trainer:
@@ -42,10 +66,10 @@ def start(cfg: ExperimentConfig, run_dir: Path | None, progress: bool | None, ar
     restarted group continues ``run_dir``'s last checkpoint), one process's when one worker
     is asked for; for more, launch them running ``metaplug argv`` and exit with their status."""
     cfg = check(cfg)
-    workers = scale_out.join(cfg)
+    workers = joined(cfg)
     if workers is None:
         if cfg.distributed.workers > 1:
-            raise SystemExit(scale_out.launch(cfg, argv, cfg.distributed.workers))
+            raise launched(cfg, argv, cfg.distributed.workers)
         return runner.start(cfg, run_dir, progress)
     if workers.restarted and run_dir is not None and checkpoints.exists(run_dir / CHECKPOINT_DIR):
         return scale_out.resume(run_dir, None, progress, None, workers)
@@ -67,11 +91,11 @@ def resume(
     if device is not None:
         cfg = replace(cfg, device=device)
     wanted = cfg.distributed.workers if nproc is None else SETTINGS["distributed.workers"].check("--nproc", nproc)
-    workers = scale_out.join(cfg)
+    workers = joined(cfg)
     if workers is not None:
         return scale_out.resume(run_dir, iterations, progress, device, workers, observers)
     if wanted > 1:
-        raise SystemExit(scale_out.launch(cfg, argv, wanted))
+        raise launched(cfg, argv, wanted)
     trainer = runner.resume(run_dir, iterations, progress, device, observers)
     if trainer.cfg.distributed.workers != 1:  # ran on several workers before
         trainer.cfg = trainer.experiment.config = replace(
