@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-import sys
 
 import distributed_worker
 import numpy as np
@@ -105,12 +104,18 @@ def test_reptile_with_task_to_task_state_is_refused_on_workers(backend: str) -> 
         refuse(learner)
 
 
-def test_bad_worker_options_are_one_line_errors(tmp_path) -> None:
-    """Checked before any worker starts: nothing is launched."""
+def test_bad_worker_options_are_one_line_errors(tmp_path, monkeypatch, capsys) -> None:
+    """Checked before any worker starts: nothing is launched (run in this process)."""
+    from metaplug.cli import main
+
+    monkeypatch.chdir(tmp_path)
 
     def train(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "metaplug", "train", "--backend", "torch", "--iterations", "2", *args]
-        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+        with pytest.raises(SystemExit) as stopped:
+            main(["train", "--backend", "torch", "--iterations", "2", *args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, int(stopped.value.code or 0), captured.out, captured.err)
 
     assert_one_line_error(train("--nproc", "0"), "distributed.workers", "at least 1")
     assert_one_line_error(train("--nproc", "2", "--meta-batch-size", "5"), "5 cannot be split evenly over 2 workers")
