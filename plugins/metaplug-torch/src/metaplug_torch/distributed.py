@@ -52,6 +52,8 @@ class Workers:
         if use_nccl:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.device = torch.device("cuda") if use_nccl else torch.device("cpu")
+        self.broken = False
+        """A collective failed: the group is not waited for when leaving."""
         with self.collective():
             dist.init_process_group(self.engine, timeout=timedelta(seconds=self.timeout_s))
         self.rank = dist.get_rank()
@@ -75,6 +77,7 @@ class Workers:
         except (RuntimeError, ValueError, OSError) as exc:
             if isinstance(exc, MetaplugError):
                 raise
+            self.broken = True
             detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise lost_workers(f"torch.distributed ({self.engine})", self.timeout_s, detail[:200]) from None
 
@@ -123,10 +126,11 @@ class Workers:
 
     def close(self) -> None:
         """Wait for the others (a worker that leaves first can abort gloo's threads in the
-        others), then leave the group."""
+        others), unless a collective failed, then leave the group."""
         if dist.is_initialized():
             with contextlib.suppress(RuntimeError, ValueError):
-                dist.barrier()
+                if not self.broken:
+                    dist.barrier()
                 dist.destroy_process_group()
 
 
