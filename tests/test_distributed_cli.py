@@ -169,3 +169,16 @@ def test_a_dead_or_hung_worker_stops_the_others_with_one_line(backend: str, faul
     assert len(errors) == 1, err[-3000:]
     assert errors[0].startswith("Error: a worker of this run stopped or did not answer within distributed.timeout_s")
     assert "distributed.timeout_s = 10 s" in errors[0]
+
+
+@pytest.mark.slow
+def test_bench_times_two_workers_against_one() -> None:
+    done = metaplug(
+        "bench", "--backend", "torch", "--workload", "omniglot-protonet", "--nproc", "2", "--steps", "2", "--json"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["workers"] == 2 and row["threads"] >= 1, row
+    assert row["engine"] == "torch.distributed (gloo)"
+    assert row["tasks_per_s"] > 0 and row["one_worker_tasks_per_s"] > 0 and row["allreduce_ms"] >= 0
+    assert row["worker_speedup"] == pytest.approx(row["tasks_per_s"] / row["one_worker_tasks_per_s"], rel=0.05)
