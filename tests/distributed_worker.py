@@ -18,8 +18,10 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "protonet": {},
     "finetune": {},
     "reptile": {"inner_lr": 0.1},
+    "mamlpp": {"inner_lr": 0.3},
+    "matchingnet": {},
 }
-"""What the tests compare, with the options they run."""
+"""What the tests compare, with the options they run (``matchingnet``: torch only)."""
 
 STEPS = 2
 OPTIMIZER = "sgd"

@@ -61,6 +61,7 @@ def test_a_meta_batch_that_does_not_split_evenly_is_refused() -> None:
 
 
 ALL = list(distributed_worker.ALGORITHMS)
+TENSORFLOW = [name for name in ALL if name != "matchingnet"]
 
 
 @pytest.mark.parametrize(
@@ -68,7 +69,7 @@ ALL = list(distributed_worker.ALGORITHMS)
     [
         ("torch", ALL),
         ("tensorflow", ["maml", "protonet"]),  # TensorFlow's start-up and tracing: the rest in the slow run
-        pytest.param("tensorflow", ALL, marks=pytest.mark.slow, id="tensorflow-all"),
+        pytest.param("tensorflow", TENSORFLOW, marks=pytest.mark.slow, id="tensorflow-all"),
     ],
 )
 def test_two_workers_train_and_evaluate_as_one_process(backend: str, names: list[str], tmp_path) -> None:
