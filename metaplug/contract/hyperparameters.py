@@ -19,6 +19,14 @@ TensorFlow's task axis); ``loop``: one task at a time, so memory holds one task'
 ``reference``: torch only, the plain per-task loop of learn2learn and higher (the
 benchmarks' baseline); ``auto``: what was measured fastest for the model and device."""
 
+FREEZE_DURING: tuple[str, ...] = ("both", "training", "adaptation")
+"""When the weights that ``freeze`` names stay fixed: ``training`` (the outer optimizer
+leaves them alone), ``adaptation`` (inner loops and fine-tuning leave them alone) or ``both``."""
+
+REGULARIZATION: tuple[str, ...] = ("none", "l2", "l2-sp")
+"""The fine-tuning baseline's regulariser: ``l2`` pulls the fine-tuned weights towards zero
+(weight decay), ``l2-sp`` towards their starting point (Li et al. 2018)."""
+
 
 ANNEALING: tuple[str, ...] = ("linear", "cosine")
 """Shapes of an outer optimizer's annealing to ``final_lr`` (:func:`metaplug.contract.schedules.learning_rate`)."""
@@ -32,6 +40,12 @@ class BatchingOptions(Options):
     """Options every standard algorithm has."""
 
     batching: str = option("auto", choices=BATCHING, help="how the tasks of a meta-batch run: " + ", ".join(BATCHING))
+    freeze: tuple[str, ...] = option(
+        (), help='model weights kept fixed, as globs of layout names, e.g. ["features.0.*"] (docs/models.md)'
+    )
+    freeze_during: str = option(
+        "both", choices=FREEZE_DURING, help="when frozen weights stay fixed: " + ", ".join(FREEZE_DURING)
+    )
 
     @property
     def evaluation_steps(self) -> int:
@@ -158,6 +172,12 @@ class FineTuneOptions(BatchingOptions):
     inner_lr: float = option(0.01, minimum=0, exclusive=True, help="fine-tuning learning rate")
     test_inner_steps: int = option(10, minimum=0, help="fine-tuning steps in evaluate and adapt")
     finetune: str = option("all", choices=("all", "head"), help="all: features and head; head: features frozen")
+    regularization: str = option(
+        "none",
+        choices=REGULARIZATION,
+        help="fine-tuning objective: support loss + strength/2 * |w|^2 (l2) or |w - w_start|^2 (l2-sp)",
+    )
+    regularization_strength: float = option(0.01, minimum=0, help="lambda, the weight of the regulariser")
 
     @property
     def evaluation_steps(self) -> int:
@@ -279,6 +299,8 @@ class ResNet12Options(Options):
 __all__ = [
     "ANNEALING",
     "BATCHING",
+    "FREEZE_DURING",
+    "REGULARIZATION",
     "AdamOptions",
     "BatchingOptions",
     "Conv4Options",

@@ -64,14 +64,15 @@ class OuterOptimizer:
         if not self.options.constant:
             self.rate.assign(self.learning_rate())
 
-    def apply(self, grads: Sequence[tf.Tensor]) -> None:
-        """One update of every variable from its gradient (graph-safe)."""
+    def apply(self, grads: Sequence[tf.Tensor | None]) -> None:
+        """One update of every variable from its gradient (graph-safe); a variable whose
+        gradient is ``None`` (frozen) is skipped, its slots untouched, as ``torch.optim`` does."""
         if tf.executing_eagerly():
             self.schedule()
         step = self.steps + 1
         for i, (var, grad) in enumerate(zip(self.variables, grads, strict=True)):
             if grad is None:
-                raise ValueError(f"no gradient for variable {var.name}")
+                continue
             if self.options.weight_decay:
                 grad = grad + self.options.weight_decay * var
             self._update(i, var, grad, tf.cast(self.rate, var.dtype), step)

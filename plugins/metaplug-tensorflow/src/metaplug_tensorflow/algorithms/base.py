@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from metaplug.contract.freezing import Freezing
 from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec, apply_rule, initial_state
 from metaplug.contract.options import checked
@@ -65,7 +66,9 @@ class MetaLearner:
     ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`),
     ``self.mode`` (the resolved batching mode: ``"vectorized"`` or ``"loop"``),
     ``self.rule`` (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option
-    names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option),
+    names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option; it leaves
+    the weights frozen in adaptation unchanged), ``self.freezing`` (the
+    :class:`~metaplug.contract.freezing.Freezing` of the ``freeze`` options),
     ``self.extra`` (the variables of :meth:`extra_parameters`), ``self.trainables`` (every
     meta-parameter by ``state_dict`` name) and ``self.optimizer`` (the outer optimizer
     over them).
@@ -120,7 +123,8 @@ class MetaLearner:
         self.model = model
         self.check_model()
         self.mode = self._resolve_batching()
-        self.rule = resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
+        self.freezing = Freezing.resolve(self.options.freeze, self.options.freeze_during, self.model.names)
+        self.rule = self.freezing.rule(resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name))
         with self.backend.scope():
             self.extra = {k: tf.Variable(v, dtype=self.backend.dtype) for k, v in self.extra_parameters().items()}
         weights = dict(zip(self.model.names, self.model.variables, strict=True))
@@ -312,19 +316,22 @@ class MetaLearner:
             weights = update(weights, grads)
         return weights
 
-    def rule_update(self, names: Sequence[str], learnables: Mapping[str, tf.Tensor], lr: float) -> Update:
-        """One step of ``self.rule`` at rate ``lr`` as an :data:`Update` of weight lists, the
-        weights being named ``names`` (the rule works on name-keyed mappings). Each call
-        returns a new update for one adaptation: a stateful rule's state starts fresh at its
-        first step and is carried through its later steps (the loop unrolls at tracing)."""
+    def rule_update(
+        self, names: Sequence[str], learnables: Mapping[str, tf.Tensor], lr: float, rule: InnerRule | None = None
+    ) -> Update:
+        """One step of ``rule`` (default ``self.rule``) at rate ``lr`` as an :data:`Update` of
+        weight lists, the weights being named ``names`` (the rule works on name-keyed mappings).
+        Each call returns a new update for one adaptation: a stateful rule's state starts fresh
+        at its first step and is carried through its later steps (the loop unrolls at tracing)."""
+        stepper = self.rule if rule is None else rule
         state: dict[str, Any] | None = None
 
         def update(weights: Weights, grads: Weights) -> Weights:
             nonlocal state
             named = dict(zip(names, weights, strict=True))
             if state is None:
-                state = initial_state(self.rule, named)
-            stepped, state = apply_rule(self.rule, named, dict(zip(names, grads, strict=True)), learnables, lr, state)
+                state = initial_state(stepper, named)
+            stepped, state = apply_rule(stepper, named, dict(zip(names, grads, strict=True)), learnables, lr, state)
             return [stepped[n] for n in names]
 
         return update
@@ -344,6 +351,13 @@ class MetaLearner:
         if missing:
             raise RuntimeError(f"meta-gradient is None for {missing}")
         return [tf.convert_to_tensor(g) for g in grads]
+
+    def outer_gradients(self, sums: Sequence[tf.Tensor], num_tasks: int) -> list[tf.Tensor | None]:
+        """What the outer optimizer applies: the mean over ``num_tasks`` tasks of the summed
+        gradients ``sums`` (in the order of ``self.trainables``), ``None`` for the weights
+        frozen in training (the optimizer skips them)."""
+        frozen = {f"model.{n}" for n in self.freezing.training}
+        return [None if name in frozen else s / num_tasks for name, s in zip(self.trainables, sums, strict=True)]
 
     def evaluation_steps(self, steps: int | None) -> int:
         """Inner steps for ``evaluate``/``adapt``: ``steps``, checked (an integer >= 0), or
@@ -403,7 +417,7 @@ class MetaLearner:
         num_tasks = tensors[0].shape[0]
         zeros = [tf.zeros_like(v) for v in self.trainables.values()]
         sums, metrics = self.map_tasks(self.meta_gradients, tensors, zeros, self.metric_keys)
-        self.optimizer.apply([s / num_tasks for s in sums])
+        self.optimizer.apply(self.outer_gradients(sums, num_tasks))
         return {k: tf.reduce_mean(v) for k, v in metrics.items()}
 
     def _evaluate_impl(

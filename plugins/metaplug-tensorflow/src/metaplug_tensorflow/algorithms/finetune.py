@@ -6,6 +6,7 @@ import numpy as np
 
 from metaplug.contract.hyperparameters import FineTuneOptions
 from metaplug.contract.interfaces import EpisodeBatch
+from metaplug.contract.regularization import check_new_head, regularised
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import MetaLearner, Weights, tile
@@ -24,7 +25,10 @@ class FineTune(MetaLearner):
     fits the whole model to all tasks' points with MSE. Adaptation trains, by
     ``test_inner_steps`` gradient steps at ``inner_lr`` on the support set, a new
     zero-initialised head for the episode's ways (classification) or the model's own
-    head (regression), together with ``features.*`` when ``finetune="all"``.
+    head (regression), together with ``features.*`` when ``finetune="all"``, on the
+    support loss plus ``regularization_strength`` times the ``regularization``
+    (:mod:`metaplug.contract.regularization`; ``l2-sp`` anchors the weights at the trained
+    ones they start from, the new head at zero).
     """
 
     name = "finetune"
@@ -59,6 +63,10 @@ class FineTune(MetaLearner):
             PRETRAIN + "weight": _uniform(rng, (size, classes), size),
             PRETRAIN + "bias": _uniform(rng, (classes,), size),
         }
+
+    def setup(self) -> None:
+        """Classification fine-tunes a new head: it cannot be frozen in adaptation."""
+        check_new_head(self.classification, self.freezing.adaptation)
 
     # -- pre-training ----------------------------------------------------------------
 
@@ -114,7 +122,11 @@ class FineTune(MetaLearner):
     def _finetune(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
         k = self.model.head_index
         names = (self.model.names[:k] if self.options.finetune == "all" else ()) + self.model.names[k:]
-        update = self.rule_update(names, {}, self.options.inner_lr)
+        weights = dict(zip(self.model.names, self.model.variables, strict=True))
+        starts = {n: weights[n] for n in names if not (self.classification and n in self.model.names[k:])}
+        o = self.options
+        rule = regularised(self.rule, o.regularization, o.regularization_strength, starts)
+        update = self.rule_update(names, {}, o.inner_lr, rule)
         return self.inner_loop(self._forward, self._start(sx), self._inputs(sx), sy, steps, update)
 
     def evaluate_tasks(

@@ -124,9 +124,11 @@ class Reptile(GradientMetaLearner):
             return self.inner_loop(self.task_output, fast, x, y, steps, sgd), None
         states: list[AdamState] = [] if adam is None else [adam]
 
+        frozen = [n in self.freezing.adaptation for n in self.adapted_names()]
+
         def adam_update(params: Weights, grads: Weights) -> Weights:
-            params, states[0] = self.adam_step(params, grads, states[0])
-            return params
+            stepped, states[0] = self.adam_step(params, grads, states[0])
+            return [p if keep else q for p, q, keep in zip(params, stepped, frozen, strict=True)]
 
         update = sgd if adam is None else adam_update
         for k in range(steps):
@@ -181,7 +183,7 @@ class Reptile(GradientMetaLearner):
         for variable, value in zip([*self.adam_m, *self.adam_v], [*m, *v], strict=True):
             variable.assign(value[0])
         self.adam_t.assign(t)
-        self.optimizer.apply([s / num_tasks for s in sums])
+        self.optimizer.apply(self.outer_gradients(sums, num_tasks))
         return {k: tf.reduce_mean(a.stack()) for k, a in arrays.items()}
 
     # -- evaluation and adaptation --------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaplug.contract.freezing import Freezing
 from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
 from metaplug.contract.options import checked
@@ -73,7 +74,9 @@ class MetaLearner:
     ``self.backend``, ``self.model`` (a :class:`~metaplug_torch.functional.FunctionalModel`),
     ``self.params`` (name -> ``nn.Parameter``, the model's meta-parameters), ``self.rule``
     (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option names, or
-    :class:`~metaplug_torch.inner.InnerSGD` without that option), ``self.extra`` (the
+    :class:`~metaplug_torch.inner.InnerSGD` without that option; it leaves the weights
+    frozen in adaptation unchanged), ``self.freezing`` (the
+    :class:`~metaplug.contract.freezing.Freezing` of the ``freeze`` options), ``self.extra`` (the
     meta-parameters of :meth:`extra_parameters`), ``self.dtype``, ``self.device``,
     ``self.mode`` (the resolved batching mode), ``self.optimizer`` (the outer
     optimizer over both) and ``self.seed`` (``torch.initial_seed()``: the run's seed, which
@@ -118,7 +121,8 @@ class MetaLearner:
         self.dtype, self.device = first.dtype, first.device
         self.check_model()
         self.mode = batching.resolve(self.options.batching, self.model, self.device)
-        self.rule = inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name)
+        self.freezing = Freezing.resolve(self.options.freeze, self.options.freeze_during, self.model.names)
+        self.rule = self.freezing.rule(inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name))
         self.extra: dict[str, torch.nn.Parameter] = {
             k: torch.nn.Parameter(v.detach().clone()) for k, v in self.extra_parameters().items()
         }
@@ -220,6 +224,8 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         with models.meta_training(self.seed, self.training_step):
             loss, acc = self.meta_gradients(data, batch)[:2]
+        for name in self.freezing.training:  # torch.optim skips parameters without a gradient
+            self.params[name].grad = None
         self.optimizer.step()
         self._steps += 1
         return self._metrics(loss, acc)

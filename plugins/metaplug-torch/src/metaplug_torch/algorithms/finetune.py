@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from metaplug.contract.hyperparameters import FineTuneOptions
 from metaplug.contract.interfaces import EpisodeBatch
+from metaplug.contract.regularization import check_new_head, regularised
 from metaplug.errors import ConfigError
 from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
 from metaplug_torch.backend import Episodes
@@ -29,7 +30,10 @@ class FineTune(MetaLearner):
     Regression: the model fits every task's points with MSE. Adaptation trains, with
     ``test_inner_steps`` steps of gradient descent at ``inner_lr`` on the support set,
     a new zero-initialised head for the episode's ways (classification) or the model's
-    own head (regression), together with ``features`` when ``finetune="all"``.
+    own head (regression), together with ``features`` when ``finetune="all"``, on the
+    support loss plus ``regularization_strength`` times the ``regularization``
+    (:mod:`metaplug.contract.regularization`; ``l2-sp`` anchors the weights at the trained
+    ones they start from, the new head at zero).
     """
 
     name = "finetune"
@@ -53,6 +57,10 @@ class FineTune(MetaLearner):
             self.width = int(self.model.embed(self.params, probe).shape[-1])
         head = torch.nn.Linear(self.width, classes, dtype=self.dtype, device=self.device)
         return {PRETRAIN + "weight": head.weight, PRETRAIN + "bias": head.bias}
+
+    def setup(self) -> None:
+        """Classification fine-tunes a new head: it cannot be frozen in adaptation."""
+        check_new_head(self.classification, self.freezing.adaptation)
 
     # -- pre-training -------------------------------------------------------------------
     def _pretrain_task(
@@ -110,6 +118,12 @@ class FineTune(MetaLearner):
     ) -> tuple[Params, dict[str, torch.Tensor]]:
         h_support = self._inputs(params, sx)
         start = self._start(params)
+        rule = regularised(
+            self.rule,
+            self.options.regularization,
+            self.options.regularization_strength,
+            {n: params[n].detach() for n in start if not (self.classification and n.startswith("head."))},
+        )
 
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self._output(params, fast, h_support), sy)
@@ -117,7 +131,7 @@ class FineTune(MetaLearner):
         fast = inner_loop(
             support_loss,
             start,
-            self.rule,
+            rule,
             {},
             self.options.inner_lr,
             steps,

@@ -104,9 +104,10 @@ class Reptile(GradientMetaLearner):
             x, y = (sx, sy) if batches is None else (sx[batches[step]], sy[batches[step]])
             grads = self._gradients(params, fast, x, y)
             if adam is None:
-                fast = {n: p - o.inner_lr * grads[n] for n, p in fast.items()}
+                fast = self.rule.step(fast, grads, {}, o.inner_lr)
             else:
-                fast, adam = adam_step(fast, grads, adam, o.inner_lr, o.adam_beta1, o.adam_beta2, o.adam_epsilon)
+                stepped, adam = adam_step(fast, grads, adam, o.inner_lr, o.adam_beta1, o.adam_beta2, o.adam_epsilon)
+                fast = {n: p if n in self.freezing.adaptation else stepped[n] for n, p in fast.items()}
         return fast, adam
 
     def _gradients(self, params: Params, fast: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
