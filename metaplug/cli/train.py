@@ -36,6 +36,10 @@ OPTION_PATHS: dict[str, str] = {
     "data_dir": "data_dir",
     "device": "device",
     "nproc": "distributed.workers",
+    "init_weights": "model.init_weights",
+    "init_weights_strict": "model.init_weights_strict",
+    "freeze": "algorithm.freeze",
+    "freeze_during": "algorithm.freeze_during",
 }
 """Command-line option → configuration key (``section.key``)."""
 
@@ -91,6 +95,28 @@ OPTION_PATHS: dict[str, str] = {
     "--device",
     help="Device of the backend, e.g. cpu, cuda or cuda:1 (torch), cpu or gpu:0 "
     "(tensorflow); default: a GPU when the backend sees one. Also with --resume.",
+)
+@click.option(
+    "--init-weights",
+    metavar="PATH",
+    help="Start the model from these weights: a .safetensors, .npz, torch .pt/.pth/.bin or Keras .weights.h5 "
+    "file, or another run's directory (its latest checkpoint). Names follow docs/models.md.",
+)
+@click.option(
+    "--init-weights-strict/--no-init-weights-strict",
+    default=None,
+    help="Refuse init weights with missing, unexpected or mis-shaped entries (default), or load those that fit.",
+)
+@click.option(
+    "--freeze",
+    metavar="GLOB",
+    multiple=True,
+    help="Keep the model weights matching GLOB fixed, e.g. 'features.0.*' (repeatable; see --freeze-during).",
+)
+@click.option(
+    "--freeze-during",
+    type=click.Choice(["both", "training", "adaptation"]),
+    help="When frozen weights stay fixed: in training, in adaptation (inner loops, fine-tuning) or both (default).",
 )
 @click.option(
     "--set",
@@ -150,6 +176,7 @@ def train_command(
 
     progress = False if quiet else None
     scaling.set_cluster(cluster, worker_index)
+    options["freeze"] = list(options["freeze"]) or None  # not given: () from click
     if resume_dir is not None:
         changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device", "nproc"))
         if config_file or assignments or run_dir or changed:
@@ -183,6 +210,8 @@ def train_command(
                 click.echo()
             return
         trainer = scaling.start(cfg, Path(run_dir) if run_dir else None, progress, INVOCATION)
+    if scaling.leads(trainer):  # one report, not one per worker
+        report_init_weights(trainer.experiment.init_weights, quiet)
     quiet = quiet or not scaling.leads(trainer)
     if not quiet:
         what = "continuing" if resume_dir else "training"
@@ -214,6 +243,16 @@ def resolve_config(config_file: str | None, options: dict[str, Any], assignments
         if value is not None:
             config.set_value(raw, OPTION_PATHS[name], value)
     return config.from_dict(raw)
+
+
+def report_init_weights(loaded: Any, quiet: bool) -> None:
+    """What ``--init-weights`` loaded, on stderr; a partial load is a warning even with ``--quiet``."""
+    if loaded is None:
+        return
+    if not loaded.complete:
+        click.echo(f"warning: {loaded.summary()}", err=True)
+    elif not quiet:
+        click.echo(loaded.summary(), err=True)
 
 
 def report(result: Any, trainer: Any, quiet: bool) -> None:

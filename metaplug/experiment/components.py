@@ -21,6 +21,7 @@ from metaplug.errors import (
     UnknownComponentError,
     suggest,
 )
+from metaplug.experiment import weights
 from metaplug.experiment.config import PREFERRED_BACKENDS, Choice, ExperimentConfig, TrainSettings
 from metaplug.experiment.factories import build_with_factory, is_factory, load_factory
 from metaplug.plugins.discovery import registry as default_registry
@@ -97,6 +98,9 @@ def check(cfg: ExperimentConfig, reg: Registry | None = None, observers: bool = 
     rule = algorithm.options.get("inner_rule")
     if isinstance(rule, str):
         inner_rule_record(reg, rule, backend)
+    if cfg.init_weights is not None:
+        source = weights.check_source(cfg.init_weights, weights.backend_classes(reg, backend))
+        cfg = replace(cfg, init_weights=str(source))
     model = cfg.model  # without a name, the sampler's default model: checked when it is built
     if model.name is not None and is_factory(model.name):
         load_factory(model.name)  # importable and callable; its options go to it unchecked
@@ -343,6 +347,8 @@ class Experiment:
     spec: TaskSpec
     train_sampler: TaskSampler
     records: Records
+    init_weights: weights.WeightsReport | None = None
+    """What loading ``[model] init_weights`` did (``None``: none configured, or a restored run)."""
 
     def sampler(self, split: str, seed: int | None = None) -> TaskSampler:
         """A fresh sampler of the configured tasks for ``split`` (``val`` or ``test``), with the
@@ -417,9 +423,11 @@ def algorithm(
     return construct(reg, cls, instance, model, spec, factory, options)
 
 
-def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
+def build(cfg: ExperimentConfig, reg: Registry | None = None, initialise: bool = True) -> Experiment:
     """Build the training sampler (first: its data is checked before a framework is imported),
-    then seed the backend and build the model and the algorithm (in that order)."""
+    then seed the backend and build the model and the algorithm (in that order), and load
+    ``[model] init_weights`` into it unless ``initialise`` is false (a restored run loads its
+    checkpoint instead)."""
     reg = reg or default_registry()
     records = lookup(cfg, reg)
     sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
@@ -432,4 +440,8 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None) -> Experiment:
     factory = functools.partial(records.optimizer.load(), lr=cfg.lr, **cfg.optimizer.options)
     algorithm = construct(reg, records.algorithm.load(), backend, model, spec, factory, cfg.algorithm.options)
     cfg = replace(cfg, model=model_choice)
-    return Experiment(cfg, backend, algorithm, spec, sampler, records)
+    report = None
+    if initialise and cfg.init_weights is not None:
+        classes = weights.backend_classes(reg, cfg.backend)
+        report = weights.load(algorithm, cfg.init_weights, cfg.init_weights_strict, classes)
+    return Experiment(cfg, backend, algorithm, spec, sampler, records, report)

@@ -22,8 +22,9 @@ The configuration is a TOML document::
     iterations = 10000
 
 See ``docs/user-guide.md`` for every key. In ``tasks``, ``model``, ``algorithm`` and
-``optimizer`` every key except ``name`` (and the optimizer's ``lr``) is passed to the
-component as a keyword argument.
+``optimizer`` every key except ``name`` (and the optimizer's ``lr``, the model's
+``init_weights`` and ``init_weights_strict``) is passed to the component as a keyword
+argument.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "data_dir": None,
     "tasks": {"name": "sinusoid"},
-    "model": {"name": None},
+    "model": {"name": None, "init_weights": None, "init_weights_strict": True},
     "algorithm": {"name": "maml"},
     "optimizer": {"name": "adam", "lr": 0.001},
     "train": {
@@ -106,6 +107,8 @@ SETTINGS: dict[str, Setting] = {
     "data_dir": Setting(str | None),
     "tasks.name": Setting(str),
     "model.name": Setting(str | None),
+    "model.init_weights": Setting(str | None),
+    "model.init_weights_strict": Setting(bool),
     "algorithm.name": Setting(str),
     "optimizer.name": Setting(str),
     "optimizer.lr": Setting(float, 0, exclusive=True),
@@ -140,6 +143,9 @@ writes the ``best`` checkpoint; ``patience`` N > 0 stops training after N valida
 without improvement. ``observers`` names the run observers (``jsonl`` writes ``metrics.jsonl``).
 ``prefetch`` is how many meta-batches are drawn ahead in the background (0: none) and
 ``data_workers`` how many threads build them (see :mod:`metaplug.experiment.prefetch`).
+``model.init_weights`` starts the model from a weights file or another run's checkpoint
+(:mod:`metaplug.experiment.weights`); with ``model.init_weights_strict`` false the entries
+that fit are loaded and the others reported instead of refused.
 ``evaluation.ways``/``shots``/``queries`` (``None``: the tasks' own) shape the validation and
 test episodes, e.g. ProtoNets trained 60-way and tested 5-way."""
 
@@ -214,6 +220,10 @@ class ExperimentConfig:
     device: str | None = None
     """The backend's device (``cpu``, ``cuda:1``, ``gpu``...); ``None``: the backend's default."""
     distributed: DistributedSettings = DistributedSettings()
+    init_weights: str | None = None
+    """``[model] init_weights``: a weights file or run directory the model starts from."""
+    init_weights_strict: bool = True
+    """``[model] init_weights_strict``: refuse init weights that do not fit the model exactly."""
 
     def as_dict(self) -> dict[str, Any]:
         def section(choice: Choice, **extra: Any) -> dict[str, Any]:
@@ -225,7 +235,7 @@ class ExperimentConfig:
             "seed": self.seed,
             "data_dir": self.data_dir,
             "tasks": section(self.tasks),
-            "model": section(self.model),
+            "model": section(self.model, init_weights=self.init_weights, init_weights_strict=self.init_weights_strict),
             "algorithm": section(self.algorithm),
             "optimizer": section(self.optimizer, lr=self.lr),
             "train": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.train).items()},
@@ -322,13 +332,15 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
         seed=checked.get("seed", DEFAULTS["seed"]),
         data_dir=checked.get("data_dir"),
         tasks=choice("tasks"),
-        model=choice("model"),
+        model=choice("model", "init_weights", "init_weights_strict"),
         algorithm=choice("algorithm"),
         optimizer=choice("optimizer", "lr"),
         lr=sections["optimizer"]["lr"],
         train=TrainSettings(**sections["train"]),
         evaluation=EvaluationSettings(**sections["evaluation"]),
         distributed=DistributedSettings(**sections["distributed"]),
+        init_weights=sections["model"]["init_weights"],
+        init_weights_strict=sections["model"]["init_weights_strict"],
     )
 
 

@@ -110,7 +110,7 @@ def restore(
                 f"checkpoint of step {saved.step} in {run_dir} holds non-finite weights ({name!r} has NaN or "
                 "infinite values); it cannot be evaluated or resumed"
             )
-    experiment = build(cfg)
+    experiment = build(cfg, initialise=False)  # the checkpoint holds the weights (init_weights may be gone)
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
     except MetaplugError:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,8 @@ class Backend:
     export_formats: tuple[str, ...] = ("savedmodel",)
     """What ``AdaptedModel.export`` writes (see :mod:`metaplug_tensorflow.export`)."""
     """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
+    weight_formats: tuple[str, ...] = (".weights.h5", ".h5")
+    """Files :meth:`read_weights` reads for ``--init-weights``: Keras weight files."""
 
     def __init__(self, device: str | None = None, dtype: str = "float32") -> None:
         checked("dtype", dtype, str, choices=tuple(DTYPES))
@@ -145,3 +148,11 @@ class Backend:
     def build_model(self, spec: ModelSpec) -> FunctionalModel:
         """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on :attr:`device`."""
         return builder(spec.name).build(self, spec)
+
+    @staticmethod
+    def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+        """A Keras weights file (``model.save_weights``) as numpy arrays by layout name, in
+        the shared layout (see :mod:`metaplug_tensorflow.weights`)."""
+        from metaplug_tensorflow.weights import read_weights
+
+        return read_weights(path)

@@ -116,9 +116,14 @@ class Workers:
             )
         apply = optimizer.apply
 
-        def averaged(grads: Sequence[tf.Tensor]) -> Any:
-            mean = self._replicated(lambda ctx, *g: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(g)), *grads)
-            return apply(list(mean))
+        def averaged(grads: Sequence[tf.Tensor | None]) -> Any:
+            present = [g for g in grads if g is not None]  # None: a frozen weight, which the optimizer skips
+            if not present:
+                return apply(list(grads))
+            mean = iter(
+                self._replicated(lambda ctx, *g: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(g)), *present)
+            )
+            return apply([None if g is None else next(mean) for g in grads])
 
         optimizer.apply = averaged
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
 from metaplug.errors import ConfigError
-from metaplug_torch import models
+from metaplug_torch import models, weights
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Backend:
     batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop", "reference")
     export_formats: tuple[str, ...] = ("torch-export", "onnx")
     """What ``AdaptedModel.export`` writes (see :mod:`metaplug_torch.export`)."""
+    weight_formats: tuple[str, ...] = weights.FORMATS
+    """Files :meth:`read_weights` reads for ``--init-weights``: torch state dicts."""
 
     def __init__(self, device: str | None = None) -> None:
         if device is None:
@@ -86,3 +89,9 @@ class Backend:
     def build_model(self, spec: ModelSpec) -> torch.nn.Module:
         """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on the device."""
         return models.builder(spec.name).build(self, spec)
+
+    @staticmethod
+    def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+        """A torch state dict saved with ``torch.save``, read with ``weights_only=True``, as
+        numpy arrays by name (see :mod:`metaplug_torch.weights`)."""
+        return weights.read_weights(path)
