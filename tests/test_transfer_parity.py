@@ -157,7 +157,7 @@ def test_finetune_regularisers_agree_across_backends_on_regression(regularizatio
     assert not np.allclose(plain[0].evaluate(batch)["loss"], pair[0].evaluate(batch)["loss"], rtol=1e-3)
 
 
-@pytest.mark.parametrize("regularization", ["l2", "l2-sp"])
+@pytest.mark.parametrize("regularization", [pytest.param("l2", marks=pytest.mark.slow), "l2-sp"])
 def test_finetune_regularisers_agree_across_backends_on_images(regularization):
     hyper = {"inner_lr": 0.4, "test_inner_steps": 3, "regularization": regularization, "regularization_strength": 0.5}
     pair = build_pair("finetune", IMAGES, CONV4, "float32", hyper)

@@ -100,7 +100,8 @@ def restore(
     """Rebuild a run's components (on ``device`` instead of the configured one, if given)
     and load its ``checkpoint`` (``last`` or ``best``) into the algorithm. The run's observers
     need not be installed: a resumed run's trainer looks them up."""
-    cfg = check(load_run_config(run_dir), observers=False)
+    saved_cfg = load_run_config(run_dir)  # its init_weights are in the checkpoint (the file may be gone)
+    cfg = replace(check(replace(saved_cfg, init_weights=None), observers=False), init_weights=saved_cfg.init_weights)
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINTS[checkpoint])
@@ -110,7 +111,7 @@ def restore(
                 f"checkpoint of step {saved.step} in {run_dir} holds non-finite weights ({name!r} has NaN or "
                 "infinite values); it cannot be evaluated or resumed"
             )
-    experiment = build(cfg, initialise=False)  # the checkpoint holds the weights (init_weights may be gone)
+    experiment = build(cfg, initialise=False)
     try:
         experiment.algorithm.load_state_dict(saved.arrays)
     except MetaplugError:

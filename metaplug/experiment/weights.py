@@ -242,6 +242,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle
+        raise ConfigError(f"cannot read init weights {path} as .npz: not a zip archive")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
