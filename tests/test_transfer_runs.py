@@ -20,10 +20,10 @@ pytest.importorskip("metaplug_torch")
 if importlib.util.find_spec("torch") is None:
     pytest.skip("torch is not installed", allow_module_level=True)
 
-from metaplug.errors import DatasetError  # noqa: E402
-from metaplug.experiment import checkpoint as checkpoints  # noqa: E402
-from metaplug.experiment import config, runner  # noqa: E402
-from metaplug.experiment.components import build, check  # noqa: E402
+from metaplug.errors import DatasetError
+from metaplug.experiment import checkpoint as checkpoints
+from metaplug.experiment import config, runner
+from metaplug.experiment.components import build, check
 
 OMNIGLOT = {"name": "omniglot", "ways": 5, "shots": 1, "queries": 2}
 TRAIN = {"iterations": 3, "meta_batch_size": 2, "val_every": 0, "test_tasks": 4, "log_every": 1}
@@ -80,7 +80,8 @@ def test_finetune_from_a_protonet_run_with_frozen_blocks_and_l2_sp(protonet_run,
             "--tasks", "omniglot", "--ways", "5", "--shots", "1", "--queries", "2", "--set", "model.filters=8",
             "--algorithm", "finetune", "--set", 'algorithm.regularization="l2-sp"', "--iterations", "3",
             "--meta-batch-size", "2", "--val-every", "0", "--test-tasks", "4", "--run-dir", str(run),
-            "--init-weights", str(protonet_run), "--freeze", "features.0.*", "--freeze", "features.1.*", "--freeze-during", "training",
+            "--init-weights", str(protonet_run), "--freeze", "features.0.*", "--freeze", "features.1.*",
+            "--freeze-during", "training",
         ],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
