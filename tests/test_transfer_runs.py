@@ -78,7 +78,7 @@ def test_finetune_from_a_protonet_run_with_frozen_blocks_and_l2_sp(protonet_run,
         [
             sys.executable, "-m", "metaplug", "train", "--backend", "torch", "--device", "cpu",
             "--tasks", "omniglot", "--ways", "5", "--shots", "1", "--queries", "2", "--set", "model.filters=8",
-            "--algorithm", "finetune", "--set", 'algorithm.regularization="l2-sp"', "--iterations", "3",
+            "--algorithm", "finetune", "--set", "algorithm.regularization=l2-sp", "--iterations", "3",
             "--meta-batch-size", "2", "--val-every", "0", "--test-tasks", "4", "--run-dir", str(run),
             "--init-weights", str(protonet_run), "--freeze", "features.0.*", "--freeze", "features.1.*",
             "--freeze-during", "training",

@@ -203,7 +203,13 @@ class Backend(Protocol):
     batching_modes: tuple[str, ...]
     """The values of the standard algorithms' ``batching`` option that this backend runs
     (optional: without it, every value of :data:`metaplug.contract.hyperparameters.BATCHING`);
-    the host rejects any other before building anything."""
+    the host rejects any other before building anything.
+
+    Optional, for ``--init-weights``: ``weight_formats``, the file suffixes of the
+    framework's weight files (``(".pt", ".pth", ".bin")``), and a static method
+    ``read_weights(path) -> dict[str, np.ndarray]`` reading one into named arrays in the
+    shared layout of ``docs/models.md``; the host asks the configured backend first, then
+    the other installed ones (see :mod:`metaplug.experiment.weights`)."""
 
     export_formats: tuple[str, ...]
     """Formats its adapted models' ``export`` writes (optional; ``metaplug export`` offers
