@@ -184,15 +184,24 @@ def match(
     return usable, report
 
 
-def load(algorithm: Any, path: str | Path, strict: bool = True, backends: Iterable[Any] = ()) -> WeightsReport:
+def load(algorithm: Any, path: str | Path, strict: bool = True, backends: Iterable[Any] | None = None) -> WeightsReport:
     """Load the weights at ``path`` into ``algorithm``'s model through its ``state_dict`` and
     ``load_state_dict`` (so any algorithm on any backend), before training starts.
+    ``backends``: the backend classes that may read framework files (default: every
+    installed one, imported only when a file needs it). From Python::
+
+        learner = metaplug.algorithm("maml", spec=sampler.spec, backend="torch")
+        print(weights.load(learner, "pretrained.safetensors").summary())
 
     ``strict``: every model weight must be found with its shape and every entry used, or
     nothing is loaded and a one-line :class:`ConfigError` lists what did not fit; otherwise
     the fitting entries are loaded and the returned report lists the rest (at least one
     must fit).
     """
+    if backends is None:
+        from metaplug.plugins.discovery import registry
+
+        backends = backend_classes(registry(), getattr(getattr(algorithm, "backend", None), "name", None))
     found, source = read(path, backends)
     state = algorithm.state_dict()
     model = {k[len(MODEL_PREFIX) :]: np.asarray(v) for k, v in state.items() if k.startswith(MODEL_PREFIX)}

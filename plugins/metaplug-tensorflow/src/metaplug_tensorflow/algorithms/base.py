@@ -59,7 +59,8 @@ class MetaLearner:
     :meth:`setup`, :meth:`extra_train_inputs`, :meth:`adaptation_inputs` and
     :attr:`has_loss_before`. They call the helpers :meth:`inner_loop`,
     :meth:`rule_update`, :meth:`forward_per_task`, :meth:`loss_and_accuracy`,
-    :meth:`gradients`, :meth:`register_state` and :func:`tile`.
+    :meth:`gradients`, :meth:`outer_gradients` (for an overridden ``_train_impl``),
+    :meth:`register_state` and :func:`tile`.
 
     Set by ``__init__``: ``self.options``, ``self.spec``, ``self.problem``
     (``spec.problem``), ``self.backend`` (a :class:`~metaplug_tensorflow.backend.Backend`),
