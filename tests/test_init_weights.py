@@ -219,3 +219,9 @@ def test_cli_checks_the_source_before_building_anything(tmp_path):
         "train", *SMALL, "--init-weights", str(tmp_path / "w.npz"), "--dry-run", "--format", "json", check=True
     )
     assert f'"init_weights": "{tmp_path / "w.npz"}"' in done.stdout
+
+
+def test_an_algorithm_without_the_freeze_option_says_so(tmp_path):
+    """Third-party algorithms that do not extend a backend plugin's base class may lack it."""
+    done = metaplug("train", *SMALL, "--run-dir", str(tmp_path / "a"), "--freeze", "features.*")
+    assert_one_line_error(done, "algorithm 'linear-maml' has no option 'freeze'")

@@ -37,7 +37,9 @@ ANNEALING: tuple[str, ...] = ("linear", "cosine")
 
 @dataclass(frozen=True)
 class BatchingOptions(Options):
-    """Options every standard algorithm has."""
+    """Options every standard algorithm has: how tasks are batched, and which model weights
+    stay fixed (``freeze``, ``freeze_during``; :mod:`metaplug.contract.freezing`), which the
+    backend plugins' algorithm base classes run."""
 
     batching: str = option("auto", choices=BATCHING, help="how the tasks of a meta-batch run: " + ", ".join(BATCHING))
     freeze: tuple[str, ...] = option(
