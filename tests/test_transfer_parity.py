@@ -143,7 +143,7 @@ def test_finetune_classification_cannot_freeze_its_new_head_in_adaptation():
 
 
 @pytest.mark.parametrize("regularization", ["l2", "l2-sp"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_finetune_regularisers_agree_across_backends_on_regression(regularization, dtype):
     hyper = {"inner_lr": 0.05, "test_inner_steps": 5, "regularization": regularization, "regularization_strength": 2.0}
     pair = build_pair("finetune", SINUSOID.spec, MLP, dtype, hyper)
