@@ -207,9 +207,11 @@ class Backend(Protocol):
 
     Optional, for ``--init-weights``: ``weight_formats``, the file suffixes of the
     framework's weight files (``(".pt", ".pth", ".bin")``), and a static method
-    ``read_weights(path) -> dict[str, np.ndarray]`` reading one into named arrays in the
-    shared layout of ``docs/models.md``; the host asks the configured backend first, then
-    the other installed ones (see :mod:`metaplug.experiment.weights`)."""
+    ``read_weights(path[, model]) -> dict[str, np.ndarray]`` reading one into named arrays
+    in the shared layout of ``docs/models.md`` (``model``, when it takes it, is the run's
+    algorithm's ``model``, to name entries as that model does); the host asks the
+    configured backend first, then the other installed ones (see
+    :mod:`metaplug.experiment.weights`)."""
 
     export_formats: tuple[str, ...]
     """Formats its adapted models' ``export`` writes (optional; ``metaplug export`` offers

@@ -23,6 +23,7 @@ normalise each task with its own statistics.
 
 from __future__ import annotations
 
+import inspect
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -93,11 +94,12 @@ class WeightsReport:
         return f"{line}; {self.problems()}" if self.problems() else line
 
 
-def read(path: str | Path, backends: Iterable[Any] = ()) -> tuple[dict[str, np.ndarray], str]:
+def read(path: str | Path, backends: Iterable[Any] = (), model: Any = None) -> tuple[dict[str, np.ndarray], str]:
     """The named arrays at ``path`` and a description of the source (``run DIR, step N``...).
 
     ``backends`` are backend classes (the configured one first) whose ``read_weights`` may
-    read a suffix the host does not know.
+    read a suffix the host does not know; ``model`` (the algorithm's ``model``) is passed to
+    a ``read_weights`` that takes it, to name the entries as that model does.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -118,7 +120,8 @@ def read(path: str | Path, backends: Iterable[Any] = ()) -> tuple[dict[str, np.n
         return _read_npz(path), str(path)
     reader = _reader(path, backends)
     try:
-        arrays = reader.read_weights(path)
+        takes_model = "model" in inspect.signature(reader.read_weights).parameters
+        arrays = reader.read_weights(path, model=model) if takes_model else reader.read_weights(path)
     except MetaplugError:
         raise
     except Exception as exc:  # a plugin's reader: any failure is one line naming the file
@@ -202,7 +205,7 @@ def load(algorithm: Any, path: str | Path, strict: bool = True, backends: Iterab
         from metaplug.plugins.discovery import registry
 
         backends = backend_classes(registry(), getattr(getattr(algorithm, "backend", None), "name", None))
-    found, source = read(path, backends)
+    found, source = read(path, backends, getattr(algorithm, "model", None))
     state = algorithm.state_dict()
     model = {k[len(MODEL_PREFIX) :]: np.asarray(v) for k, v in state.items() if k.startswith(MODEL_PREFIX)}
     usable, report = match({k: v.shape for k, v in model.items()}, found, source)

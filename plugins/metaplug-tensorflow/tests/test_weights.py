@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from metaplug.contract.interfaces import ModelSpec, TaskSpec
+from metaplug.errors import ConfigError
 from metaplug.experiment import weights
 from metaplug_tensorflow.algorithms.maml import MAML
 from metaplug_tensorflow.backend import Backend
@@ -82,3 +83,39 @@ def test_legacy_keras_2_files_read_by_weight_names(tmp_path):
     found, _ = weights.read(tmp_path / "legacy.h5", [Backend])
     np.testing.assert_array_equal(found["head.weight"], np.arange(6).reshape(3, 2).T)
     np.testing.assert_array_equal(found["head.bias"], np.ones(2))
+
+
+class Net(keras.Model):
+    """A Keras model with parts (features with batch norm, then a head), as ``--model`` takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = keras.Sequential(
+            [keras.layers.Dense(8, activation="relu"), keras.layers.BatchNormalization(), keras.layers.Dense(8)]
+        )
+        self.head = keras.layers.Dense(1)
+
+    def call(self, x, training=False):
+        return self.head(self.features(x, training=training))
+
+
+def test_a_keras_model_starts_from_its_own_save_weights_file(tmp_path):
+    """Keras matches its own file to the model; the entries come back by the model's names."""
+    import metaplug
+
+    trained = Net()
+    trained(np.zeros((2, 1), np.float32))
+    trained.save_weights(tmp_path / "net.weights.h5")
+    algorithm = metaplug.algorithm("maml", spec=SINUSOID, backend="tensorflow", model=Net(), inner_lr=0.1)
+    report = weights.load(algorithm, tmp_path / "net.weights.h5")
+    assert report.complete and report.loaded[0] == "features.0.kernel" and len(report.loaded) == 8
+    x = np.linspace(-2, 2, 5, dtype=np.float32)[:, None]
+    adapted = algorithm.adapt(x, np.zeros((5, 1), np.float32), steps=0)
+    np.testing.assert_allclose(adapted.predict(x), trained(x, training=True).numpy(), rtol=1e-5)
+    other = keras.Sequential([keras.layers.Dense(3)])
+    other(np.zeros((2, 1), np.float32))
+    other.save_weights(tmp_path / "other.weights.h5")
+    before = algorithm.state_dict()
+    with pytest.raises(ConfigError, match="Keras cannot load .*other.weights.h5 into the model"):
+        weights.load(algorithm, tmp_path / "other.weights.h5")
+    assert all(np.array_equal(before[k], v) for k, v in algorithm.state_dict().items())

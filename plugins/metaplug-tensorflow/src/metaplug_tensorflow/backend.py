@@ -150,9 +150,10 @@ class Backend:
         return builder(spec.name).build(self, spec)
 
     @staticmethod
-    def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    def read_weights(path: str | Path, model: Any = None) -> dict[str, np.ndarray]:
         """A Keras weights file (``model.save_weights``) as numpy arrays by layout name, in
-        the shared layout (see :mod:`metaplug_tensorflow.weights`)."""
+        the shared layout; by the weight names of ``model`` (the run's) when that is a Keras
+        model (see :mod:`metaplug_tensorflow.weights`)."""
         from metaplug_tensorflow.weights import read_weights
 
-        return read_weights(path)
+        return read_weights(path, model)

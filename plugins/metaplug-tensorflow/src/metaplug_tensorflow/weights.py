@@ -12,6 +12,11 @@ named as the layout (a ``Sequential`` named ``features`` holding dense layers ``
 format (``layers/<kind>/vars/<i>``, the layer's name in the ``vars`` group's ``name``
 attribute) and the legacy Keras 2 HDF5 format (``layer_names`` and ``weight_names``
 attributes) are read.
+
+When the run's model is itself a Keras model (:class:`~metaplug_tensorflow.functional.KerasModel`,
+``--model module:factory``), Keras reads the file into it (``load_weights``: Keras's own
+matching of its layers) and the entries come back under the model's own weight names
+(``features.0.kernel``...), so a Keras model starts from its own ``save_weights`` file.
 """
 
 from __future__ import annotations
@@ -48,8 +53,13 @@ LEGACY_ROLES = {
 }
 
 
-def read_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """The weights of the Keras file at ``path`` by layout name, in the shared layout."""
+def read_weights(path: str | Path, model: Any = None) -> dict[str, np.ndarray]:
+    """The weights of the Keras file at ``path`` by layout name, in the shared layout (by
+    ``model``'s own names when it is a Keras model)."""
+    from metaplug_tensorflow.functional import KerasModel
+
+    if isinstance(model, KerasModel):
+        return _through_keras(Path(path), model)
     import h5py
 
     try:
@@ -109,3 +119,18 @@ def _legacy(root: Any) -> dict[str, np.ndarray]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _through_keras(path: Path, model: Any) -> dict[str, np.ndarray]:
+    """``path`` loaded by Keras into ``model``'s Keras model, read back by the model's weight
+    names, and the model's weights restored (the host assigns what it accepts)."""
+    saved = [v.numpy() for v in model.variables]
+    try:
+        model.keras_model.load_weights(str(path))
+        return {name: to_shared(v.numpy()) for name, v in zip(model.names, model.variables, strict=True)}
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"Keras cannot load {path} into the model: {reason}") from None
+    finally:
+        for variable, value in zip(model.variables, saved, strict=True):
+            variable.assign(value)
