@@ -34,6 +34,7 @@ import numpy as np
 
 from metaplug.errors import ConfigError, MetaplugError
 from metaplug.experiment import checkpoint as checkpoints
+from metaplug.experiment.rundir import CHECKPOINT_DIR
 from metaplug.plugins.registry import Registry
 
 MODEL_PREFIX = "model."
@@ -103,9 +104,7 @@ def read(path: str | Path, backends: Iterable[Any] = (), model: Any = None) -> t
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        folder = path / "checkpoint" if (path / "checkpoint").is_dir() else path
-        if not checkpoints.exists(folder):
-            raise ConfigError(f"init weights {path} is a directory but not a metaplug run (no checkpoint in it)")
+        folder = _checkpoint_folder(path)
         try:
             saved = checkpoints.load(folder)
         except MetaplugError as exc:
@@ -142,9 +141,7 @@ def check_source(path: str | Path, backends: Iterable[Any]) -> Path:
     ``metaplug train --dry-run`` and before anything is built)."""
     resolved = Path(path).expanduser().resolve()
     if resolved.is_dir():
-        folder = resolved / "checkpoint" if (resolved / "checkpoint").is_dir() else resolved
-        if not checkpoints.exists(folder):
-            raise ConfigError(f"init weights {path} is a directory but not a metaplug run (no checkpoint in it)")
+        _checkpoint_folder(resolved)
         return resolved
     if not resolved.is_file():
         raise ConfigError(f"init weights file {path} does not exist")
@@ -224,6 +221,14 @@ def load(algorithm: Any, path: str | Path, strict: bool = True, backends: Iterab
         updates[MODEL_PREFIX + name] = np.ascontiguousarray(value, dtype=model[name].dtype)
     algorithm.load_state_dict({**state, **updates})
     return report
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    """The checkpoint folder of the run directory ``path`` (or ``path`` itself when it is one)."""
+    folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+    if not checkpoints.exists(folder):
+        raise ConfigError(f"init weights {path} is a directory but not a metaplug run (no checkpoint in it)")
+    return folder
 
 
 def _reader(path: Path, backends: Iterable[Any]) -> Any:
