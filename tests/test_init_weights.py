@@ -163,15 +163,31 @@ def test_the_path_is_resolved_and_saved_with_the_run_and_resume_does_not_read_it
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_directory_gives_its_latest_checkpoint(double, tmp_path):
+def test_a_run_directory_gives_its_last_checkpoint_without_a_best_one(double, tmp_path):
     first = runner.start(make_config(), tmp_path / "first", progress=False)
     first.run()
     trained = checkpoints.load(tmp_path / "first" / "checkpoint").arrays["model.weight"]
-    for source in ("first", "first/checkpoint"):
+    for source, which in (("first", "last checkpoint, "), ("first/checkpoint", "")):
         experiment = build(check(make_config(init_weights=str(tmp_path / source))))
         np.testing.assert_array_equal(experiment.algorithm.state_dict()["model.weight"], trained)
         assert experiment.init_weights is not None
-        assert experiment.init_weights.source == f"{tmp_path / source} (step 6)"
+        assert experiment.init_weights.source == f"{tmp_path / source} ({which}step 6)"
+
+
+def test_a_run_directory_gives_its_best_checkpoint_when_it_validated(double, tmp_path):
+    """As metaplug evaluate: the best validation's weights, said in the report; RUN/checkpoint
+    names the last one explicitly."""
+    raw = make_config().as_dict()
+    raw["train"].update({"iterations": 12, "val_every": 2, "val_tasks": 3})
+    runner.start(config.from_dict(raw), tmp_path / "run", progress=False).run()
+    best, last = (checkpoints.load(tmp_path / "run" / d) for d in ("best", "checkpoint"))
+    assert best.step < last.step, "the test needs a run whose best validation is not its last step"
+    experiment = build(check(make_config(init_weights=str(tmp_path / "run"))))
+    assert experiment.init_weights is not None
+    assert experiment.init_weights.source == f"{tmp_path / 'run'} (best checkpoint, step {best.step})"
+    np.testing.assert_array_equal(experiment.algorithm.state_dict()["model.weight"], best.arrays["model.weight"])
+    experiment = build(check(make_config(init_weights=str(tmp_path / "run" / "checkpoint"))))
+    np.testing.assert_array_equal(experiment.algorithm.state_dict()["model.weight"], last.arrays["model.weight"])
 
 
 def test_old_saved_configurations_without_the_new_keys_still_load():

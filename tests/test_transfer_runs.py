@@ -59,7 +59,7 @@ def test_maml_meta_trains_from_a_protonet_run(protonet_run, tmp_path):
     experiment = build(cfg)
     report = experiment.init_weights
     assert report is not None and report.complete and len(report.loaded) == 18  # conv4: 4 x 4 + head
-    assert report.source == f"{protonet_run} (step 3)"
+    assert report.source == f"{protonet_run} (last checkpoint, step 3)"
     start = experiment.algorithm.state_dict()
     for name, value in pretrained.items():
         assert np.array_equal(start[name], value), name

@@ -100,7 +100,7 @@ OPTION_PATHS: dict[str, str] = {
     "--init-weights",
     metavar="PATH",
     help="Start the model from these weights: a .safetensors, .npz, torch .pt/.pth/.bin or Keras .weights.h5 "
-    "file, or another run's directory (its latest checkpoint). Names follow docs/models.md.",
+    "file, or another run's directory (its best checkpoint, else its last). Names follow docs/models.md.",
 )
 @click.option(
     "--init-weights-strict/--no-init-weights-strict",

@@ -3,7 +3,9 @@ the model's layout, loaded into an algorithm, with a report of what did not fit.
 
 Sources, by what ``PATH`` is:
 
-- a run directory (or its ``checkpoint/`` folder): the model of its latest checkpoint;
+- a run directory: the model of its best checkpoint when it has one (the best validation),
+  else of its last, as ``metaplug evaluate`` chooses; or a checkpoint folder
+  (``RUN/best``, ``RUN/checkpoint``) for that one;
 - ``*.safetensors``: read with the ``safetensors`` package's numpy API (no framework);
 - ``*.npz``: numpy arrays, read with ``allow_pickle=False`` (a metaplug checkpoint's
   ``step-*.npz`` too);
@@ -104,12 +106,12 @@ def read(path: str | Path, backends: Iterable[Any] = (), model: Any = None) -> t
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        folder = _checkpoint_folder(path)
+        folder, which = _checkpoint_folder(path)
         try:
             saved = checkpoints.load(folder)
         except MetaplugError as exc:
             raise ConfigError(f"init weights: {exc}") from None
-        return saved.arrays, f"{path} (step {saved.step})"
+        return saved.arrays, f"{path} ({which}step {saved.step})"
     if not path.is_file():
         raise ConfigError(f"init weights file {path} does not exist")
     name = path.name.lower()
@@ -223,12 +225,20 @@ def load(algorithm: Any, path: str | Path, strict: bool = True, backends: Iterab
     return report
 
 
-def _checkpoint_folder(path: Path) -> Path:
-    """The checkpoint folder of the run directory ``path`` (or ``path`` itself when it is one)."""
-    folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+def _checkpoint_folder(path: Path) -> tuple[Path, str]:
+    """The checkpoint folder of ``path`` and which it is (``"best checkpoint, "``...): a run
+    directory's best checkpoint when it has one, else its last (as ``metaplug evaluate``
+    chooses), or ``path`` itself when it is a checkpoint folder (``RUN/best``)."""
+    if (path / CHECKPOINT_DIR).is_dir():
+        from metaplug.experiment.runner import CHECKPOINTS, choose_checkpoint  # the runner builds through here
+
+        which = choose_checkpoint(path)
+        folder, label = path / CHECKPOINTS[which], f"{which} checkpoint, "
+    else:
+        folder, label = path, ""
     if not checkpoints.exists(folder):
         raise ConfigError(f"init weights {path} is a directory but not a metaplug run (no checkpoint in it)")
-    return folder
+    return folder, label
 
 
 def _reader(path: Path, backends: Iterable[Any]) -> Any:
