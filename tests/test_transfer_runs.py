@@ -86,7 +86,7 @@ def test_finetune_from_a_protonet_run_with_frozen_blocks_and_l2_sp(protonet_run,
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert f"initial weights: 18 of 18 model weights from {protonet_run} (step 3)" in done.stderr
+    assert f"initial weights: 18 of 18 model weights from {protonet_run} (last checkpoint, step 3)" in done.stderr
     pretrained, trained = model_arrays(protonet_run), model_arrays(run)
     for name, value in trained.items():
         moved = name.startswith(("model.features.2.", "model.features.3."))
