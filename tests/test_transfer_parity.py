@@ -101,12 +101,20 @@ def test_freezing_features_in_adaptation_is_anil():
     assert_same_evaluation(*frozen, SINUSOID.sample(2), TOLERANCE["float64"])
 
 
-@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile", "finetune"])
-def test_weights_frozen_in_adaptation_are_returned_unchanged(name):
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("maml", {}),
+        ("maml", {"inner_rule": "inner-adam", "inner_lr": 0.01}),  # a stateful rule
+        ("mamlpp", {"inner_steps": 2}),
+        ("metasgd", {}),
+        ("reptile", {}),
+        ("finetune", {"test_inner_steps": 3}),
+    ],
+)
+def test_weights_frozen_in_adaptation_are_returned_unchanged(name, extra):
     """The TensorFlow adapted model keeps every weight; the frozen ones are the meta-parameters, bitwise."""
-    hyper = {"inner_lr": 0.05, "freeze": ["features.1.*"], "freeze_during": "adaptation"}
-    if name == "finetune":
-        hyper["test_inner_steps"] = 3
+    hyper = {"inner_lr": 0.05, "freeze": ["features.1.*"], "freeze_during": "adaptation", **extra}
     torch_alg, tf_alg = build_pair(name, SINUSOID.spec, MLP, "float32", hyper)
     batch = SINUSOID.sample(2)
     adapted = dict(zip(tf_alg.model.names, tf_alg.adapt(batch.support_x[0], batch.support_y[0]).state, strict=False))
