@@ -15,7 +15,7 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "fomaml": {"inner_lr": 0.3},
     "anil": {"inner_lr": 0.3},
     "metasgd": {"inner_lr": 0.3},
-    "protonet": {},
+    "protonet": {"freeze": ["features.0.*"]},  # frozen weights: no gradient to average (None on TensorFlow)
     "finetune": {},
     "reptile": {"inner_lr": 0.1},
     "mamlpp": {"inner_lr": 0.3},
