@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 
 import distributed_worker
@@ -108,8 +109,11 @@ def test_reptile_with_task_to_task_state_is_refused_on_workers(backend: str) -> 
 def test_bad_worker_options_are_one_line_errors(tmp_path, monkeypatch, capsys) -> None:
     """Checked before any worker starts: nothing is launched (run in this process)."""
     from metaplug.cli import main
+    from metaplug.experiment import scaling
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scaling, "CLUSTER_FLAGS", [])
+    monkeypatch.setenv("TF_CONFIG", "")  # recorded, so the TF_CONFIG that --workers sets is removed afterwards
 
     def train(*args: str) -> subprocess.CompletedProcess:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -127,3 +131,5 @@ def test_bad_worker_options_are_one_line_errors(tmp_path, monkeypatch, capsys) -
         train("--workers", "localhost:1,localhost:2", "--worker-index", "0"), "which backend 'torch' does not use"
     )
     assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    assert "TF_CONFIG" not in os.environ

@@ -182,3 +182,18 @@ def test_bench_times_two_workers_against_one() -> None:
     assert row["engine"] == "torch.distributed (gloo)"
     assert row["tasks_per_s"] > 0 and row["one_worker_tasks_per_s"] > 0 and row["allreduce_ms"] >= 0
     assert row["worker_speedup"] == pytest.approx(row["tasks_per_s"] / row["one_worker_tasks_per_s"], rel=0.05)
+
+
+def test_a_stale_tf_config_ends_with_one_line_after_the_timeout(tmp_path):
+    """TensorFlow waits for the peers of TF_CONFIG without a timeout of its own; metaplug's
+    watchdog ends the wait after distributed.timeout_s with one line, and nothing is written."""
+    pytest.importorskip("metaplug_tensorflow")
+    cluster = {"cluster": {"worker": ["localhost:45671", "localhost:45672"]}, "task": {"type": "worker", "index": 0}}
+    env = dict(environment(), TF_CONFIG=json.dumps(cluster))
+    run = tmp_path / "run"
+    args = ["train", "--backend", "tensorflow", "--set", "distributed.timeout_s=3", "--run-dir", str(run)]
+    done = subprocess.run([sys.executable, "-m", "metaplug", *args], capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "not every worker of TF_CONFIG (localhost:45671, localhost:45672) joined" in errors[0]
+    assert "Traceback" not in done.stderr and not run.exists()

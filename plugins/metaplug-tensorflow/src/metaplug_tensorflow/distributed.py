@@ -44,6 +44,16 @@ def refuse_dependent_tasks(algorithm: Any) -> None:
         )
 
 
+WATCHDOG = """
+import os, signal, sys, time
+pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(timeout)
+print(message, file=sys.stderr, flush=True)
+os.kill(pid, signal.SIGKILL)
+"""
+"""Ends process ``pid`` with ``message`` after ``timeout`` seconds unless it is killed first."""
+
+
 class Workers:
     """This process's place among the workers of a ``MultiWorkerMirroredStrategy``."""
 
@@ -54,9 +64,7 @@ class Workers:
         if gpus:  # one GPU per worker process
             local = int(os.environ.get(LOCAL_RANK, index))
             tf.config.set_visible_devices(gpus[local % len(gpus)], "GPU")
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=self.timeout_s)
-        with self.collective():
-            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        self.strategy = self.connect(cluster)
         self.rank = index
         self.world_size = len(cluster["cluster"]["worker"])
         self.name = f"tf.distribute.MultiWorkerMirroredStrategy ({'NCCL' if gpus else 'ring'})"
@@ -65,6 +73,26 @@ class Workers:
         self._gather = tf.function(
             lambda x: self._replicated(lambda ctx, y: ctx.all_gather(y, axis=0), x), reduce_retracing=True
         )
+
+    def connect(self, cluster: dict[str, Any]) -> Any:
+        """The strategy, once every worker of ``cluster`` has joined. TensorFlow's start-up
+        waits for the peers without a timeout and without releasing the interpreter, so a
+        watchdog process ends this one with one line when they do not join within the
+        timeout (a stale ``TF_CONFIG``, a peer that never started)."""
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=self.timeout_s)
+        peers = ", ".join(cluster["cluster"]["worker"])
+        message = str(lost_workers("tf.distribute", self.timeout_s, f"not every worker of TF_CONFIG ({peers}) joined"))
+        watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(self.timeout_s), f"Error: {message}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            with self.collective():
+                return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        finally:
+            watchdog.kill()
+            watchdog.wait()
 
     @classmethod
     def join(cls, timeout_s: float, device: str | None) -> Workers | None:
