@@ -57,12 +57,26 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", list(CASES))
+SLOW = {
+    ("relationnet-mlp-5shot", "float64"),
+    ("metalstm-conv4", "float64"),
+    ("relationnet-conv", "float32"),
+    ("r2d2-woodbury", "float32"),
+}
+"""TensorFlow traces a graph per case (seconds each): these run with ``-m slow``."""
+
+
+@pytest.mark.parametrize(
+    "case, dtype",
+    [
+        pytest.param(case, dtype, marks=[pytest.mark.slow] if (case, dtype) in SLOW else [])
+        for case in CASES
+        for dtype in ("float64", "float32")
+        if dtype == "float64" or (case, dtype) in SLOW
+    ],
+)
 def test_backends_agree(case, dtype):
     name, episodes, hyper = CASES[case]
-    if dtype == "float32" and case not in ("relationnet-conv", "r2d2-woodbury"):
-        pytest.skip("float64 covers this case; float32 runs two")
     spec, model_spec, batches = episodes()
     torch_alg, tf_alg = build_pair(name, spec, model_spec, dtype, hyper)
     tolerance = TOLERANCE[dtype]

@@ -15,6 +15,7 @@ __all__ = [
     "ANIL",
     "FOMAML",
     "MAML",
+    "R2D2",
     "AdaptedModel",
     "FineTune",
     "GradientMetaLearner",
@@ -23,7 +24,6 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "ProtoNet",
-    "R2D2",
     "RelationNet",
     "Reptile",
 ]

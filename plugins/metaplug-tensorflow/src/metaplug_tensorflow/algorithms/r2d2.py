@@ -61,7 +61,10 @@ class R2D2(MetaLearner):
             raise ConfigError(f"r2d2 embeds each example as a vector; the model's features give shape {shape}")
 
     def extra_parameters(self) -> dict[str, np.ndarray]:
-        found = {PREFIX + "scale": np.full((1,), self.options.init_scale), PREFIX + "offset": np.full((1,), self.options.init_offset)}
+        found = {
+            PREFIX + "scale": np.full((1,), self.options.init_scale),
+            PREFIX + "offset": np.full((1,), self.options.init_offset),
+        }
         if self.options.learn_lambda:
             found[PREFIX + "lambda"] = np.full((1,), self.options.init_lambda)
         return found

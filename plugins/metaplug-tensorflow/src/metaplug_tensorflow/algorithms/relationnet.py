@@ -120,7 +120,9 @@ class RelationNet(MetaLearner):
             for name in CONV:
                 h = tf.nn.conv2d(h, relation[f"{PREFIX}{name}.weight"], 1, PADDING_1) + relation[f"{PREFIX}{name}.bias"]
                 h = tf.reshape(h, [tasks, -1, *h.shape[1:]])  # batch norm over each task's pairs
-                h = tf.nn.relu(batch_norm(h, relation[f"{PREFIX}{name}.norm.weight"], relation[f"{PREFIX}{name}.norm.bias"]))
+                h = tf.nn.relu(
+                    batch_norm(h, relation[f"{PREFIX}{name}.norm.weight"], relation[f"{PREFIX}{name}.norm.bias"])
+                )
                 h = tf.reshape(h, [-1, *h.shape[2:]])
                 if min(h.shape[1:3]) >= 2:
                     h = tf.nn.max_pool2d(h, 2, 2, "VALID")

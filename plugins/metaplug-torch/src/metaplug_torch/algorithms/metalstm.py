@@ -53,7 +53,9 @@ def meta_lstm_step(
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
     column = theta.unsqueeze(1)
-    forget = torch.cat([h, column, f_prev.unsqueeze(1)], 1) @ meta[PREFIX + "forget.weight"] + meta[PREFIX + "forget.bias"]
+    forget = (
+        torch.cat([h, column, f_prev.unsqueeze(1)], 1) @ meta[PREFIX + "forget.weight"] + meta[PREFIX + "forget.bias"]
+    )
     rate = torch.cat([h, column, i_prev.unsqueeze(1)], 1) @ meta[PREFIX + "input.weight"] + meta[PREFIX + "input.bias"]
     return torch.sigmoid(forget) * theta - torch.sigmoid(rate) * grad, (h, c, forget, rate)
 
@@ -89,10 +91,9 @@ class MetaLSTM(GradientMetaLearner):
 
     def extra_parameters(self) -> dict[str, torch.Tensor]:
         hidden = self.options.hidden_size
-        kw = {"dtype": self.dtype, "device": self.device}
 
         def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-            return torch.empty(*shape, **kw).uniform_(low, high)
+            return torch.empty(*shape, dtype=self.dtype, device=self.device).uniform_(low, high)
 
         return {
             PREFIX + "lstm.weight": uniform(-0.01, 0.01, 4 * hidden, 4 + hidden),

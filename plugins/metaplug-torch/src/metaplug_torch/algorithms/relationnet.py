@@ -15,7 +15,7 @@ from metaplug.errors import ConfigError
 from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
 from metaplug_torch.backend import Episodes
 from metaplug_torch.functional import Params, one_hot
-from metaplug_torch.models import ConvStack, batch_norm
+from metaplug_torch.models import ConvBlock, ConvStack, batch_norm
 
 PREFIX = "relation."
 CONV = ("conv1", "conv2")
@@ -35,9 +35,12 @@ def feature_map(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[i
     if not isinstance(features, ConvStack) or len(input_shape) != 3:
         return None
     height, width = input_shape[1:]
+    channels = 0
     for block in features:
+        assert isinstance(block, ConvBlock)
         height, width = (height // 2, width // 2) if block.pool else ((height + 1) // 2, (width + 1) // 2)
-    return features[-1].conv.out_channels, height, width
+        channels = block.conv.out_channels
+    return channels, height, width
 
 
 class RelationNet(MetaLearner):
@@ -88,27 +91,30 @@ class RelationNet(MetaLearner):
         zero biases; batch norm 1 and 0; the fully connected layers N(0, 0.01^2), biases 1.
         The mlp's two layers are initialised like the convolutions (N(0, 2 / out))."""
         filters, hidden = self.options.relation_filters, self.options.relation_hidden
-        kw = {"dtype": self.dtype, "device": self.device}
         found: dict[str, torch.Tensor] = {}
         if self.kind == "conv":
             assert self.feature_map is not None
             channels, height, width = self.feature_map
             for name, fan in zip(CONV, (2 * channels, filters), strict=True):
-                found[f"{PREFIX}{name}.weight"] = torch.randn(filters, fan, 3, 3, **kw) * math.sqrt(2.0 / (9 * filters))
-                found[f"{PREFIX}{name}.bias"] = torch.zeros(filters, **kw)
-                found[f"{PREFIX}{name}.norm.weight"] = torch.ones(filters, **kw)
-                found[f"{PREFIX}{name}.norm.bias"] = torch.zeros(filters, **kw)
+                found[f"{PREFIX}{name}.weight"] = torch.randn(
+                    filters, fan, 3, 3, dtype=self.dtype, device=self.device
+                ) * math.sqrt(2.0 / (9 * filters))
+                found[f"{PREFIX}{name}.bias"] = torch.zeros(filters, dtype=self.dtype, device=self.device)
+                found[f"{PREFIX}{name}.norm.weight"] = torch.ones(filters, dtype=self.dtype, device=self.device)
+                found[f"{PREFIX}{name}.norm.bias"] = torch.zeros(filters, dtype=self.dtype, device=self.device)
             height, width = pooled(*pooled(height, width))
             flat = filters * height * width
         else:
             for name, fan in zip(DENSE, (2 * self.embedding_size, filters), strict=True):
-                found[f"{PREFIX}{name}.weight"] = torch.randn(filters, fan, **kw) * math.sqrt(2.0 / filters)
-                found[f"{PREFIX}{name}.bias"] = torch.zeros(filters, **kw)
+                found[f"{PREFIX}{name}.weight"] = torch.randn(
+                    filters, fan, dtype=self.dtype, device=self.device
+                ) * math.sqrt(2.0 / filters)
+                found[f"{PREFIX}{name}.bias"] = torch.zeros(filters, dtype=self.dtype, device=self.device)
             flat = filters
-        found[PREFIX + "fc1.weight"] = torch.randn(hidden, flat, **kw) * 0.01
-        found[PREFIX + "fc1.bias"] = torch.ones(hidden, **kw)
-        found[PREFIX + "fc2.weight"] = torch.randn(1, hidden, **kw) * 0.01
-        found[PREFIX + "fc2.bias"] = torch.ones(1, **kw)
+        found[PREFIX + "fc1.weight"] = torch.randn(hidden, flat, dtype=self.dtype, device=self.device) * 0.01
+        found[PREFIX + "fc1.bias"] = torch.ones(hidden, dtype=self.dtype, device=self.device)
+        found[PREFIX + "fc2.weight"] = torch.randn(1, hidden, dtype=self.dtype, device=self.device) * 0.01
+        found[PREFIX + "fc2.bias"] = torch.ones(1, dtype=self.dtype, device=self.device)
         return found
 
     def relation_scores(self, relation: Params, pairs: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,9 @@ class RelationNet(MetaLearner):
             h = h.reshape(-1, 2 * channels, height, width)
             for name in CONV:
                 h = F.conv2d(h, relation[f"{PREFIX}{name}.weight"], relation[f"{PREFIX}{name}.bias"], padding=1)
-                h = F.relu(batch_norm(h, relation[f"{PREFIX}{name}.norm.weight"], relation[f"{PREFIX}{name}.norm.bias"]))
+                h = F.relu(
+                    batch_norm(h, relation[f"{PREFIX}{name}.norm.weight"], relation[f"{PREFIX}{name}.norm.bias"])
+                )
                 if min(h.shape[-2:]) >= 2:
                     h = F.max_pool2d(h, 2)
             h = h.flatten(1)
