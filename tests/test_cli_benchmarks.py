@@ -45,7 +45,7 @@ def test_the_folder_has_every_published_setting():
 
 @pytest.mark.parametrize(
     ("path", "filters"),
-    [(p, 32 if p.stem.startswith("maml") else 64) for p in CONFIGS if "imagenet" in p.stem or "cifar" in p.stem],
+    [(p, 32 if p.stem.startswith(("maml-", "metalstm-")) else 64) for p in CONFIGS if "imagenet" in p.stem or "cifar" in p.stem],
     ids=lambda v: getattr(v, "stem", str(v)),
 )
 def test_the_standard_benchmarks_use_the_papers_conv4_and_image_size(path, filters):
