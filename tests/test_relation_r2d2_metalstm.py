@@ -195,3 +195,27 @@ def test_relation_conv_needs_feature_maps():
             torch.float32,
             relation="conv",
         )
+
+
+def test_evaluate_accepts_the_undefined_loss_before_of_a_learner_without_inner_loop(tmp_path):
+    """``metaplug evaluate`` of an R2-D2 run: ``loss_before`` is NaN on every episode (no inner
+    loop), which is no overflow."""
+    import json
+
+    from click.testing import CliRunner
+
+    import metaplug.cli.evaluate  # noqa: F401  (adds the evaluate command)
+    import metaplug.cli.train  # noqa: F401  (adds the train command)
+    from metaplug.cli import cli
+
+    omniglot("train", 1)  # skips without the data
+    run = tmp_path / "run"
+    train = ["train", "--tasks", "omniglot", "--algorithm", "r2d2", "--backend", "torch", "--iterations", "2"]
+    options = ["--set", "model.filters=4", "--val-every", "0", "--test-tasks", "0", "--quiet", "--run-dir", str(run)]
+    done = CliRunner().invoke(cli, [*train, *options])
+    assert done.exit_code == 0, done.output
+    done = CliRunner().invoke(cli, ["evaluate", str(run), "--episodes", "4", "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["loss_before"]["mean"] is None
+    assert 0 <= result["accuracy"]["mean"] <= 1
