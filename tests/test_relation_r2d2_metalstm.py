@@ -204,7 +204,7 @@ def test_evaluate_accepts_the_undefined_loss_before_of_a_learner_without_inner_l
 
     from click.testing import CliRunner
 
-    import metaplug.cli.evaluate  # noqa: F401  (adds the evaluate command)
+    import metaplug.cli.evaluate  # adds the evaluate command
     import metaplug.cli.train  # noqa: F401  (adds the train command)
     from metaplug.cli import cli
 
