@@ -49,7 +49,7 @@ def test_the_folder_has_every_published_setting():
 @pytest.mark.parametrize(
     ("path", "filters"),
     [
-        (p, 32 if p.stem.startswith(("maml-", "metalstm-")) else 64)
+        (p, 32 if p.stem.startswith(("maml", "metalstm")) else 64)
         for p in CONFIGS
         if "imagenet" in p.stem or "cifar" in p.stem
     ],

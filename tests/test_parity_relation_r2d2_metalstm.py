@@ -54,12 +54,18 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "r2d2-primal": ("r2d2", lambda: omniglot(2), {"init_scale": 1.0, "init_lambda": 0.5}),  # 10 shots > 8 + 1
     "metalstm-conv4": ("metalstm", lambda: omniglot(1), {"inner_steps": 2, "hidden_size": 4}),
     "metalstm-mlp": ("metalstm", sinusoid, {"inner_steps": 3, "hidden_size": 4, "transductive": False}),
+    "metalstm-mlp-frozen": (
+        "metalstm",
+        sinusoid,
+        {"inner_steps": 2, "hidden_size": 4, "freeze": ("features.0.*",), "freeze_during": "adaptation"},
+    ),
 }
 
 
 SLOW = {
     ("relationnet-mlp-5shot", "float64"),
     ("metalstm-conv4", "float64"),
+    ("metalstm-mlp-frozen", "float64"),
     ("relationnet-conv", "float32"),
     ("r2d2-woodbury", "float32"),
 }

@@ -104,6 +104,8 @@ class MetaLSTM(GradientMetaLearner):
             return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes, axis=1), shapes, strict=True)]
 
         theta = tf.concat([tf.reshape(w, [tasks, -1]) for w in start], axis=1)
+        frozen = self.freezing.adaptation
+        keep = tf.constant(np.concatenate([np.full(size, n in frozen) for n, size in zip(names, sizes, strict=True)]))
         meta = self.inner_learnables()
         state: State | None = None
         for _ in range(steps):
@@ -114,7 +116,8 @@ class MetaLSTM(GradientMetaLearner):
                 total = tf.reduce_sum(losses)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, point)]
             grad = tf.concat([tf.reshape(g, [tasks, -1]) for g in grads], axis=1)
-            theta, state = meta_lstm_step(meta, theta, tf.stop_gradient(grad), tf.stop_gradient(losses), state)
+            stepped, state = meta_lstm_step(meta, theta, tf.stop_gradient(grad), tf.stop_gradient(losses), state)
+            theta = tf.where(keep[None, :], theta, stepped) if frozen else stepped  # frozen weights as they came
         return unflatten(theta)
 
     def meta_gradients(

@@ -49,6 +49,7 @@ class R2D2(MetaLearner):
     Options = R2D2Options
     options: R2D2Options
     has_loss_before = False
+    adapts_weights = False
 
     def trained_names(self) -> list[str]:
         """The feature weights (the head is built but unused)."""

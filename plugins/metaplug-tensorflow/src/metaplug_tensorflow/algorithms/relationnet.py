@@ -57,6 +57,7 @@ class RelationNet(MetaLearner):
     Options = RelationNetOptions
     options: RelationNetOptions
     has_loss_before = False
+    adapts_weights = False
     embedding_size: int
     feature_map: tuple[int, int, int] | None
     """``(channels, height, width)`` of the features (conv4), else ``None``."""

@@ -129,6 +129,10 @@ class MetaLSTM(GradientMetaLearner):
             return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
 
         theta = torch.cat([params[n].reshape(-1) for n in names])
+        frozen = self.freezing.adaptation
+        keep = torch.cat(
+            [torch.full((size,), n in frozen, device=theta.device) for n, size in zip(names, sizes, strict=True)]
+        )
         state: State | None = None
         for _ in range(steps):
             point = theta.detach()
@@ -139,7 +143,8 @@ class MetaLSTM(GradientMetaLearner):
                     point.requires_grad_()
                     loss = support_loss(point)
                     (grad,) = torch.autograd.grad(loss, point)
-            theta, state = meta_lstm_step(learnables, theta, grad.detach(), loss.detach(), state)
+            stepped, state = meta_lstm_step(learnables, theta, grad.detach(), loss.detach(), state)
+            theta = torch.where(keep, theta, stepped) if frozen else stepped  # frozen weights as they came
         pieces = theta.split(sizes)
         return {n: p.reshape(s) for n, p, s in zip(names, pieces, shapes, strict=True)}
 
