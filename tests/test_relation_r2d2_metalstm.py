@@ -224,7 +224,9 @@ def test_evaluate_accepts_the_undefined_loss_before_of_a_learner_without_inner_l
 def test_metalstm_leaves_weights_frozen_in_adaptation_bitwise_unchanged():
     sampler = SinusoidSampler("train", seed=3, shots=5, queries=7)
     model = ModelSpec("mlp", (1,), 1, {"hidden": (6,)})
-    algorithm = build("metalstm", sampler.spec, model, torch.float64, freeze=("features.*",), freeze_during="adaptation")
+    algorithm = build(
+        "metalstm", sampler.spec, model, torch.float64, freeze=("features.*",), freeze_during="adaptation"
+    )
     batch = sampler.sample(1)
     adapted = algorithm.adapt(batch.support_x[0], batch.support_y[0], steps=3).weights()
     start = {k.removeprefix("model."): v for k, v in parameters(algorithm).items() if k.startswith("model.")}
