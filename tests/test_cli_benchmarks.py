@@ -41,11 +41,18 @@ def test_the_folder_has_every_published_setting():
     for dataset in ("mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"):
         assert {f"protonet-{dataset}-5w1s", f"protonet-{dataset}-5w5s"} <= names
     assert {f"maml-{d}-5w{k}s" for d in ("mini-imagenet", "cifar-fs") for k in (1, 5)} <= names
+    assert {"relationnet-omniglot-5w1s", "relationnet-omniglot-5w5s", "relationnet-omniglot-20w1s"} <= names
+    assert {f"{a}-omniglot-5w1s{t}" for a in ("relationnet", "r2d2", "metalstm") for t in ("", "-cpu")} <= names
+    assert {f"{a}-mini-imagenet-5w{k}s" for a in ("relationnet", "r2d2", "metalstm") for k in (1, 5)} <= names
 
 
 @pytest.mark.parametrize(
     ("path", "filters"),
-    [(p, 32 if p.stem.startswith("maml") else 64) for p in CONFIGS if "imagenet" in p.stem or "cifar" in p.stem],
+    [
+        (p, 32 if p.stem.startswith(("maml", "metalstm")) else 64)
+        for p in CONFIGS
+        if "imagenet" in p.stem or "cifar" in p.stem
+    ],
     ids=lambda v: getattr(v, "stem", str(v)),
 )
 def test_the_standard_benchmarks_use_the_papers_conv4_and_image_size(path, filters):

@@ -186,6 +186,49 @@ class FineTuneOptions(BatchingOptions):
         return self.test_inner_steps
 
 
+@dataclass(frozen=True)
+class RelationNetOptions(BatchingOptions):
+    """Relation Networks (Sung et al. 2018)."""
+
+    relation: str = option(
+        "auto",
+        choices=("auto", "conv", "mlp"),
+        help="relation module: conv (two conv blocks on feature maps, conv4 only), mlp (vector embeddings), "
+        "auto (conv for conv4, else mlp)",
+    )
+    relation_filters: int = option(
+        64, minimum=1, help="channels of the relation module's two conv blocks (units of the mlp's two layers)"
+    )
+    relation_hidden: int = option(8, minimum=1, help="units of the relation module's hidden fully connected layer")
+
+
+@dataclass(frozen=True)
+class R2D2Options(BatchingOptions):
+    """R2-D2: ridge regression solved in closed form (Bertinetto et al. 2019)."""
+
+    init_lambda: float = option(50.0, minimum=0, exclusive=True, help="initial ridge penalty lambda")
+    learn_lambda: bool = option(True, help="meta-learn lambda (false: keep init_lambda)")
+    init_scale: float = option(1e-4, help="initial scale alpha of the logits alpha * (x @ W) + beta")
+    init_offset: float = option(0.0, help="initial offset beta of the logits")
+
+
+@dataclass(frozen=True)
+class MetaLSTMOptions(BatchingOptions):
+    """The LSTM meta-learner (Ravi and Larochelle 2017)."""
+
+    inner_steps: int = option(5, minimum=1, help="LSTM updates of the learner per task during meta-training")
+    test_inner_steps: int | None = option(None, minimum=0, help="updates in evaluate and adapt (None: inner_steps)")
+    transductive: bool = option(
+        True, help="evaluation predicts all query examples in one batch; false: each with the support set"
+    )
+    hidden_size: int = option(20, minimum=1, help="units of the first, coordinate-wise LSTM")
+
+    @property
+    def evaluation_steps(self) -> int:
+        """``test_inner_steps``, or ``inner_steps`` when it is unset."""
+        return self.inner_steps if self.test_inner_steps is None else self.test_inner_steps
+
+
 # -- outer optimizers ----------------------------------------------------------------------
 
 
@@ -312,9 +355,12 @@ __all__ = [
     "MAMLOptions",
     "MAMLPlusPlusOptions",
     "MLPOptions",
+    "MetaLSTMOptions",
     "MetaSGDOptions",
     "ProtoNetOptions",
+    "R2D2Options",
     "RMSpropOptions",
+    "RelationNetOptions",
     "ReptileOptions",
     "ResNet12Options",
     "SGDOptions",

@@ -43,6 +43,21 @@ class TestFineTune(AlgorithmConformance):
     algorithm, backend = "finetune", BACKEND
 
 
+class TestRelationNet(AlgorithmConformance):
+    algorithm, backend = "relationnet", BACKEND
+    conv4_meta_steps = 10  # the relation module starts from scratch: 3 steps are too few on some draws
+
+
+class TestR2D2(AlgorithmConformance):
+    algorithm, backend = "r2d2", BACKEND
+
+
+@pytest.mark.slow  # TensorFlow traces the unrolled meta-LSTM per instance: about a minute per check
+class TestMetaLSTM(AlgorithmConformance):
+    algorithm, backend = "metalstm", BACKEND
+    hyperparameters: ClassVar[dict[str, Any]] = {"inner_steps": 2}  # meta-training unrolls 2 updates (evaluation: 5)
+
+
 class TestSGD(OptimizerConformance):
     optimizer, backend = "sgd", BACKEND
 

@@ -42,6 +42,24 @@ ALGORITHMS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         BOTH,
         "Transfer baseline: pre-train on all training tasks, fine-tune per task.",
     ),
+    (
+        "relationnet",
+        "algorithms.relationnet:RelationNet",
+        ("classification",),
+        "Relation Networks: a learned relation module scores (class, query) pairs (Sung et al. 2018).",
+    ),
+    (
+        "r2d2",
+        "algorithms.r2d2:R2D2",
+        ("classification",),
+        "R2-D2: ridge regression in closed form on the embedding (Bertinetto et al. 2019).",
+    ),
+    (
+        "metalstm",
+        "algorithms.metalstm:MetaLSTM",
+        BOTH,
+        "Meta-LSTM: an LSTM that updates the learner's parameters (Ravi and Larochelle 2017).",
+    ),
 )
 """Rows ``(name, target, problems, summary)``."""
 
