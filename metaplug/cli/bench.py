@@ -16,15 +16,17 @@ COLUMNS = [
     "batching_used",
     "median_ms",
     "tasks_per_s",
+    "threads",
     "peak_rss_mb",
     "data_wait_ms",
     "data_wait_pct",
     "sampler_peak_mb",
+    "peak_gpu_mb",
     "gflop_per_s",
+    "x_floor",
     "reference_median_ms",
     "speedup",
     "workers",
-    "threads",
     "allreduce_ms",
     "one_worker_tasks_per_s",
     "worker_speedup",
@@ -56,6 +58,20 @@ COLUMNS = [
 @click.option(
     "--data-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Threads building batches."
 )
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set an algorithm option for every measured pair, e.g. --set inner_steps=10 (repeatable).",
+)
+@click.option(
+    "--busy",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Start N CPU-bound processes that compete for the cores while measuring (a busy machine).",
+)
 @click.option("--timeout", type=click.FloatRange(min=1), help="Seconds allowed per measurement.")
 @click.option(
     "--nproc",
@@ -65,7 +81,10 @@ COLUMNS = [
     help="Time each pair on N worker processes (data-parallel) and on one, for the speed-up.",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Threads per worker (default with --nproc: the cores shared out)."
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads of the backend (per worker with --nproc, where the cores are shared out; "
+    "default: $METAPLUG_THREADS, else chosen for the machine and its load).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, one line per pair.")
 def bench_command(
@@ -76,6 +95,8 @@ def bench_command(
     warmup: int,
     reference: bool,
     batching: str | None,
+    assignments: tuple[str, ...],
+    busy: int,
     data_dir: str | None,
     prefetch: int,
     data_workers: int,
@@ -91,7 +112,8 @@ def bench_command(
     workloads use real data when it is found (METAPLUG_DATA_DIR) and random data of the same
     shapes otherwise; imagefolder workloads (named only) a generated 84x84 RGB image folder."""
     from metaplug.cli.discovery import format_table
-    from metaplug.experiment.bench import bench_pair, plan
+    from metaplug.experiment.bench import bench_pair, busy_processes, plan
+    from metaplug.experiment.config import parse_assignment
 
     if data_dir:
         os.environ["METAPLUG_DATA_DIR"] = data_dir
@@ -100,14 +122,29 @@ def bench_command(
         threads = max(1, (os.cpu_count() or 1) // nproc)
     if batching is not None:
         check_batching(batching, sorted({pair.backend for pair in pairs}))
+    overrides = dict(parse_assignment(a) for a in assignments)
     rows = []
-    for pair in pairs:
-        if not as_json:
-            click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
-        row = bench_pair(pair, steps, warmup, reference, timeout, batching, prefetch, data_workers, nproc, threads)
-        rows.append(row)
-        if as_json:
-            click.echo(json.dumps(row))
+    with busy_processes(busy):
+        for pair in pairs:
+            if not as_json:
+                click.echo(f"measuring {pair.workload.name} on {pair.backend} ...", err=True)
+            row = bench_pair(
+                pair,
+                steps,
+                warmup,
+                reference,
+                timeout,
+                batching,
+                prefetch,
+                data_workers,
+                nproc,
+                threads,
+                overrides=overrides,
+            )
+            row["busy"] = busy
+            rows.append(row)
+            if as_json:
+                click.echo(json.dumps(row))
     if as_json:
         return
     columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from metaplug.cli import cli
+from metaplug.cli.threads import threads_option
 from metaplug.experiment.config import MAX_SEED
 from metaplug.experiment.evaluation import EVALUATION_FILE
 
@@ -30,6 +31,7 @@ from metaplug.experiment.evaluation import EVALUATION_FILE
     help="Weights to evaluate: the best validation's or the last (default: best when the run has one).",
 )
 @click.option("--device", help="Evaluate on this device instead of the run's (e.g. cpu, cuda).")
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate_command(
     run_dir: str,

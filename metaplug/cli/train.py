@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from metaplug.cli import cli, fail, ignore_further_interrupts
+from metaplug.cli.threads import threads_option
 
 OPTION_PATHS: dict[str, str] = {
     "backend": "backend",
@@ -152,6 +153,7 @@ OPTION_PATHS: dict[str, str] = {
     help="TensorFlow multi-machine: every worker's address (sets TF_CONFIG); with --worker-index.",
 )
 @click.option("--worker-index", type=int, help="TensorFlow multi-machine: this machine's place in --workers.")
+@threads_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the results.")
 def train_command(
     config_file: str | None,

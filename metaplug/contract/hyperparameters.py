@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from metaplug.contract.interfaces import is_stateful
 from metaplug.contract.options import Options, option
 from metaplug.errors import ConfigError
 
@@ -97,6 +98,22 @@ class MAMLOptions(FOMAMLOptions):
     """MAML and ANIL."""
 
     first_order: bool = option(False, help="treat the inner gradients as constants (FOMAML)")
+    recompute_inner: bool = option(
+        False,
+        help="second order: recompute each inner step in the backward pass instead of storing it "
+        "(memory bounded in inner_steps, about one more forward and backward per step; batching loop)",
+    )
+
+
+def check_recompute(options: object, rule: object) -> None:
+    """``recompute_inner`` reruns each inner step from its inputs, so the inner rule must keep
+    no per-task state between steps: a :class:`~metaplug.errors.ConfigError` otherwise."""
+    if getattr(options, "recompute_inner", False) and is_stateful(rule):  # type: ignore[arg-type]
+        name = getattr(options, "inner_rule", type(rule).__name__)
+        raise ConfigError(
+            f"recompute_inner needs an inner rule without per-task state; {name!r} keeps state between "
+            "steps: use a stateless rule (inner-sgd, inner-metasgd) or recompute_inner = false"
+        )
 
 
 @dataclass(frozen=True)

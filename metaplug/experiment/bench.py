@@ -39,6 +39,7 @@ and caches do not count against another's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ import numpy as np
 
 from metaplug.contract.distributed import DEFAULT_TIMEOUT_S
 from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
+from metaplug.contract.threads import ENV as THREADS_ENV
 from metaplug.errors import ConfigError, DatasetError, suggest
 
 
@@ -327,11 +329,13 @@ def measure(
     prefetch: int = 2,
     data_workers: int = 1,
     workers: Any = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` meta-training steps after ``warmup`` untimed ones, and the time each
     waited for its batch (the child's work); with ``workers``
     (:class:`~metaplug.contract.distributed.Workers`), each step trains this worker's slice of
-    the meta-batch and averages the gradients over all."""
+    the meta-batch and averages the gradients over all; ``overrides`` replace the workload's
+    algorithm options (e.g. ``inner_steps``)."""
     from metaplug.experiment.components import algorithm as build_algorithm
     from metaplug.experiment.components import describe_options
     from metaplug.plugins.discovery import registry
@@ -348,6 +352,10 @@ def measure(
         if "batching" not in names:
             raise ConfigError(f"{w.algorithm} ({backend_name}) has no batching option")
         options["batching"] = batching
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ConfigError(f"{w.algorithm} ({backend_name}) has no option {key!r}.{suggest(key, names)}")
+        options[key] = value
     source = batch_source(w, prefetch, data_workers)
     algorithm = build_algorithm(
         w.algorithm,
@@ -384,6 +392,9 @@ def measure(
         scaled = {"workers": workers.world_size, "engine": workers.name}
         if workers.reduce_seconds:  # measured where the all-reduce runs eagerly (torch)
             scaled["allreduce_ms"] = round(1000 * (workers.reduce_seconds - reduced) / steps, 3)
+    backend = getattr(algorithm, "backend", None)
+    threads = getattr(backend, "threads", None)
+    floor = compute_floor(w, backend)
     return {
         "backend": backend_name,
         "algorithm": w.algorithm,
@@ -391,8 +402,15 @@ def measure(
         "batching": options.get("batching", defaults.get("batching")),
         "batching_used": _resolved_batching(algorithm),
         "median_ms": round(1000 * median, 3),
+        "mean_ms": round(1000 * statistics.fmean(times), 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": peak_gpu_mb(backend),
+        "threads": threads if isinstance(threads, int) else getattr(threads, "threads", None),
+        "threads_reason": getattr(threads, "reason", None),
+        "options": dict(overrides or {}),
+        **floor,
+        **({"x_floor": round(1000 * median / floor["floor_ms"], 2)} if floor else {}),
         "data_wait_ms": round(1000 * statistics.mean(waits), 3),
         "data_wait_pct": round(100 * sum(waits) / (sum(waits) + sum(times)), 2),
         "prefetch": prefetch,
@@ -400,9 +418,30 @@ def measure(
         "steps": steps,
         "warmup": warmup,
         "data": source.description,
-        "device": str(getattr(getattr(algorithm, "backend", None), "device", "cpu")),
+        "device": str(getattr(backend, "device", "cpu")),
         **scaled,
     }
+
+
+def compute_floor(w: Workload, backend: Any) -> dict[str, float]:
+    """``matmul_gflop_per_s`` (the backend's measured float32 matrix-product rate, its
+    ``matmul_gflop_per_s()``) and ``floor_ms``, the workload's nominal FLOPs at that rate:
+    no step can be faster, so ``median_ms / floor_ms`` compares machines. Empty for a
+    workload without a nominal count or a backend that cannot measure the rate."""
+    gflop, rate = nominal_gflop(w), getattr(backend, "matmul_gflop_per_s", None)
+    if gflop is None or not callable(rate):
+        return {}
+    measured = float(rate())
+    return {"matmul_gflop_per_s": round(measured, 1), "floor_ms": round(1000 * gflop / measured, 1)}
+
+
+def peak_gpu_mb(backend: Any) -> float | None:
+    """The backend's peak GPU memory in MiB (its ``peak_gpu_mb()``: torch's
+    ``max_memory_allocated``, TensorFlow's ``get_memory_info(...)["peak"]``); ``None``
+    without a GPU or for a backend that does not report it."""
+    report = getattr(backend, "peak_gpu_mb", None)
+    value = report() if callable(report) else None
+    return None if value is None else round(float(value), 1)
 
 
 def peak_rss_mb() -> float:
@@ -466,6 +505,7 @@ def run_child(
     data_workers: int = 1,
     nproc: int = 1,
     threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure ``pair`` in a fresh ``python -m metaplug bench-child`` process (which launches
     ``nproc`` workers when more than one), with ``threads`` threads per worker when given."""
@@ -480,12 +520,14 @@ def run_child(
             "data_workers": data_workers,
             "nproc": nproc,
             "threads": threads,
+            "options": overrides or {},
         }
     )
     command = [sys.executable, "-m", "metaplug", "bench-child", request]
     env = dict(os.environ)
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS="1")
+        env[THREADS_ENV] = str(threads)  # the backends' own choice (metaplug.contract.threads)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -508,21 +550,27 @@ def bench_pair(
     data_workers: int = 1,
     nproc: int = 1,
     threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One output row: the measurement (with ``batching``, that mode instead of the
-    algorithm's default), nominal FLOPs and (with ``reference``) the speed-up over the plain
-    per-task loop (``batching="reference"``). With ``nproc`` > 1 the pair runs on that many
-    workers (``threads`` each) and also on one worker with as many threads, for
-    ``worker_speedup``."""
+    algorithm's default; ``overrides`` replace algorithm options), nominal FLOPs and (with
+    ``reference``) the speed-up over the plain per-task loop (``batching="reference"``).
+    With ``nproc`` > 1 the pair runs on that many workers (``threads`` each) and also on one
+    worker with as many threads, for ``worker_speedup``."""
     row: dict[str, Any] = {
         "backend": pair.backend,
         "algorithm": pair.workload.algorithm,
         "workload": pair.workload.name,
     }
-    row.update(run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers, nproc, threads))
-    row["threads"] = threads
+    row.update(
+        run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers, nproc, threads, overrides=overrides)
+    )
+    if threads is not None and row.get("threads") is None:
+        row["threads"] = threads
     if nproc > 1 and row.get("median_ms"):
-        one = run_child(pair, steps, warmup, batching, timeout, prefetch, data_workers, threads=threads)
+        one = run_child(
+            pair, steps, warmup, batching, timeout, prefetch, data_workers, threads=threads, overrides=overrides
+        )
         if "error" in one:
             row["one_worker"] = f"not measured: {one['error']}"
         else:
@@ -534,7 +582,9 @@ def bench_pair(
         if row.get("median_ms"):
             row["gflop_per_s"] = round(gflop / (row["median_ms"] / 1000), 1)
     if reference:
-        measured = run_child(pair, steps, warmup, "reference", timeout, prefetch, data_workers)
+        measured = run_child(
+            pair, steps, warmup, "reference", timeout, prefetch, data_workers, threads=threads, overrides=overrides
+        )
         if "error" in measured:
             row["reference"] = f"not measured: {measured['error']}"
         else:
@@ -542,6 +592,27 @@ def bench_pair(
             if row.get("median_ms"):
                 row["speedup"] = round(measured["median_ms"] / row["median_ms"], 2)
     return row
+
+
+BUSY_LOOP = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    pass"
+"""CPU-bound until its parent (the pid in ``argv[1]``) ends: a killed ``metaplug bench`` leaves none spinning."""
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` CPU-bound processes (:data:`BUSY_LOOP`) running while the block runs: the
+    competing load of ``metaplug bench --busy``. They are ended on exit."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            command = [sys.executable, "-c", BUSY_LOOP, str(os.getpid())]
+            started.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
+        yield started
+    finally:
+        for process in started:
+            process.kill()
+        for process in started:
+            process.wait()
 
 
 def _resolved_batching(algorithm: Any) -> str | None:
@@ -567,12 +638,13 @@ def child_main(request_json: str) -> dict[str, Any] | None:
             int(request.get("prefetch", 2)),
             int(request.get("data_workers", 1)),
         )
+        overrides = dict(request.get("options") or {})
         nproc = int(request.get("nproc") or 1)
         threads = request.get("threads")
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"bad bench-child request: {exc}") from exc
     if nproc == 1:
-        return measure(*arguments)
+        return measure(*arguments, overrides=overrides)
     from metaplug.plugins.discovery import registry
 
     backend = registry().load("backends", arguments[0])
@@ -585,10 +657,10 @@ def child_main(request_json: str) -> dict[str, Any] | None:
             raise ConfigError(f"the {nproc} workers failed (exit status {status})")
         return None
     try:
-        row = measure(*arguments, workers=workers)
+        row = measure(*arguments, workers=workers, overrides=overrides)
     finally:
         workers.close()
     return row if workers.rank == 0 else None
 
 
-__all__ = ["NAMED", "SHAPES", "Pair", "Workload", "bench_pair", "measure", "plan", "workload"]
+__all__ = ["NAMED", "SHAPES", "Pair", "Workload", "bench_pair", "busy_processes", "measure", "plan", "workload"]

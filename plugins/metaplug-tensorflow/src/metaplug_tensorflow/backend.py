@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +15,37 @@ import numpy as np
 
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
 from metaplug.contract.options import checked
+from metaplug.contract.threads import ENV, ThreadChoice, choose_threads
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.layout import channels_last
 from metaplug_tensorflow.models import FunctionalModel, builder
 
 DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+LIGHT_PARAMETERS = 100_000
+"""Standard ``mlp`` models with fewer weights than this run on one thread by default (as on
+torch: :data:`metaplug_torch.backend.LIGHT_PARAMETERS`)."""
+
+
+def is_light(spec: ModelSpec) -> bool:
+    """Whether the standard model of ``spec`` is too small for several threads (an ``mlp``
+    with fewer than :data:`LIGHT_PARAMETERS` weights)."""
+    if spec.name != "mlp":
+        return False
+    sizes = [int(np.prod(spec.input_shape)), *spec.options.get("hidden", (40, 40)), int(spec.output_size)]
+    return sum((a + 1) * b for a, b in itertools.pairwise(sizes)) < LIGHT_PARAMETERS
+
+
+def set_threads(count: int) -> bool:
+    """TensorFlow's intra- and inter-op threads; ``False`` once its runtime has started
+    (they are fixed from then on)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -37,18 +64,22 @@ class Backend:
     :param device: a TensorFlow device such as ``"cpu"`` or ``"gpu:0"``; ``None``
         lets TensorFlow place operations (a GPU when one is visible).
     :param dtype: ``"float32"`` (default) or ``"float64"`` for weights and inputs.
+    :param threads: TensorFlow's intra- and inter-op threads (process-wide, settable only
+        before TensorFlow's runtime starts); ``None``: ``METAPLUG_THREADS`` or chosen for the
+        machine and its load (:func:`metaplug.contract.threads.choose_threads`), and 1 for a
+        standard ``mlp`` as small as the sinusoid's. :attr:`threads` says what was chosen and why.
     """
 
     name = "tensorflow"
     models: tuple[str, ...] = ("mlp", "conv4", "resnet12")
     batching_modes: tuple[str, ...] = ("auto", "vectorized", "loop")
+    """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
     export_formats: tuple[str, ...] = ("savedmodel",)
     """What ``AdaptedModel.export`` writes (see :mod:`metaplug_tensorflow.export`)."""
-    """``reference`` (the plain per-task loop that torch's benchmarks compare against) is torch's only."""
     weight_formats: tuple[str, ...] = (".weights.h5", ".h5")
     """Files :meth:`read_weights` reads for ``--init-weights``: Keras weight files."""
 
-    def __init__(self, device: str | None = None, dtype: str = "float32") -> None:
+    def __init__(self, device: str | None = None, dtype: str = "float32", threads: int | None = None) -> None:
         checked("dtype", dtype, str, choices=tuple(DTYPES))
         if device is not None:
             kind, _, index = device.lower().partition(":")
@@ -65,6 +96,21 @@ class Backend:
         self.dtype = DTYPES[dtype]
         self._rng = np.random.default_rng(0)
         self.seed_value = 0
+        self._threads_requested = threads is not None
+        self.threads: ThreadChoice = self._apply_threads(choose_threads(threads))
+
+    def _apply_threads(self, choice: ThreadChoice) -> ThreadChoice:
+        if set_threads(choice.threads):
+            return choice
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        return ThreadChoice(current or choice.threads, "fixed: TensorFlow's runtime had started")
+
+    def fit_threads(self, spec: ModelSpec) -> None:
+        """One thread for a standard model too small to split (:func:`is_light`), unless the
+        count was given (argument or ``METAPLUG_THREADS``) or TensorFlow already runs."""
+        if self._threads_requested or self.threads.reason == ENV or not is_light(spec):
+            return
+        self.threads = self._apply_threads(choose_threads(light=True))
 
     @property
     def rng(self) -> np.random.Generator:
@@ -95,6 +141,26 @@ class Backend:
         self.seed_value = int(seed)
         tf.keras.utils.set_random_seed(int(seed) % 2**32)  # numpy's global seed takes 32 bits
         tf.random.set_seed(seed)
+
+    def peak_gpu_mb(self) -> float | None:
+        """Peak memory TensorFlow allocated on :attr:`device` (the first GPU when ``None``) in MiB
+        (``tf.config.experimental.get_memory_info``); ``None`` on the CPU or without a GPU."""
+        kind, _, index = (self.device or "gpu").lower().partition(":")
+        if kind != "gpu" or not tf.config.list_logical_devices("GPU"):
+            return None
+        return tf.config.experimental.get_memory_info(f"GPU:{index or 0}")["peak"] / 2**20
+
+    def matmul_gflop_per_s(self, size: int = 1024, repeats: int = 5) -> float:
+        """The float32 matrix-product rate on :attr:`device` with the current threads: the
+        best of ``repeats`` ``size``-square products (``metaplug bench``'s compute floor)."""
+        with self.scope():
+            a = tf.random.uniform((size, size), dtype=tf.float32)
+            best = float("inf")
+            for _ in range(repeats + 1):  # the first product warms up
+                began = time.perf_counter()
+                float(tf.reduce_sum(tf.matmul(a, a)))
+                best = min(best, time.perf_counter() - began)
+        return 2 * size**3 / best / 1e9
 
     def with_dtype(self, dtype: tf.DType) -> Backend:
         """This backend (same device and generators) computing in ``dtype``; ``self`` if it already does."""
@@ -147,7 +213,7 @@ class Backend:
 
     def build_model(self, spec: ModelSpec) -> FunctionalModel:
         """A freshly initialised standard model (``mlp``, ``conv4`` or ``resnet12``) on :attr:`device`."""
-        return builder(spec.name).build(self, spec)
+        return builder(spec.name).build(self, spec)  # which calls fit_threads
 
     @staticmethod
     def read_weights(path: str | Path, model: Any = None) -> dict[str, np.ndarray]:

@@ -482,6 +482,8 @@ class StandardModel:
     @classmethod
     def build(cls, backend: Any, spec: ModelSpec) -> FunctionalModel:
         options = cls.Options.parse(spec.options, owner=f"model {cls.name!r}").as_dict()
+        if callable(getattr(backend, "fit_threads", None)):  # before TensorFlow's runtime starts
+            backend.fit_threads(dataclasses.replace(spec, name=cls.name, options=options))
         with backend.scope():
             return build(dataclasses.replace(spec, name=cls.name, options=options), backend.rng, backend.dtype)
 

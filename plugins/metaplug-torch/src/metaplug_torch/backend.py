@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,21 @@ import numpy as np
 import torch
 
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
+from metaplug.contract.threads import ENV, ThreadChoice, choose_threads
 from metaplug.errors import ConfigError
 from metaplug_torch import models, weights
+
+LIGHT_PARAMETERS = 100_000
+"""Models without convolutions and with fewer weights than this run on one thread by
+default: on 2 cores the sinusoid MLP (1 761 weights) is as fast on one thread as on two
+when the machine is quiet and several times faster when it is busy (docs/benchmarks.md)."""
+
+
+def is_light(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a model too small for several threads (see :data:`LIGHT_PARAMETERS`)."""
+    if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in module.modules()):
+        return False
+    return sum(p.numel() for p in module.parameters()) < LIGHT_PARAMETERS
 
 
 @dataclass(frozen=True)
@@ -26,7 +40,13 @@ class Episodes:
 
 
 class Backend:
-    """PyTorch on ``device`` (default: ``cuda`` when available, else ``cpu``)."""
+    """PyTorch on ``device`` (default: ``cuda`` when available, else ``cpu``).
+
+    :param threads: torch's intra-op threads (``torch.set_num_threads``, process-wide);
+        ``None``: ``METAPLUG_THREADS`` or chosen for the machine and its load
+        (:func:`metaplug.contract.threads.choose_threads`), and 1 once a model as small as
+        the sinusoid MLP is seen (:meth:`fit_threads`). :attr:`threads` says what was chosen and why.
+    """
 
     name = "torch"
     models: tuple[str, ...] = tuple(models.BUILDERS)
@@ -36,7 +56,7 @@ class Backend:
     weight_formats: tuple[str, ...] = weights.FORMATS
     """Files :meth:`read_weights` reads for ``--init-weights``: torch state dicts."""
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, threads: int | None = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -50,6 +70,39 @@ class Backend:
                 f"device {device!r} requested but {torch.cuda.device_count()} CUDA device(s) "
                 f"are visible, numbered from 0"
             )
+        self._threads_requested = threads is not None
+        self.threads: ThreadChoice = choose_threads(threads)
+        torch.set_num_threads(self.threads.threads)
+
+    def fit_threads(self, module: torch.nn.Module) -> None:
+        """One thread for a model too small to split its operations (no convolution, fewer
+        than :data:`LIGHT_PARAMETERS` weights), unless the count was given (argument or
+        ``METAPLUG_THREADS``). The algorithms call it with their model."""
+        if self._threads_requested or self.threads.reason == ENV:
+            return
+        if is_light(module):
+            self.threads = choose_threads(light=True)
+            torch.set_num_threads(self.threads.threads)
+
+    def peak_gpu_mb(self) -> float | None:
+        """Peak memory allocated by torch on :attr:`device` in MiB (``torch.cuda.max_memory_allocated``);
+        ``None`` on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def matmul_gflop_per_s(self, size: int = 1024, repeats: int = 5) -> float:
+        """The float32 matrix-product rate on :attr:`device` with the current threads: the
+        best of ``repeats`` ``size``-square products (``metaplug bench``'s compute floor)."""
+        a = torch.rand(size, size, device=self.device)
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first product warms up
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            began = time.perf_counter()
+            (a @ a).sum().item()
+            best = min(best, time.perf_counter() - began)
+        return 2 * size**3 / best / 1e9
 
     @classmethod
     def join_workers(cls, timeout_s: float, device: str | None = None) -> Any:

@@ -22,6 +22,7 @@ Modes (the ``batching`` option of every torch algorithm, declared by the host as
     (docs/benchmarks.md): on 2 CPU cores ``vectorized`` is 10x faster on the MLP and
     2.5-5x slower on conv4; on an H200 the per-task loop is launch-bound (about
     0.5 s per 32-task conv4 step) and ``vectorized`` runs the 32 tasks as one batch.
+    ``"loop"`` whenever the inner steps are recomputed (``recompute_inner``).
 """
 
 from __future__ import annotations
@@ -31,16 +32,25 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from metaplug.errors import ConfigError
 from metaplug_torch.functional import FunctionalModel
 from metaplug_torch.models import execution_style, task_forwards
 
 TaskFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def resolve(mode: str, model: FunctionalModel, device: torch.device | str = "cpu") -> str:
-    """The concrete mode for ``mode`` (``"auto"`` picks per model and device)."""
+def resolve(mode: str, model: FunctionalModel, device: torch.device | str = "cpu", *, recompute: bool = False) -> str:
+    """The concrete mode for ``mode`` (``"auto"`` picks per model and device). ``recompute``
+    (checkpointed second-order inner steps) runs in the per-task modes only: ``auto`` then
+    picks ``loop`` and ``vectorized`` is an error."""
+    if recompute and mode == "vectorized":
+        raise ConfigError(
+            "recompute_inner runs tasks one at a time: use batching 'auto', 'loop' or 'reference', not 'vectorized'"
+        )
     if mode != "auto":
         return mode
+    if recompute:
+        return "loop"
     if model.has_native_batch_norm or (model.has_conv and torch.device(device).type == "cpu"):
         return "loop"
     return "vectorized"

@@ -24,7 +24,7 @@ for every task.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -187,3 +187,52 @@ def inner_loop(
         grads = inner_gradients(loss, fast, second_order=second_order, functional=functional)
         fast, state = apply_rule(rule, fast, grads, learnables, lr, state)
     return fast
+
+
+StepFn = Callable[[list[torch.Tensor], bool], tuple[torch.Tensor, ...]]
+"""One inner step from explicit tensors: ``step(tensors, create_graph)`` returns the new
+adapted tensors; ``create_graph`` says whether the step's own gradient must stay
+differentiable."""
+
+
+class _RecomputedStep(torch.autograd.Function):
+    """One inner step that stores only its inputs: the forward pass computes the step
+    without a graph, the backward pass computes it again with one (second order) and
+    back-propagates through it."""
+
+    @staticmethod
+    def forward(ctx: Any, step: StepFn, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.step = step
+        ctx.save_for_backward(*tensors)
+        with torch.enable_grad():
+            return tuple(t.detach() for t in step(_leaves(tensors), False))
+
+    @staticmethod
+    def backward(ctx: Any, *upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        inputs = _leaves(ctx.saved_tensors)
+        with torch.enable_grad():
+            outputs = ctx.step(inputs, True)
+        wanted = [i for i, t in enumerate(inputs) if t.requires_grad and ctx.needs_input_grad[1 + i]]
+        found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], upstream, allow_unused=True)
+        grads: list[torch.Tensor | None] = [None] * len(inputs)
+        for i, g in zip(wanted, found, strict=True):
+            grads[i] = g
+        return (None, *grads)
+
+
+def _leaves(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
+
+
+def recomputed_steps(
+    step: StepFn, adapted: Sequence[torch.Tensor], context: Sequence[torch.Tensor], steps: int
+) -> list[torch.Tensor]:
+    """``steps`` second-order inner steps whose graphs are not stored: each keeps only its
+    inputs (the adapted tensors and ``context``, every other tensor the step reads, e.g. the
+    support inputs, labels, non-adapted weights and the rule's learnables) and is recomputed
+    in the backward pass, so memory does not grow with ``steps``. The meta-gradient is the
+    stored loop's. ``step`` receives ``[*adapted, *context]``."""
+    current = list(adapted)
+    for _ in range(steps):
+        current = list(_RecomputedStep.apply(step, *current, *context))
+    return current

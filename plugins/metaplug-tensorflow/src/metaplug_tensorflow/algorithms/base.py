@@ -46,6 +46,34 @@ def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
     return [tf.broadcast_to(p, [num_tasks, *p.shape]) for p in params]
 
 
+def recomputed(fn: Callable[..., list[tf.Tensor]]) -> Callable[..., list[tf.Tensor]]:
+    """``fn`` (tensors in, a list of tensors out) whose gradient is computed by running
+    ``fn`` again under a tape instead of from the forward pass's intermediates. Unlike
+    ``tf.recompute_grad``, ``fn`` may take gradients itself (it records on its own tapes),
+    so an inner step that contains a gradient can be recomputed and differentiated; the
+    variables it reads (a rule's learned rates) get their gradients too. Exact; inside the
+    compiled training step it did not yet lower peak memory (docs/benchmarks.md)."""
+
+    @tf.custom_gradient
+    def run(*inputs: tf.Tensor) -> Any:
+        def gradient(*upstream: tf.Tensor, variables: Sequence[tf.Variable] | None = None) -> Any:
+            variables = list(variables or [])
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                again = fn(*inputs)
+            found = tape.gradient(
+                again,
+                [*inputs, *variables],
+                output_gradients=list(upstream),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            return found[: len(inputs)], found[len(inputs) :]
+
+        return fn(*inputs), gradient
+
+    return run
+
+
 class MetaLearner:
     """Base class of TensorFlow algorithms (:class:`metaplug.contract.interfaces.Algorithm`;
     the extension API: see "Writing a TensorFlow algorithm" in metaplug-tensorflow's
@@ -295,6 +323,7 @@ class MetaLearner:
         steps: int,
         update: Update,
         second_order: bool = False,
+        recompute: bool = False,
     ) -> Weights:
         """``steps`` inner updates ``weights = update(weights, grads)`` of per-task ``weights``
         on the loss of ``forward(weights, x)`` against ``y``.
@@ -303,7 +332,17 @@ class MetaLearner:
         unwatched, their gradient would silently be ``None``). The summed loss gives
         each task the gradient of its own loss. Without ``second_order`` the inner
         gradients are constants for the outer gradient (first-order approximation).
+
+        ``recompute`` (second order, stateless rules) computes each step's gradient by
+        rerunning the step (:func:`recomputed`); ``x`` is an input of the recomputed step, so
+        gradients still reach what it was computed from (ANIL's features), and the
+        meta-gradient is the same.
         """
+        if recompute and second_order:
+            step = recomputed(lambda *t: self.inner_loop(forward, list(t[:-1]), t[-1], y, 1, update, True))
+            for _ in range(steps):
+                weights = list(step(*weights, x))
+            return weights
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(weights)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from metaplug.contract.hyperparameters import InnerLoopOptions
+from metaplug.contract.hyperparameters import InnerLoopOptions, check_recompute
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.algorithms.base import MetaLearner, Weights, tile
 from metaplug_tensorflow.losses import task_loss
@@ -51,6 +51,7 @@ class GradientMetaLearner(MetaLearner):
 
     def extra_parameters(self) -> dict[str, tf.Tensor]:
         """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
+        check_recompute(self.options, self.rule)
         weights = dict(zip(self.model.names, self.model.variables, strict=True))
         adapted = {n: weights[n] for n in self.adapted_names()}
         return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.options.inner_lr).items()}
@@ -107,7 +108,8 @@ class GradientMetaLearner(MetaLearner):
         names = self.adapted_names()
         fast = tile([weights[n] for n in names], h_support.shape[0])
         update = self.rule_update(names, self.inner_learnables(), self.options.inner_lr)
-        return self.inner_loop(self.task_output, fast, h_support, sy, steps, update, second_order)
+        recompute = getattr(self.options, "recompute_inner", False)
+        return self.inner_loop(self.task_output, fast, h_support, sy, steps, update, second_order, recompute)
 
     def adapt_support(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *extra: tf.Tensor) -> Weights:
         """The per-task adapted weights ``evaluate`` and ``adapt`` predict with (an algorithm

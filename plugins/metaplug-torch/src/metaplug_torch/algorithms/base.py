@@ -120,7 +120,10 @@ class MetaLearner:
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
         self.check_model()
-        self.mode = batching.resolve(self.options.batching, self.model, self.device)
+        if callable(getattr(self.backend, "fit_threads", None)):
+            self.backend.fit_threads(model)  # one thread for models as small as the sinusoid MLP
+        recompute = getattr(self.options, "recompute_inner", False) and not getattr(self.options, "first_order", False)
+        self.mode = batching.resolve(self.options.batching, self.model, self.device, recompute=recompute)
         self.freezing = Freezing.resolve(self.options.freeze, self.options.freeze_during, self.model.names)
         self.rule = self.freezing.rule(inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name))
         self.extra: dict[str, torch.nn.Parameter] = {

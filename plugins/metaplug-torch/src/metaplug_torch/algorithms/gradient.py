@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from metaplug.contract.hyperparameters import InnerLoopOptions
+from metaplug.contract.hyperparameters import InnerLoopOptions, check_recompute
 from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
-from metaplug_torch.inner import inner_loop
+from metaplug_torch.inner import inner_loop, recomputed_steps
 from metaplug_torch.losses import task_loss
 
 Params = dict[str, torch.Tensor]
@@ -43,6 +43,7 @@ class GradientMetaLearner(MetaLearner):
 
     def extra_parameters(self) -> dict[str, torch.Tensor]:
         """The inner rule's learned state (e.g. Meta-SGD's rates), saved as ``inner.<name>``."""
+        check_recompute(self.options, self.rule)
         adapted = {n: self.params[n] for n in self.adapted_names()}
         return {f"inner.{n}": t for n, t in self.rule.init(adapted, self.options.inner_lr).items()}
 
@@ -93,6 +94,9 @@ class GradientMetaLearner(MetaLearner):
         if self.mode == "reference" and second_order:
             start = {n: p.clone() for n, p in start.items()}
 
+        if second_order and getattr(self.options, "recompute_inner", False) and self.mode != "vectorized":
+            return self._recomputed_adaptation(params, learnables, start, h_support, sy, steps)
+
         def support_loss(fast: Params) -> torch.Tensor:
             return task_loss(self.spec.problem, self.task_output(params, fast, h_support), sy)
 
@@ -106,6 +110,27 @@ class GradientMetaLearner(MetaLearner):
             second_order=second_order,
             functional=self.mode == "vectorized",
         )
+
+    def _recomputed_adaptation(
+        self, params: Params, learnables: Params, start: Params, h_support: torch.Tensor, sy: torch.Tensor, steps: int
+    ) -> Params:
+        """:meth:`adapt_task`'s second-order steps with ``recompute_inner``: every tensor a
+        step reads is passed explicitly, so that recomputing it reaches them all."""
+        names, others, rates = list(start), [n for n in params if n not in start], list(learnables)
+
+        def step(tensors: list[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, ...]:
+            fast = dict(zip(names, tensors[: len(names)], strict=True))
+            h, y, *rest = tensors[len(names) :]
+            fixed = dict(zip(others, rest[: len(others)], strict=True))
+            rule_state = dict(zip(rates, rest[len(others) :], strict=True))
+            loss = task_loss(self.spec.problem, self.task_output(fixed, fast, h), y)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
+            stepped = self.rule.step(fast, dict(zip(names, grads, strict=True)), rule_state, self.options.inner_lr)
+            return tuple(stepped[n] for n in names)
+
+        context = [h_support, sy, *(params[n] for n in others), *(learnables[n] for n in rates)]
+        adapted = recomputed_steps(step, [start[n] for n in names], context, steps)
+        return dict(zip(names, adapted, strict=True))
 
     def evaluation_parameters(self) -> Any:
         """``(detached model parameters, detached inner learnables)``."""

@@ -1,0 +1,126 @@
+"""``recompute_inner``: checkpointed second-order inner steps give the stored version's
+meta-gradient (float64, both backends) and run in the per-task modes on torch."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pytest
+
+from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
+from metaplug.errors import ConfigError
+from metaplug.plugins.discovery import registry
+
+SPEC = TaskSpec("classification", (1, 16, 16), 3, num_classes=3, default_model="conv4")
+MODEL = ModelSpec("conv4", (1, 16, 16), 3, {"filters": 4})
+MLP_SPEC = TaskSpec("regression", (1,), 1, default_model="mlp")
+MLP = ModelSpec("mlp", (1,), 1, {"hidden": (8, 8)})
+
+
+def batch(spec: TaskSpec, seed: int = 0, tasks: int = 2) -> EpisodeBatch:
+    rng = np.random.default_rng(seed)
+    if spec.problem == "regression":
+        x = rng.uniform(-5, 5, size=(tasks, 10, 1))
+        return EpisodeBatch(x[:, :5], np.sin(x[:, :5]), x[:, 5:], np.sin(x[:, 5:]), problem="regression")
+    labels = np.tile(np.arange(3), (tasks, 2))
+    return EpisodeBatch(
+        support_x=rng.normal(size=(tasks, 6, 1, 16, 16)),
+        support_y=labels,
+        query_x=rng.normal(size=(tasks, 6, 1, 16, 16)),
+        query_y=labels,
+        problem="classification",
+    )
+
+
+def build(backend: str, name: str, model: str = "conv4", **hyper: Any) -> Any:
+    """``name`` on ``backend`` in float64 with seed 0's weights and SGD at rate 1 (so a
+    step's parameter change is the meta-gradient)."""
+    reg = registry()
+    sgd = functools.partial(reg.load("optimizers", "sgd", backend=backend), lr=1.0)
+    algorithm_class = reg.load("algorithms", name, backend=backend)
+    spec, model_spec = (SPEC, MODEL) if model == "conv4" else (MLP_SPEC, MLP)
+    if backend == "torch":
+        instance = reg.load("backends", "torch")(device="cpu")
+        instance.seed(0)
+        built = instance.build_model(model_spec).double()
+    else:
+        instance = reg.load("backends", "tensorflow")(device="cpu", dtype="float64")
+        instance.seed(0)
+        built = instance.build_model(model_spec)
+    return algorithm_class(backend=instance, model=built, spec=spec, optimizer=sgd, **hyper)
+
+
+def meta_gradient(algorithm: Any) -> dict[str, np.ndarray]:
+    before = {k: np.array(v) for k, v in algorithm.state_dict().items() if not k.startswith("optimizer.")}
+    algorithm.meta_train_step(batch(algorithm.spec))
+    after = algorithm.state_dict()
+    return {k: before[k] - np.asarray(after[k]) for k in before}
+
+
+SLOW = pytest.mark.slow  # TensorFlow traces a float64 conv4 step for a minute or more
+CASES = [
+    ("torch", "maml", "loop", "conv4"),
+    ("torch", "maml", "reference", "conv4"),
+    ("torch", "anil", "loop", "conv4"),
+    ("torch", "metasgd", "auto", "conv4"),
+    ("tensorflow", "maml", "vectorized", "mlp"),
+    ("tensorflow", "metasgd", "loop", "mlp"),
+    pytest.param("tensorflow", "maml", "loop", "conv4", marks=SLOW),
+    pytest.param("tensorflow", "maml", "vectorized", "conv4", marks=SLOW),
+    pytest.param("tensorflow", "anil", "loop", "conv4", marks=SLOW),
+    pytest.param("tensorflow", "metasgd", "auto", "conv4", marks=SLOW),
+]
+
+
+@pytest.mark.parametrize(("backend", "name", "batching", "model"), CASES)
+def test_recomputed_inner_steps_give_the_stored_meta_gradient(
+    backend: str, name: str, batching: str, model: str
+) -> None:
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    hyper = {"model": model, "inner_lr": 0.1, "inner_steps": 3, "batching": batching}
+    stored = meta_gradient(build(backend, name, **hyper))
+    recomputed = meta_gradient(build(backend, name, recompute_inner=True, **hyper))
+    assert set(stored) == set(recomputed)
+    largest = max(float(np.abs(g).max()) for g in stored.values())
+    assert largest > 1e-3  # a real gradient, not zeros on both sides
+    for key, expected in stored.items():
+        np.testing.assert_allclose(recomputed[key], expected, rtol=1e-10, atol=1e-12 * largest, err_msg=key)
+
+
+def test_recompute_differs_from_first_order() -> None:
+    """The checked gradient is second order: FOMAML's differs from it."""
+    pytest.importorskip("torch")
+    hyper = {"inner_lr": 0.1, "inner_steps": 3, "batching": "loop"}
+    recomputed = meta_gradient(build("torch", "maml", recompute_inner=True, **hyper))
+    first = meta_gradient(build("torch", "maml", first_order=True, **hyper))
+    assert max(float(np.abs(recomputed[k] - first[k]).max()) for k in first) > 1e-6
+
+
+def test_torch_auto_runs_recompute_in_the_per_task_loop() -> None:
+    pytest.importorskip("torch")
+    spec = TaskSpec("regression", (1,), 1, default_model="mlp")
+    assert build_mlp(spec, recompute_inner=True).mode == "loop"
+    assert build_mlp(spec).mode == "vectorized"
+    assert build_mlp(spec, recompute_inner=True, first_order=True).mode == "vectorized"
+
+
+def test_torch_vectorized_recompute_is_one_clear_error() -> None:
+    pytest.importorskip("torch")
+    spec = TaskSpec("regression", (1,), 1, default_model="mlp")
+    with pytest.raises(ConfigError, match="recompute_inner runs tasks one at a time.*'vectorized'"):
+        build_mlp(spec, recompute_inner=True, batching="vectorized")
+
+
+def build_mlp(spec: TaskSpec, **hyper: Any) -> Any:
+    from metaplug.testing import build_algorithm
+
+    return build_algorithm("maml", "torch", spec, **hyper)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_a_stateful_inner_rule_cannot_be_recomputed(backend: str) -> None:
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    with pytest.raises(ConfigError, match="recompute_inner needs an inner rule without per-task state; 'inner-adam'"):
+        build(backend, "maml", model="mlp", inner_rule="inner-adam", recompute_inner=True)
