@@ -5,6 +5,7 @@ meta-parameters after every step and the per-task results of an evaluation."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -90,6 +91,9 @@ def main(backend: str, out: str, names: list[str]) -> None:
     if workers.rank == 0:
         np.savez(out, **found)
     workers.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's teardown: gloo's threads can abort it ("terminate called ...")
 
 
 if __name__ == "__main__":
