@@ -32,9 +32,9 @@ BACKENDS = [
 ]
 
 
-def metaplug(*args, cache):
+def metaplug(*args, cache, cwd=None):
     env = {**os.environ, "METAPLUG_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "metaplug", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "metaplug", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def image_job(root, run, *extra):
@@ -77,6 +77,25 @@ def test_maml_on_a_table_of_regression_tasks(tmp_path, backend):
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["problem"] == "regression" and np.isfinite(results["test"]["loss"]["mean"])
+
+
+def test_a_relative_data_path_is_saved_absolute_so_resume_works_from_elsewhere(tmp_path):
+    data, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
+    make_regression_csv(data / "sites.csv")
+    run = tmp_path / "run"
+    done = metaplug(
+        "train", "--backend", "torch", "--tasks", "table", "--set", "tasks.path=sites.csv", "--shots", "5",
+        "--queries", "5", "--meta-batch-size", "2", "--iterations", "1", "--val-every", "0", "--test-tasks", "0",
+        "--run-dir", str(run), "--quiet", cache=tmp_path / "cache", cwd=data,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f'path = "{data / "sites.csv"}"' in (run / "config.toml").read_text()
+    done = metaplug(
+        "train", "--resume", str(run), "--iterations", "2", "--quiet", cache=tmp_path / "cache", cwd=elsewhere
+    )
+    assert done.returncode == 0, done.stderr
+    assert checkpoints.load(run / "checkpoint").step == 2
 
 
 def test_augmented_prefetched_training_resumes_bitwise(tmp_path):

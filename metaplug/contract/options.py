@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,9 @@ class Rule:
     """The maximum itself is excluded (``less than``)."""
     choices: tuple[Any, ...] = ()
     help: str = ""
+    path: bool = False
+    """A file or folder: a relative path is made absolute (and ``~`` expanded) when the
+    options are made, so a saved configuration still finds it from another directory."""
 
     def check(self, name: str, value: Any, given: Any = None) -> None:
         """One-line :class:`ConfigError` unless the normalised ``value`` fits; messages show
@@ -99,14 +103,16 @@ def option(
     below_maximum: bool = False,
     choices: Sequence[Any] = (),
     help: str = "",
+    path: bool = False,
 ) -> Any:
     """A field of an :class:`Options` dataclass: its default and what it accepts.
 
     ``minimum``/``maximum`` bound numbers (and each entry of a tuple); ``exclusive``
     excludes the minimum, ``below_maximum`` the maximum; ``choices`` lists the allowed
-    values; ``help`` is the one line ``metaplug info`` shows.
+    values; ``help`` is the one line ``metaplug info`` shows; ``path`` marks a string option
+    that names a file or folder, made absolute when the options are made.
     """
-    rule = Rule(minimum, maximum, exclusive, below_maximum, tuple(choices), help)
+    rule = Rule(minimum, maximum, exclusive, below_maximum, tuple(choices), help, path)
     return dataclasses.field(default=default, metadata={_RULE: rule})
 
 
@@ -151,8 +157,10 @@ class Options:
         for f in dataclasses.fields(self):
             given = getattr(self, f.name)
             value = _normalise(f.name, given, hints[f.name])
-            object.__setattr__(self, f.name, value)
             rule = f.metadata.get(_RULE)
+            if rule is not None and rule.path and isinstance(value, str) and value:
+                value = os.path.abspath(os.path.expanduser(value))
+            object.__setattr__(self, f.name, value)
             if rule is not None and value is not None:
                 rule.check(f.name, value, given)
         self.validate()

@@ -58,7 +58,9 @@ class BenchmarkOptions(AugmentOptions):
     ways: int = option(5, minimum=1, help="classes per episode")
     shots: int = option(1, minimum=1, help="support examples per class")
     queries: int = option(15, minimum=1, help="query examples per class")
-    root: str | None = option(None, help="folder with the dataset's files (default: DATA_DIR/<dataset folder>)")
+    root: str | None = option(
+        None, path=True, help="folder with the dataset's files (default: DATA_DIR/<dataset folder>)"
+    )
     image_size: int = option(84, minimum=8, maximum=512, help="side of the resized images")
 
 

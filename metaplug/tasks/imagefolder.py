@@ -153,13 +153,15 @@ class FolderImages:
 class ImageFolderOptions(AugmentOptions):
     """N-way K-shot episodes over ``root/<class>/<images>`` (see the module docstring)."""
 
-    root: str | None = option(None, help="folder of class folders (or of train/, val/ and test/ folders)")
+    root: str | None = option(None, path=True, help="folder of class folders (or of train/, val/ and test/ folders)")
     ways: int = option(5, minimum=2, help="classes per episode")
     shots: int = option(1, minimum=1, help="support examples per class")
     queries: int = option(15, minimum=1, help="query examples per class")
     image_size: int = option(84, minimum=4, maximum=1024, help="side of the resized square images")
     color: str = option("auto", choices=("auto", "rgb", "gray"), help="auto: gray if every class's first image is")
-    split_files: str | None = option(None, help="folder with train/val/test .csv or .txt files listing classes")
+    split_files: str | None = option(
+        None, path=True, help="folder with train/val/test .csv or .txt files listing classes"
+    )
     split_ratio: tuple[float, float, float] = option(
         (0.64, 0.16, 0.2), minimum=0, help="train/val/test shares of the classes, without split folders or files"
     )

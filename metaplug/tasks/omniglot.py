@@ -188,7 +188,7 @@ class OmniglotOptions(Options):
     ways: int = option(5, minimum=1, help="classes per episode")
     shots: int = option(1, minimum=1, help="support examples per class")
     queries: int = option(15, minimum=1, help="query examples per class")
-    root: str | None = option(None, help="folder with the archives (default: DATA_DIR/omniglot)")
+    root: str | None = option(None, path=True, help="folder with the archives (default: DATA_DIR/omniglot)")
     image_size: int = option(28, minimum=8, maximum=105, help="side of the resized images")
     rotations: bool = option(True, help="rotations by 90, 180 and 270 degrees as extra classes")
     download: bool = option(False, help="fetch the archives when they are missing")

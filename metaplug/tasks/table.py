@@ -191,7 +191,7 @@ def prepare(x: np.ndarray, scaling: tuple[np.ndarray, np.ndarray] | None) -> np.
 class TableOptions(Options):
     """Shared options of the table samplers."""
 
-    path: str | None = option(None, help="the table: a CSV file with a header, or a .npz of 1-D arrays")
+    path: str | None = option(None, path=True, help="the table: a CSV file with a header, or a .npz of 1-D arrays")
     features: tuple[str, ...] = option((), help="input columns (default: every column not otherwise used)")
     split_column: str | None = option(None, help="column of train/val/test values (default: split_ratio)")
     split_ratio: tuple[float, float, float] = option((0.7, 0.15, 0.15), minimum=0, help="train/val/test shares")
