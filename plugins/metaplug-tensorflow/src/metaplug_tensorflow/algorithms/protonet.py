@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from metaplug.contract.hyperparameters import ProtoNetOptions
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import MetaLearner, Weights
+from metaplug_tensorflow.algorithms.support_set import Extra, SupportSetLearner
 
 
 def prototypes(embeddings: tf.Tensor, labels: tf.Tensor, ways: int) -> tf.Tensor:
@@ -27,7 +27,7 @@ def scores(queries: tf.Tensor, protos: tf.Tensor, distance: str) -> tf.Tensor:
     return -tf.reduce_sum(tf.square(queries[:, :, None, :] - protos[:, None, :, :]), axis=-1)
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(SupportSetLearner):
     """Prototypical Networks: prototypes are mean ``features.*`` embeddings of each class's
     support examples; no inner loop, the head is built but unused.
 
@@ -42,12 +42,6 @@ class ProtoNet(MetaLearner):
     problems = ("classification",)
     Options = ProtoNetOptions
     options: ProtoNetOptions
-    has_loss_before = False
-    adapts_weights = False
-
-    def trained_names(self) -> list[str]:
-        """The feature weights (the head is built but unused)."""
-        return list(self.model.names[: self.model.head_index])
 
     def check_model(self) -> None:
         """ProtoNets use the embedding, not the output: one vector per example."""
@@ -55,7 +49,9 @@ class ProtoNet(MetaLearner):
         if len(shape) != 2:
             raise ConfigError(f"protonet embeds each example as a vector; the model's features give shape {shape}")
 
-    def _logits(self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor) -> tf.Tensor:
+    def logits(
+        self, features: Sequence[tf.Tensor], extra: Extra, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor
+    ) -> tf.Tensor:
         shots, ways = sx.shape[1], self.spec.output_size
         embedded = self.model.embed(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
         protos = prototypes(embedded[:, :shots], sy, ways)
@@ -64,24 +60,3 @@ class ProtoNet(MetaLearner):
         # classes absent from the support set have no prototype and never win.
         present = tf.reduce_any(tf.equal(sy[:, :, None], tf.range(ways, dtype=sy.dtype)), axis=1)
         return tf.where(present[:, None, :], logits, tf.constant(-float("inf"), logits.dtype))
-
-    def meta_gradients(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
-    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        with tf.GradientTape() as tape:
-            metrics = self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
-            loss = tf.reduce_sum(metrics["loss"])
-        return self.gradients(loss, tape), metrics
-
-    def evaluate_tasks(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int
-    ) -> dict[str, tf.Tensor]:
-        return self.loss_and_accuracy(self._logits(self.feature_weights, sx, sy, qx), qy)
-
-    def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        """The feature weights followed by the support set (examples, labels)."""
-        return [tf.identity(v) for v in self.feature_weights] + [sx, sy]
-
-    def predict_adapted(self, state: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        *features, sx, sy = state
-        return self._logits(features, sx, sy, x)

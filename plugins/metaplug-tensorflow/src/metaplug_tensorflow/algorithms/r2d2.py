@@ -10,7 +10,7 @@ import numpy as np
 from metaplug.contract.hyperparameters import R2D2Options
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import MetaLearner, Weights
+from metaplug_tensorflow.algorithms.support_set import Extra, SupportSetLearner
 
 PREFIX = "r2d2."
 
@@ -31,7 +31,7 @@ def ridge_weights(support: tf.Tensor, targets: tf.Tensor, penalty: tf.Tensor) ->
     return tf.linalg.solve(tf.matmul(x, x, transpose_a=True) + penalty * eye, tf.matmul(x, y, transpose_a=True))
 
 
-class R2D2(MetaLearner):
+class R2D2(SupportSetLearner):
     """R2-D2: each task's classifier is ridge regression of the support set's one-hot labels
     on its ``features`` embeddings, solved in closed form and differentiated through; logits
     are ``scale * (z @ W + b) + offset`` with a learned scale and offset (and a learned
@@ -48,12 +48,6 @@ class R2D2(MetaLearner):
     problems = ("classification",)
     Options = R2D2Options
     options: R2D2Options
-    has_loss_before = False
-    adapts_weights = False
-
-    def trained_names(self) -> list[str]:
-        """The feature weights (the head is built but unused)."""
-        return list(self.model.names[: self.model.head_index])
 
     def check_model(self) -> None:
         """R2-D2 regresses on the embedding: one vector per example."""
@@ -70,41 +64,16 @@ class R2D2(MetaLearner):
             found[PREFIX + "lambda"] = np.full((1,), self.options.init_lambda)
         return found
 
-    def _logits(
-        self, features: Sequence[tf.Tensor], extra: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor
+    def logits(
+        self, features: Sequence[tf.Tensor], extra: Extra, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor
     ) -> tf.Tensor:
-        values = dict(zip(self.extra, extra, strict=True))
         shots, ways = sx.shape[1], self.spec.output_size
         embedded = self.model.embed(features, tf.concat([sx, tf.cast(qx, sx.dtype)], axis=1))
         member = tf.one_hot(sy, ways, dtype=embedded.dtype)
-        penalty = values.get(PREFIX + "lambda", tf.constant(self.options.init_lambda, embedded.dtype))
+        penalty = extra.get(PREFIX + "lambda", tf.constant(self.options.init_lambda, embedded.dtype))
         weights = ridge_weights(embedded[:, :shots], member, penalty)
         raw = tf.matmul(embedded[:, shots:], weights[:, :-1]) + weights[:, -1:]
-        logits = values[PREFIX + "scale"] * raw + values[PREFIX + "offset"]
+        logits = extra[PREFIX + "scale"] * raw + extra[PREFIX + "offset"]
         # Episodes with fewer ways than the spec: classes absent from the support set never win.
         present = tf.reduce_sum(member, axis=1) > 0
         return tf.where(present[:, None, :], logits, tf.constant(-float("inf"), logits.dtype))
-
-    def meta_gradients(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
-    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        with tf.GradientTape() as tape:
-            logits = self._logits(self.feature_weights, list(self.extra.values()), sx, sy, qx)
-            metrics = self.loss_and_accuracy(logits, qy)
-            loss = tf.reduce_sum(metrics["loss"])
-        return self.gradients(loss, tape), metrics
-
-    def evaluate_tasks(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int
-    ) -> dict[str, tf.Tensor]:
-        return self.loss_and_accuracy(self._logits(self.feature_weights, list(self.extra.values()), sx, sy, qx), qy)
-
-    def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        """The feature weights, the scale, offset (and lambda), then the support set."""
-        weights = [tf.identity(v) for v in (*self.feature_weights, *self.extra.values())]
-        return [*weights, sx, sy]
-
-    def predict_adapted(self, state: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        *weights, sx, sy = state
-        split = len(weights) - len(self.extra)
-        return self._logits(weights[:split], weights[split:], sx, sy, x)

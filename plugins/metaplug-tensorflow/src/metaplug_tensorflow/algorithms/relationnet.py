@@ -10,7 +10,8 @@ import numpy as np
 from metaplug.contract.hyperparameters import RelationNetOptions
 from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import MetaLearner, Weights
+from metaplug_tensorflow.algorithms.base import Weights
+from metaplug_tensorflow.algorithms.support_set import Extra, SupportSetLearner
 from metaplug_tensorflow.layout import to_native
 from metaplug_tensorflow.models import PADDING_1, Conv4, batch_norm, dense
 
@@ -36,7 +37,7 @@ def feature_map(model: object, input_shape: tuple[int, ...]) -> tuple[int, int, 
     return int(model.spec.options.get("filters", 64)), height, width
 
 
-class RelationNet(MetaLearner):
+class RelationNet(SupportSetLearner):
     """Relation Networks: the ``features`` embedding of each class's support examples, summed
     per class, is paired with each query embedding; a learned relation module scores each
     pair in [0, 1] and is trained with the mean squared error against the one-hot labels, as
@@ -56,17 +57,11 @@ class RelationNet(MetaLearner):
     problems = ("classification",)
     Options = RelationNetOptions
     options: RelationNetOptions
-    has_loss_before = False
-    adapts_weights = False
     embedding_size: int
     feature_map: tuple[int, int, int] | None
     """``(channels, height, width)`` of the features (conv4), else ``None``."""
     kind: str
     """The relation module: ``"conv"`` or ``"mlp"``."""
-
-    def trained_names(self) -> list[str]:
-        """The feature weights (the head is built but unused)."""
-        return list(self.model.names[: self.model.head_index])
 
     def check_model(self) -> None:
         """The relation module needs a vector per example (a flattened map for ``conv``)."""
@@ -156,15 +151,21 @@ class RelationNet(MetaLearner):
         """``(T, ways)``: whether each class has support examples."""
         return tf.reduce_any(tf.equal(sy[:, :, None], tf.range(self.spec.output_size, dtype=sy.dtype)), axis=1)
 
-    def _metrics(
-        self, features: Sequence[tf.Tensor], sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
+    def logits(
+        self, features: Sequence[tf.Tensor], extra: Extra, sx: tf.Tensor, sy: tf.Tensor, x: tf.Tensor
+    ) -> tf.Tensor:
+        """Relation scores ``(T, N, ways)``; ``-inf`` for classes absent from the support set."""
+        return self.predict_from_support(features, extra, self.support_state(features, extra, sx, sy), x)
+
+    def task_loss(
+        self, features: Sequence[tf.Tensor], extra: Extra, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
     ) -> dict[str, tf.Tensor]:
-        relation = dict(self.extra)
-        scores = self.scores(features, relation, self.class_features(features, sx, sy), qx)
+        """The mean squared error of the relation scores against the one-hot labels, over the
+        query examples and the classes of the episode, and the accuracy."""
+        scores = self.scores(features, extra, self.class_features(features, sx, sy), qx)
         present = self._present(sy)
         mask = tf.cast(present, scores.dtype)[:, None, :]
         targets = tf.one_hot(qy, self.spec.output_size, dtype=scores.dtype)
-        # mean over the query examples and the classes of the episode
         loss = tf.reduce_sum(tf.square(scores - targets) * mask, axis=[1, 2]) / (
             tf.reduce_sum(mask, axis=[1, 2]) * scores.shape[1]
         )
@@ -172,31 +173,13 @@ class RelationNet(MetaLearner):
         hits = tf.equal(tf.argmax(masked, axis=-1, output_type=qy.dtype), qy)
         return {"loss": loss, "accuracy": tf.reduce_mean(tf.cast(hits, scores.dtype), axis=1)}
 
-    def meta_gradients(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor
-    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
-        with tf.GradientTape() as tape:
-            metrics = self._metrics(self.feature_weights, sx, sy, qx, qy)
-            loss = tf.reduce_sum(metrics["loss"])
-        return self.gradients(loss, tape), metrics
+    def support_state(self, features: Sequence[tf.Tensor], extra: Extra, sx: tf.Tensor, sy: tf.Tensor) -> Weights:
+        """The class features and the mask of classes present in the support set."""
+        return [self.class_features(features, sx, sy), tf.cast(self._present(sy), sx.dtype)]
 
-    def evaluate_tasks(
-        self, sx: tf.Tensor, sy: tf.Tensor, qx: tf.Tensor, qy: tf.Tensor, steps: int
-    ) -> dict[str, tf.Tensor]:
-        return self._metrics(self.feature_weights, sx, sy, qx, qy)
-
-    def adapted_state(self, sx: tf.Tensor, sy: tf.Tensor, steps: int) -> Weights:
-        """The feature weights, the relation module, the class features and the mask of
-        classes present in the support set."""
-        features = [tf.identity(v) for v in self.feature_weights]
-        relation = [tf.identity(v) for v in self.extra.values()]
-        present = tf.cast(self._present(sy), sx.dtype)
-        return [*features, *relation, self.class_features(features, sx, sy), present]
-
-    def predict_adapted(self, state: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """Relation scores ``(1, N, ways)``; ``-inf`` for classes absent from the support set."""
-        *weights, classes, present = state
-        split = len(weights) - len(self.extra)
-        relation = dict(zip(self.extra, weights[split:], strict=True))
-        scores = self.scores(weights[:split], relation, classes, x)
+    def predict_from_support(
+        self, features: Sequence[tf.Tensor], extra: Extra, support: Sequence[tf.Tensor], x: tf.Tensor
+    ) -> tf.Tensor:
+        classes, present = support
+        scores = self.scores(features, extra, classes, x)
         return tf.where(present[:, None, :] > 0, scores, tf.constant(-float("inf"), scores.dtype))

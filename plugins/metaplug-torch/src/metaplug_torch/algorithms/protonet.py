@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from metaplug.contract.hyperparameters import ProtoNetOptions
-from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
-from metaplug_torch.backend import Episodes
+from metaplug_torch.algorithms.support_set import SupportSetLearner
 from metaplug_torch.functional import Params, one_hot
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(SupportSetLearner):
     """Prototypical Networks: each class's prototype is the mean embedding (``features``)
     of its support examples; logits are minus the squared Euclidean distance (or the
     cosine similarity) of a query embedding to each prototype. Classification only.
@@ -39,9 +35,9 @@ class ProtoNet(MetaLearner):
         if len(shape) != 2:
             raise ConfigError(f"protonet embeds each example as a vector; the model's features give shape {shape}")
 
-    def _logits(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, shared: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shots = sx.shape[0]
-        embedded = self.model.embed(params, torch.cat([sx, x]))
+        embedded = self.model.embed(shared, torch.cat([sx, x]))
         support, query = embedded[:shots], embedded[shots:]
         member = one_hot(sy, self.spec.output_size, support.dtype)
         counts = member.sum(0)
@@ -53,25 +49,3 @@ class ProtoNet(MetaLearner):
         # Episodes with fewer ways than the spec (e.g. 60-way training, 5-way testing):
         # classes absent from the support set have no prototype and never win.
         return torch.where(counts > 0, logits, torch.full_like(logits, -math.inf))
-
-    def _train_task(
-        self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loss_and_accuracy(self._logits(params, sx, sy, qx), qy)
-
-    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
-        tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self.map_tasks(self._train_task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
-
-    def evaluate_task(
-        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, acc = self._train_task(shared, sx, sy, qx, qy)
-        return loss, torch.full_like(loss, math.nan), acc
-
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
-        """Prototypes of the support set; ``steps`` is ignored (no inner loop)."""
-        params = self.detached_parameters()
-        sx = self.backend.tensor(support_x, self.dtype)
-        sy = self.backend.tensor(support_y)
-        return AdaptedModel(lambda x: self._logits(params, sx, sy, x), self.backend, self.dtype)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import numpy as np
 import torch
 
 from metaplug.contract.hyperparameters import R2D2Options
-from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
-from metaplug_torch.backend import Episodes
+from metaplug_torch.algorithms.support_set import SupportSetLearner
 from metaplug_torch.functional import Params, one_hot
 
 PREFIX = "r2d2."
@@ -34,7 +30,7 @@ def ridge_weights(support: torch.Tensor, targets: torch.Tensor, penalty: torch.T
     return torch.linalg.solve(x.T @ x + penalty * eye, x.T @ y)
 
 
-class R2D2(MetaLearner):
+class R2D2(SupportSetLearner):
     """R2-D2: each task's classifier is ridge regression of the support set's one-hot labels
     on its embeddings (``features``), solved in closed form and differentiated through;
     logits are ``scale * (z @ W + b) + offset`` with a learned scale and offset (and a
@@ -71,7 +67,7 @@ class R2D2(MetaLearner):
             return extra[PREFIX + "lambda"]
         return torch.tensor(self.options.init_lambda, dtype=self.dtype, device=self.device)
 
-    def _logits(
+    def logits(
         self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor
     ) -> torch.Tensor:
         params, extra = shared
@@ -82,30 +78,3 @@ class R2D2(MetaLearner):
         logits = extra[PREFIX + "scale"] * (embedded[shots:] @ weights[:-1] + weights[-1]) + extra[PREFIX + "offset"]
         # Episodes with fewer ways than the spec: classes absent from the support set never win.
         return torch.where(member.sum(0) > 0, logits, torch.full_like(logits, -math.inf))
-
-    def _train_task(
-        self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loss_and_accuracy(self._logits(shared, sx, sy, qx), qy)
-
-    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
-        tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        shared = (self.params, dict(self.extra))
-        return self.map_tasks(self._train_task, shared, tasks, backward_scale=1.0 / len(data.support_x))
-
-    def evaluation_parameters(self) -> Any:
-        """``(detached model parameters, detached scale, offset and lambda)``."""
-        return self.detached_parameters(), {k: v.detach() for k, v in self.extra.items()}
-
-    def evaluate_task(
-        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, acc = self._train_task(shared, sx, sy, qx, qy)
-        return loss, torch.full_like(loss, math.nan), acc
-
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
-        """The ridge head of the support set; ``steps`` is ignored (closed form)."""
-        shared = self.evaluation_parameters()
-        sx = self.backend.tensor(support_x, self.dtype)
-        sy = self.backend.tensor(support_y)
-        return AdaptedModel(lambda x: self._logits(shared, sx, sy, x), self.backend, self.dtype)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from metaplug.contract.hyperparameters import RelationNetOptions
-from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
-from metaplug_torch.backend import Episodes
+from metaplug_torch.algorithms.support_set import SupportSetLearner
 from metaplug_torch.functional import Params, one_hot
 from metaplug_torch.models import ConvBlock, ConvStack, batch_norm
 
@@ -43,7 +40,7 @@ def feature_map(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[i
     return channels, height, width
 
 
-class RelationNet(MetaLearner):
+class RelationNet(SupportSetLearner):
     """Relation Networks: the embedding (``features``) of each class's support examples,
     summed per class, is paired with each query embedding; a learned relation module scores
     each pair in [0, 1] and is trained with the mean squared error against the one-hot
@@ -153,52 +150,35 @@ class RelationNet(MetaLearner):
         )
         return self.relation_scores(relation, pairs.reshape(-1, 2 * size)).reshape(-1, ways)
 
-    def _predict(
+    def logits(
         self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Relation scores ``(Q, ways)`` and the ``(ways,)`` mask of classes in the support set."""
-        present = one_hot(sy, self.spec.output_size, x.dtype).sum(0) > 0
-        return self.scores(shared, self.class_features(shared[0], sx, sy), x), present
+    ) -> torch.Tensor:
+        """Relation scores ``(N, ways)``, ``-inf`` for classes absent from the support set."""
+        return self.predictor(shared, sx, sy)(x)
 
-    def _train_task(
+    def task_loss(
         self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, present = self._predict(shared, sx, sy, qx)
+        """The mean squared error of the relation scores against the one-hot labels, over the
+        query examples and the classes of the episode, and the accuracy."""
+        present = one_hot(sy, self.spec.output_size, qx.dtype).sum(0) > 0
+        scores = self.scores(shared, self.class_features(shared[0], sx, sy), qx)
         mask = present.to(scores.dtype)
-        # mean over the query examples and the classes of the episode
         loss = ((scores - one_hot(qy, self.spec.output_size, scores.dtype)).square() * mask).sum() / (
             mask.sum() * scores.shape[0]
         )
         masked = torch.where(present, scores, torch.full_like(scores, -math.inf))
         return loss, (masked.argmax(-1) == qy).to(scores.dtype).mean()
 
-    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
-        tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        shared = (self.params, dict(self.extra))
-        return self.map_tasks(self._train_task, shared, tasks, backward_scale=1.0 / len(data.support_x))
-
-    def evaluation_parameters(self) -> Any:
-        """``(detached model parameters, detached relation module)``."""
-        return self.detached_parameters(), {k: v.detach() for k, v in self.extra.items()}
-
-    def evaluate_task(
-        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, acc = self._train_task(shared, sx, sy, qx, qy)
-        return loss, torch.full_like(loss, math.nan), acc
-
-    def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
-        """The class features of the support set; ``predict(x)`` gives the relation scores
-        ``(N, ways)`` (``-inf`` for classes absent from the support set). ``steps`` is ignored."""
-        shared = self.evaluation_parameters()
-        sx = self.backend.tensor(support_x, self.dtype)
-        sy = self.backend.tensor(support_y)
-        with torch.no_grad():
-            present = one_hot(sy, self.spec.output_size, sx.dtype).sum(0) > 0
-            classes = self.class_features(shared[0], sx, sy)
+    def predictor(
+        self, shared: tuple[Params, Params], sx: torch.Tensor, sy: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The class features are computed once; each call scores ``x`` against them."""
+        present = one_hot(sy, self.spec.output_size, sx.dtype).sum(0) > 0
+        classes = self.class_features(shared[0], sx, sy)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             scores = self.scores(shared, classes, x)
             return torch.where(present, scores, torch.full_like(scores, -math.inf))
 
-        return AdaptedModel(predict, self.backend, self.dtype)
+        return predict
