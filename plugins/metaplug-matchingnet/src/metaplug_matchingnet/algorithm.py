@@ -14,9 +14,7 @@ state; ``FunctionalModel.embed`` runs ``features`` on explicit weights.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +22,9 @@ import torch.nn.functional as F
 
 from metaplug import option
 from metaplug.contract.hyperparameters import BatchingOptions
-from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
-from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
-from metaplug_torch.backend import Episodes
+from metaplug_torch.algorithms.base import AdaptedModel
+from metaplug_torch.algorithms.support_set import SupportSetLearner
 from metaplug_torch.functional import Params, one_hot
 
 
@@ -40,7 +37,7 @@ class MatchingNetOptions(BatchingOptions):
     )
 
 
-class MatchingNetworks(MetaLearner):
+class MatchingNetworks(SupportSetLearner):
     """Matching Networks without full-context embeddings: cosine attention over the
     support embeddings (``features``) gives each query a distribution over the ways.
     Classification only; the model's ``head`` is built but unused.
@@ -75,21 +72,9 @@ class MatchingNetworks(MetaLearner):
         probabilities = attention @ one_hot(sy, self.spec.output_size, attention.dtype)
         return torch.log(probabilities.clamp_min(1e-12))
 
-    def _task(
-        self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # cross-entropy of log-probabilities is their negative log-likelihood (they sum to 1)
-        return self.loss_and_accuracy(self.log_probabilities(params, sx, sy, qx), qy)
-
-    def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
-        tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
-        return self.map_tasks(self._task, self.params, tasks, backward_scale=1.0 / len(data.support_x))
-
-    def evaluate_task(
-        self, shared: Any, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, accuracy = self._task(shared, sx, sy, qx, qy)
-        return loss, torch.full_like(loss, math.nan), accuracy
+    def logits(self, shared: Params, sx: torch.Tensor, sy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The log-probabilities: their cross-entropy is their negative log-likelihood (they sum to 1)."""
+        return self.log_probabilities(shared, sx, sy, x)
 
     def adapt(self, support_x: np.ndarray, support_y: np.ndarray, steps: int | None = None) -> AdaptedModel:
         """Remember the support set; ``predict(x)`` gives log-probabilities. ``steps`` is ignored."""
@@ -98,7 +83,4 @@ class MatchingNetworks(MetaLearner):
             raise ConfigError(
                 f"support_y must be integer labels of shape (N,), got {support_y.dtype} {support_y.shape}"
             )
-        params = self.detached_parameters()
-        sx = self.backend.tensor(support_x, self.dtype)
-        sy = self.backend.tensor(support_y)
-        return AdaptedModel(lambda x: self.log_probabilities(params, sx, sy, x), self.backend, self.dtype)
+        return super().adapt(support_x, support_y, steps)
