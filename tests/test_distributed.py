@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 
@@ -13,7 +12,7 @@ import pytest
 from cli_assertions import assert_one_line_error
 from workers_env import finish, start_workers
 
-from metaplug.contract.distributed import check_meta_batch, gather_tasks, shard, task_slice
+from metaplug.contract.distributed import check_meta_batch, gather_tasks, refuse_dependent_tasks, shard, task_slice
 from metaplug.errors import ConfigError
 
 
@@ -95,15 +94,14 @@ def test_reptile_with_task_to_task_state_is_refused_on_workers(backend: str) -> 
     pytest.importorskip("torch" if backend == "torch" else "tensorflow")
     import metaplug
 
-    refuse = importlib.import_module(f"metaplug_{backend}.distributed").refuse_dependent_tasks
     spec = distributed_worker.spec()
-    refuse(metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu"))
+    refuse_dependent_tasks(metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu"))
     learner = metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu", inner_optimizer="adam")
     with pytest.raises(ConfigError, match=r"^reptile with inner_optimizer 'adam' carries the inner Adam state"):
-        refuse(learner)
+        refuse_dependent_tasks(learner)
     learner = metaplug.algorithm("reptile", spec=spec, backend=backend, device="cpu", inner_batch_size=2)
     with pytest.raises(ConfigError, match=r"^reptile with inner_batch_size or evaluation_batch_size draws"):
-        refuse(learner)
+        refuse_dependent_tasks(learner)
 
 
 def test_bad_worker_options_are_one_line_errors(tmp_path, monkeypatch, capsys) -> None:

@@ -63,8 +63,8 @@ class Workers(Protocol):
 
     def average_gradients(self, algorithm: Any) -> None:
         """Make ``algorithm``'s outer optimizer average the meta-gradients over the workers
-        (an all-reduce) before each step; refuse with a :class:`~metaplug.errors.ConfigError`
-        an algorithm whose tasks depend on each other within a meta-batch."""
+        (an all-reduce) before each step (the host has refused, with
+        :func:`refuse_dependent_tasks`, an algorithm whose tasks depend on each other)."""
         ...
 
     def all_gather(self, values: np.ndarray) -> np.ndarray:
@@ -126,3 +126,21 @@ def gather_tasks(workers: Workers, values: np.ndarray, num_tasks: int) -> np.nda
         s = task_slice(num_tasks, rank, workers.world_size)
         parts.append(rows[rank, : s.stop - s.start])
     return np.concatenate(parts)
+
+
+def refuse_dependent_tasks(algorithm: Any) -> None:
+    """Reptile's published inner loop (Adam state carried from task to task) and its
+    mini-batch draws (numbered task by task in meta-batch order) chain the tasks of a
+    meta-batch: split over workers they would not give one process's result."""
+    options = getattr(algorithm, "options", None)
+    if getattr(options, "inner_optimizer", None) == "adam":
+        raise ConfigError(
+            f"{algorithm.name} with inner_optimizer 'adam' carries the inner Adam state from task to task within "
+            "a meta-batch, so its tasks cannot be split over workers; use inner_optimizer 'sgd' or one worker"
+        )
+    batches = getattr(algorithm, "batches", None)
+    if getattr(batches, "enabled", False):
+        raise ConfigError(
+            f"{algorithm.name} with inner_batch_size or evaluation_batch_size draws mini-batches task by task in "
+            "meta-batch order, so its tasks cannot be split over workers; leave them unset or use one worker"
+        )

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from metaplug.contract.distributed import Workers, check_meta_batch, gather_tasks, shard
+from metaplug.contract.distributed import Workers, check_meta_batch, gather_tasks, refuse_dependent_tasks, shard
 from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
 from metaplug.experiment import checkpoint as checkpoints
@@ -91,6 +91,7 @@ class ShardedAlgorithm:
         self.problem = problem
         self.trainer: runner.Trainer | None = None
         """Whose stop signal the workers agree on at every step."""
+        refuse_dependent_tasks(algorithm)
         workers.average_gradients(algorithm)
 
     def __getattr__(self, name: str) -> Any:

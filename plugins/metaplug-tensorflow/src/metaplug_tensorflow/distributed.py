@@ -26,24 +26,6 @@ LOCAL_RANK = "METAPLUG_LOCAL_RANK"
 """The worker's index among those of its machine, set by :func:`launch` (picks its GPU)."""
 
 
-def refuse_dependent_tasks(algorithm: Any) -> None:
-    """Reptile's published inner loop (Adam state carried from task to task) and its
-    mini-batch draws (numbered task by task in meta-batch order) chain the tasks of a
-    meta-batch: split over workers they would not give one process's result."""
-    options = getattr(algorithm, "options", None)
-    if getattr(options, "inner_optimizer", None) == "adam":
-        raise ConfigError(
-            f"{algorithm.name} with inner_optimizer 'adam' carries the inner Adam state from task to task within "
-            "a meta-batch, so its tasks cannot be split over workers; use inner_optimizer 'sgd' or one worker"
-        )
-    batches = getattr(algorithm, "batches", None)
-    if getattr(batches, "enabled", False):
-        raise ConfigError(
-            f"{algorithm.name} with inner_batch_size or evaluation_batch_size draws mini-batches task by task in "
-            "meta-batch order, so its tasks cannot be split over workers; leave them unset or use one worker"
-        )
-
-
 WATCHDOG = """
 import os, signal, sys, time
 pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
@@ -135,7 +117,6 @@ class Workers:
     def average_gradients(self, algorithm: Any) -> None:
         """Wrap the outer optimizer's ``apply(grads)`` (traced into the compiled training
         step) so that it first replaces the gradients by their mean over the workers."""
-        refuse_dependent_tasks(algorithm)
         optimizer: Any = getattr(algorithm, "optimizer", None)
         if not callable(getattr(optimizer, "apply", None)):
             raise ConfigError(

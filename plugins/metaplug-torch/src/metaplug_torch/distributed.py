@@ -24,24 +24,6 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 """Set by torchrun (and any launcher following its ``env://`` convention) for every worker."""
 
 
-def refuse_dependent_tasks(algorithm: Any) -> None:
-    """Reptile's published inner loop (Adam state carried from task to task) and its
-    mini-batch draws (numbered task by task in meta-batch order) chain the tasks of a
-    meta-batch: split over workers they would not give one process's result."""
-    options = getattr(algorithm, "options", None)
-    if getattr(options, "inner_optimizer", None) == "adam":
-        raise ConfigError(
-            f"{algorithm.name} with inner_optimizer 'adam' carries the inner Adam state from task to task within "
-            "a meta-batch, so its tasks cannot be split over workers; use inner_optimizer 'sgd' or one worker"
-        )
-    batches = getattr(algorithm, "batches", None)
-    if getattr(batches, "enabled", False):
-        raise ConfigError(
-            f"{algorithm.name} with inner_batch_size or evaluation_batch_size draws mini-batches task by task in "
-            "meta-batch order, so its tasks cannot be split over workers; leave them unset or use one worker"
-        )
-
-
 class Workers:
     """This process's place in a ``torch.distributed`` process group (``env://``)."""
 
@@ -85,7 +67,6 @@ class Workers:
     def average_gradients(self, algorithm: Any) -> None:
         """Before each ``step`` of the algorithm's outer optimizer, replace every gradient with
         its mean over the workers: one all-reduce of all gradients, flattened."""
-        refuse_dependent_tasks(algorithm)
         optimizer = getattr(algorithm, "optimizer", None)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(
