@@ -124,3 +124,51 @@ def test_a_stateful_inner_rule_cannot_be_recomputed(backend: str) -> None:
     pytest.importorskip("torch" if backend == "torch" else "tensorflow")
     with pytest.raises(ConfigError, match="recompute_inner needs an inner rule without per-task state; 'inner-adam'"):
         build(backend, "maml", model="mlp", inner_rule="inner-adam", recompute_inner=True)
+
+
+def ancestors(tensors: Any) -> set[Any]:
+    """Every op that ``tensors`` are computed from (data inputs, transitively), theirs included."""
+    seen: set[Any] = set()
+    todo = [t.op for t in tensors]
+    while todo:
+        op = todo.pop()
+        if op not in seen:
+            seen.add(op)
+            todo.extend(t.op for t in op.inputs)
+    return seen
+
+
+def graphs(graph: Any) -> Any:
+    """``graph`` and the bodies of its while loops (loop mode runs the tasks in one)."""
+    yield graph
+    for op in graph.get_operations():
+        body = getattr(op, "_body_graph", None)
+        if body is not None:
+            yield from graphs(body)
+
+
+@pytest.mark.parametrize("batching", ["vectorized", "loop"])
+def test_tensorflow_recomputes_a_step_only_after_its_gradient_arrives(batching: str) -> None:
+    """The memory bound, checked on the compiled training step's graph instead of on RSS: a
+    graph op runs as soon as its inputs exist, so a recomputation computable from the forward
+    pass alone would run during it and keep every step's intermediates until the backward
+    pass (the first version did, and peaked as high as storing). Each recomputed product must
+    need something that is neither forward pass nor recomputation: the incoming gradient."""
+    pytest.importorskip("tensorflow")
+    hyper = {"model": "mlp", "inner_lr": 0.1, "inner_steps": 3, "batching": batching}
+    maml = build("tensorflow", "maml", recompute_inner=True, **hyper)
+    e = maml.episode_tensors(batch(maml.spec))
+    with maml.backend.scope():  # traced as meta_train_step traces it, not run
+        graph = maml._train_fn.get_concrete_function(e.support_x, e.support_y, e.query_x, e.query_y).graph
+    [body] = [g for g in graphs(graph) if any("recomputed_step" in op.name for op in g.get_operations())]
+    if body is graph:  # vectorized: the metrics are the step's outputs
+        metrics = list(graph.outputs)
+    else:  # loop: the metrics are what the loop body writes per task
+        metrics = [op.inputs[2] for op in body.get_operations() if op.type == "TensorListSetItem"]
+    assert metrics
+    forward = ancestors(metrics)
+    recomputed = {op for op in body.get_operations() if "recomputed_step" in op.name}
+    products = [op for op in recomputed if op.type in ("MatMul", "BatchMatMulV2")]
+    assert len(products) >= 3 * 2  # 3 steps, each at least one forward and one backward product
+    early = [op.name for op in products if not ancestors(op.inputs) - forward - recomputed]
+    assert not early, f"recomputed products that can run during the forward pass: {early}"

@@ -46,27 +46,42 @@ def tile(params: Sequence[tf.Tensor], num_tasks: int) -> Weights:
     return [tf.broadcast_to(p, [num_tasks, *p.shape]) for p in params]
 
 
+def after(tensors: Sequence[tf.Tensor], signals: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """``tensors`` unchanged (``t + 0``) but computable only once all ``signals`` are: a data
+    dependency on one entry of each, which the graph executor (and XLA, unlike control
+    dependencies) honours. ``tf.recompute_grad`` orders its recomputation the same way."""
+    ready = tf.stack([tf.reduce_any(tf.cast(tf.reshape(s, [-1])[:1], tf.bool)) for s in signals])
+    zero = tf.where(tf.reduce_all(tf.equal(ready, ready)), 0.0, float("nan"))  # always 0
+    return [t + tf.cast(zero, t.dtype) for t in tensors]
+
+
 def recomputed(fn: Callable[..., list[tf.Tensor]]) -> Callable[..., list[tf.Tensor]]:
     """``fn`` (tensors in, a list of tensors out) whose gradient is computed by running
     ``fn`` again under a tape instead of from the forward pass's intermediates. Unlike
     ``tf.recompute_grad``, ``fn`` may take gradients itself (it records on its own tapes),
     so an inner step that contains a gradient can be recomputed and differentiated; the
-    variables it reads (a rule's learned rates) get their gradients too. Exact; inside the
-    compiled training step it did not yet lower peak memory (docs/benchmarks.md)."""
+    variables it reads (a rule's learned rates) get their gradients too.
+
+    The recomputation reads its inputs :func:`after` the incoming gradients: in a compiled
+    graph an op runs as soon as its inputs exist, so without that every step's
+    recomputation ran during the forward pass and its intermediates waited for the
+    backward pass (as much memory as storing them). Its ops are named ``recomputed_step``."""
 
     @tf.custom_gradient
     def run(*inputs: tf.Tensor) -> Any:
         def gradient(*upstream: tf.Tensor, variables: Sequence[tf.Variable] | None = None) -> Any:
             variables = list(variables or [])
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                again = fn(*inputs)
-            found = tape.gradient(
-                again,
-                [*inputs, *variables],
-                output_gradients=list(upstream),
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
+            with tf.name_scope("recomputed_step"):
+                again_inputs = after(inputs, upstream)
+                with tf.GradientTape() as tape:
+                    tape.watch(again_inputs)
+                    again = fn(*again_inputs)
+                found = tape.gradient(
+                    again,
+                    [*again_inputs, *variables],
+                    output_gradients=list(upstream),
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
             return found[: len(inputs)], found[len(inputs) :]
 
         return fn(*inputs), gradient
