@@ -89,3 +89,10 @@ def test_anneal_outer_rate_needs_a_metaplug_optimizer():
 
     with pytest.raises(ConfigError, match="cosine_annealing needs one of metaplug's outer optimizers"):
         mamlpp.anneal_outer_rate(Plain(), MAMLPlusPlusOptions.parse({}))
+
+
+def test_mamlpp_refuses_recompute_inner_in_one_line():
+    with pytest.raises(
+        ConfigError, match=r"^mamlpp does not recompute its inner steps .*: set recompute_inner = false$"
+    ):
+        MAMLPlusPlusOptions(recompute_inner=True)

@@ -146,6 +146,13 @@ class MAMLPlusPlusOptions(MAMLOptions):
     cosine_steps: int = option(50000, minimum=1, help="meta-steps of the cosine annealing")
     min_outer_lr: float = option(1e-5, minimum=0, help="the outer rate at the end of the cosine annealing")
 
+    def validate(self) -> None:
+        if self.recompute_inner:
+            raise ConfigError(
+                "mamlpp does not recompute its inner steps (its multi-step loss reads every step's weights): "
+                "set recompute_inner = false"
+            )
+
 
 @dataclass(frozen=True)
 class ReptileOptions(InnerLoopOptions):
