@@ -16,8 +16,10 @@ rounding of each other, float32 may land on the other side of the kink and route
 elsewhere, on either backend (by up to 1e-2 relative). A seed above the tolerance is checked
 in float64: if moving the weights by 1e-6 of their size (float32's rounding of activations
 after batch norm is of that order) moves the float64 meta-gradient by more than the tolerance,
-the seed sits on a kink and is not held to it; otherwise the test fails. docs/benchmarks.md
-("Float32 batch norm") says how often each happens. Skipped unless both plugins are installed.
+the seed sits on a kink and is not held to it; otherwise the test fails. Kinks make the
+meta-gradient test a poor detector of imprecise statistics (they show as more kinks flipped),
+so the batch-norm test below compares the statistics themselves. docs/benchmarks.md ("Float32
+batch norm") says how often each happens. Skipped unless both plugins are installed.
 """
 
 from __future__ import annotations
@@ -159,15 +161,16 @@ def assert_parity(found: list[Case], least_compared: int) -> None:
 
 
 def test_float32_meta_gradients_agree_on_conv4_with_random_weights():
-    """ProtoNets on three seeds."""
-    assert_parity(cases("protonet", (0, 1, 2)), least_compared=3)
+    """ProtoNets on three seeds; one may sit on a kink (seed 1 is within 1e-6 of one, which the
+    single-mean batch norm TensorFlow had before issue 17 flipped)."""
+    assert_parity(cases("protonet", (0, 1, 2)), least_compared=2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(HYPER))
 def test_float32_meta_gradients_agree_over_many_seeds(name):
-    """Eight seeds per algorithm, at least six within the tolerance."""
-    assert_parity(cases(name, range(8)), least_compared=6)
+    """Eight seeds per algorithm, at least half of them within the tolerance."""
+    assert_parity(cases(name, range(8)), least_compared=4)
 
 
 def test_tensorflow_batch_norm_is_as_accurate_as_torch_in_float32():
