@@ -17,6 +17,16 @@ PyTorch plugin's issue:
     mini-ImageNet's shape, 5-way 1-shot with 15 queries per class, 2 tasks per meta-batch;
     MAML with one inner step with lr 0.01, second order, resp. Prototypical Networks.
     Expensive on a CPU, so measured only when named (``--workload``), never by default.
+``omniglot-mamlpp``, ``omniglot-relationnet``, ``omniglot-r2d2``, ``omniglot-metalstm``
+    the same episodes and conv4, each algorithm with the hyper-parameters of its published
+    Omniglot configuration (``benchmarks/<algorithm>-omniglot-5w1s.toml``): MAML++ with 5
+    second-order inner steps from learned rates initialised to 0.1 and every trick on;
+    Relation Networks with the conv relation module; R2-D2 with lambda 50 learned and scale
+    10; the Meta-LSTM with 12 updates and 20 hidden units (its learner is this conv4 with 64
+    filters, where the configuration's has 32, so that it is MAML's network).
+``omniglot-maml-inner-adam`` / ``omniglot-maml-inner-rmsprop``
+    ``omniglot-maml`` with the ``inner-adam`` resp. ``inner-rmsprop`` inner rule at lr 0.01
+    (second order through the moments). Variants: measured only when named.
 ``imagefolder-maml`` / ``imagefolder-protonet``
     conv4 on 3x84x84 RGB images from the ``image-folder`` sampler, 5-way 5-shot with 15
     queries per class, 4 tasks per meta-batch (MAML: one inner step with lr 0.01, second
@@ -111,12 +121,38 @@ NAMED: dict[str, dict[str, Any]] = {
     "omniglot-maml": {"inner_lr": 0.4, "inner_steps": 1, "first_order": False},
     "omniglot-fomaml": {"inner_lr": 0.4, "inner_steps": 1},
     "omniglot-protonet": {},
+    "omniglot-mamlpp": {
+        "inner_lr": 0.1,
+        "inner_steps": 5,
+        "multi_step_loss": True,
+        "multi_step_loss_steps": 10000,
+        "learned_inner_lr": True,
+        "per_step_batch_norm": True,
+        "first_order_steps": 0,
+        "cosine_annealing": True,
+        "cosine_steps": 125000,
+        "min_outer_lr": 0.00001,
+    },
+    "omniglot-relationnet": {"relation": "conv", "relation_filters": 64, "relation_hidden": 8},
+    "omniglot-r2d2": {"init_lambda": 50.0, "learn_lambda": True, "init_scale": 10.0, "init_offset": 0.0},
+    "omniglot-metalstm": {"inner_steps": 12, "hidden_size": 20},
+    "omniglot-maml-inner-adam": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False, "inner_rule": "inner-adam"},
+    "omniglot-maml-inner-rmsprop": {
+        "inner_lr": 0.01,
+        "inner_steps": 1,
+        "first_order": False,
+        "inner_rule": "inner-rmsprop",
+    },
     "miniimagenet-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
     "miniimagenet-protonet": {},
     "imagefolder-maml": {"inner_lr": 0.01, "inner_steps": 1, "first_order": False},
     "imagefolder-protonet": {},
 }
 """Workloads with fixed hyper-parameters; their algorithms get no generic workloads."""
+
+VARIANTS: dict[str, str] = {"omniglot-maml-inner-adam": "maml", "omniglot-maml-inner-rmsprop": "maml"}
+"""Named workloads that vary another one's options (the name goes on with the option's value),
+and their algorithm; measured only when named."""
 
 OUTER_OPTIMIZER, OUTER_LR = "adam", 0.001
 
@@ -138,7 +174,7 @@ def workload(name: str) -> Workload:
         known = [*NAMED, *(f"{s}-<algorithm>" for s in SHAPES)]
         raise ConfigError(f"unknown workload {name!r}.{suggest(name, NAMED)} Workloads: {', '.join(known)}")
     if name in NAMED:
-        return Workload(name, SHAPES[shape_name], algorithm, dict(NAMED[name]))
+        return Workload(name, SHAPES[shape_name], VARIANTS.get(name, algorithm), dict(NAMED[name]))
     if SHAPES[shape_name].on_request:
         named = [n for n in NAMED if n.startswith(f"{shape_name}-")]
         raise ConfigError(f"unknown workload {name!r}; the {shape_name} workloads: {', '.join(named)}")
@@ -147,8 +183,8 @@ def workload(name: str) -> Workload:
 
 def workloads_for(algorithm: str, problems: tuple[str, ...]) -> list[Workload]:
     """The workloads an algorithm is measured on: its named ones, else one per shape it
-    supports (shapes measured only on request left out)."""
-    named = [workload(n) for n in NAMED if n.split("-", 1)[1] == algorithm]
+    supports (shapes and variants measured only on request left out)."""
+    named = [workload(n) for n in NAMED if n not in VARIANTS and n.split("-", 1)[1] == algorithm]
     named = [w for w in named if not w.shape.on_request]
     if named:
         return named
@@ -663,4 +699,15 @@ def child_main(request_json: str) -> dict[str, Any] | None:
     return row if workers.rank == 0 else None
 
 
-__all__ = ["NAMED", "SHAPES", "Pair", "Workload", "bench_pair", "busy_processes", "measure", "plan", "workload"]
+__all__ = [
+    "NAMED",
+    "SHAPES",
+    "VARIANTS",
+    "Pair",
+    "Workload",
+    "bench_pair",
+    "busy_processes",
+    "measure",
+    "plan",
+    "workload",
+]
