@@ -55,7 +55,8 @@ def test_the_fastest_mode_is_chosen_cached_and_then_taken_from_the_cache(tmp_pat
     first = choose(machine, tmp_path)
     assert (first.mode, first.how) == ("vectorized", "calibrated")
     assert first.timings_ms == {"loop": 500.0, "vectorized": 200.0}
-    assert first.describe() == "vectorized (calibrated: loop 500 ms, vectorized 200 ms per step of 8 tasks)"
+    assert first.describe().startswith("vectorized (calibrated: loop 500 ms, vectorized 200 ms per step of 8 tasks; ")
+    assert first.describe().endswith(f"measured in {first.seconds:.1f} s)")
     assert machine.steps == ["loop"] * 3 + ["vectorized"] * 3  # one warm-up and two timed steps each
     cached = json.loads((tmp_path / calibration.CACHE_FILE).read_text())
     (entry,) = cached["entries"].values()
@@ -109,7 +110,7 @@ def test_a_failing_mode_is_left_out_but_the_rules_own_failure_propagates(tmp_pat
     failing = FakeMachine({"loop": 0.5}, fail={"vectorized": RuntimeError("vmap: unsupported op\nmore")})
     choice = choose(failing, tmp_path)
     assert choice.mode == "loop"
-    assert choice.detail.endswith("; vectorized left out (RuntimeError: vmap: unsupported op)")
+    assert "; vectorized left out (RuntimeError: vmap: unsupported op); measured in " in choice.detail
     broken = FakeMachine({"vectorized": 0.1}, fail={"loop": ConfigError("examples have shape (3,)")})
     with pytest.raises(ConfigError, match="examples have shape"):
         choose(broken, tmp_path / "other")

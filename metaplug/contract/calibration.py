@@ -94,6 +94,8 @@ class BatchingChoice:
     how: str
     detail: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    """Wall time the measurement took (warm-ups included; 0 when nothing was timed)."""
 
     def describe(self) -> str:
         """One line, e.g. ``loop (calibrated: loop 412 ms, vectorized 1630 ms per step of 8 tasks)``."""
@@ -237,11 +239,13 @@ def choose(
             choice = BatchingChoice(str(entry["mode"]), "cached", _detail(timings, tasks, path), timings)
             LOG.info("batching auto: %s", choice.describe())
             return choice
+    began = time.perf_counter()
     seconds, dropped = time_modes(eligible, trial, rule, clock)
+    spent = time.perf_counter() - began
     mode = min(seconds, key=lambda m: seconds[m])
     timings = {m: round(1000 * s, 1) for m, s in seconds.items()}
     detail = _detail(timings, tasks) + "".join(f"; {m} left out ({why})" for m, why in dropped.items())
-    choice = BatchingChoice(mode, "calibrated", detail, timings)
+    choice = BatchingChoice(mode, "calibrated", f"{detail}; measured in {spent:.1f} s", timings, round(spent, 2))
     write_entry(
         path,
         key,
@@ -274,9 +278,9 @@ __all__ = [
     "CACHE_FILE",
     "ENV",
     "BatchingChoice",
-    "digest",
     "cache_path",
     "choose",
+    "digest",
     "first_tasks",
     "machine",
     "read_cache",

@@ -24,7 +24,9 @@ class ModeClock:
         return self.now
 
 
-@pytest.mark.parametrize("data", ["sinusoid_batches", "image_batches"])
+@pytest.mark.parametrize(
+    "data", ["sinusoid_batches", pytest.param("image_batches", marks=pytest.mark.slow)]
+)  # conv4: four more traces, about 15 s of CPU
 def test_the_measured_mode_trains_bit_for_bit_as_that_mode_named(request, make, monkeypatch, tmp_path, data):
     monkeypatch.setenv(calibration.ENV, "1")
     monkeypatch.setenv("METAPLUG_CACHE_DIR", str(tmp_path))

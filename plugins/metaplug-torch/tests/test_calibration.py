@@ -68,7 +68,9 @@ def test_settling_without_a_batch_takes_the_rule_and_native_batch_norm_is_never_
     assert (choice.mode, choice.how, choice.detail) == ("vectorized", "rule", "not measured: resumed")
     assert algorithm.settle_batching(regression_batch()) is choice  # settled once
 
-    native = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    native = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False), torch.nn.Flatten()
+    )
     native.append(torch.nn.Linear(4 * 14 * 14, 3))
     learner = build("maml", IMAGES, model=native)
     clock = calibrating(learner, {"loop": 1.0, "vectorized": 0.01})

@@ -241,7 +241,7 @@ class MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (indices,) = ctx.saved_tensors
-        return F.max_unpool2d(grad.contiguous(), indices, 2, output_size=ctx.size)
+        return F.max_unpool2d(grad.contiguous(), indices, (2, 2), output_size=ctx.size)
 
 
 def _memory_format(x: torch.Tensor) -> torch.Tensor:

@@ -568,7 +568,9 @@ class MetaLearner:
             "threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "dtype": self.backend.dtype.name,
             "model": self.model.spec.name,
-            "weights": calibration.digest([[n, list(v.shape)] for n, v in zip(self.model.names, self.model.variables, strict=True)]),
+            "weights": calibration.digest(
+                [[n, list(v.shape)] for n, v in zip(self.model.names, self.model.variables, strict=True)]
+            ),
             "algorithm": self.name,
             "options": options,
             "episodes": [list(batch.support_x.shape[1:]), list(batch.query_x.shape[1:]), batch.num_tasks],
