@@ -133,7 +133,7 @@ def test_the_cache_lives_in_the_user_cache_folder():
     assert calibration.cache_path({}) == Path.home() / ".cache" / "metaplug" / "batching.json"
 
 
-def test_the_timed_steps_run_the_first_tasks_of_the_batch():
+def test_the_timed_steps_run_a_small_batch_whole_and_the_first_tasks_of_a_large_one():
     batch = EpisodeBatch(
         np.zeros((32, 5, 1, 4, 4), np.float32),
         np.zeros((32, 5), np.int64),
@@ -142,7 +142,8 @@ def test_the_timed_steps_run_the_first_tasks_of_the_batch():
         "classification",
         np.zeros((32, 5), np.int64),
     )
-    head = calibration.first_tasks(batch)
+    assert calibration.first_tasks(batch) is batch  # small: timed whole
+    head = calibration.first_tasks(batch, whole=1000)
     assert head.num_tasks == calibration.TASKS and head.query_x.shape == (8, 75, 1, 4, 4)
     assert head.classes is not None and head.classes.shape == (8, 5)
-    assert calibration.first_tasks(calibration.first_tasks(batch, 3)).num_tasks == 3
+    assert calibration.first_tasks(batch, 3, whole=0).num_tasks == 3

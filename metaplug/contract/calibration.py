@@ -13,7 +13,8 @@ another (docs/benchmarks.md). So a backend's algorithm, the first time it meta-t
    of the machine, the backend and its device and threads, the model, the episode shape
    and the algorithm with its options; a hit is used (unless :data:`ENV` ``=redo``);
 4. otherwise each eligible mode runs one warm-up and up to :data:`REPEATS` timed
-   meta-training steps on the first :data:`TASKS` tasks of the batch (the backend restores
+   meta-training steps on the batch (its first :data:`TASKS` tasks when it is large:
+   :func:`first_tasks`; the backend restores
    every weight and optimizer state afterwards); the fastest is chosen and cached.
    A mode whose warm-up alone is :data:`CUTOFF` times slower than the best timed step so
    far is not timed further, and a mode that fails (an operation ``vmap`` does not
@@ -65,7 +66,12 @@ FORMAT = 1
 """Version of the cache file's layout; entries of another version are ignored."""
 
 TASKS = 8
-"""Tasks of the meta-batch each timed step runs (all of them when there are fewer)."""
+"""Tasks of a large meta-batch each timed step runs (see :data:`WHOLE`)."""
+WHOLE = 1_000_000
+"""Meta-batches whose inputs hold at most this many numbers are timed whole: a vectorized
+step's cost hardly grows with the tasks of a small model (sinusoid MAML: 25 tasks), so a
+few tasks would understate its advantage; larger ones (Omniglot's 32 tasks of 80 images)
+run :data:`TASKS` tasks, to keep the measurement to seconds and its memory small."""
 REPEATS = 2
 """Timed steps per mode after its warm-up (1 when the warm-up took over :data:`LONG_S`)."""
 LONG_S = 1.0
@@ -255,8 +261,11 @@ def choose(
     return choice
 
 
-def first_tasks(batch: EpisodeBatch, count: int = TASKS) -> EpisodeBatch:
-    """The first ``count`` tasks of ``batch`` (all of them when it has fewer): what the timed steps run."""
+def first_tasks(batch: EpisodeBatch, count: int = TASKS, whole: int = WHOLE) -> EpisodeBatch:
+    """What the timed steps run: ``batch`` itself when its inputs hold at most ``whole``
+    numbers, else its first ``count`` tasks."""
+    if batch.support_x.size + batch.query_x.size <= whole:
+        return batch
     return EpisodeBatch(
         batch.support_x[:count],
         batch.support_y[:count],
