@@ -35,8 +35,10 @@ BATCH_NORM_EPS = 1e-5
 CHANNELS_LAST_ON_CPU = False
 """Run conv4 in ``channels_last`` memory order on CPU (``"loop"`` style only).
 
-About 15-25% faster per conv4 meta-step on CPU (measured on 2 cores with torch 2.13),
-but PyTorch's channels_last batch-norm kernels are about 10x less accurate in float32
+It was 15-25% faster per conv4 meta-step on CPU (2 cores, torch 2.13) until max-pooling
+went through channels_last on its own (:class:`MaxPool2x2`); since then it saves nothing
+(0.99x of the CPU time per step, docs/benchmarks.md), and PyTorch's channels_last
+batch-norm kernels are about 10x less accurate in float32
 (1e-6 instead of 1e-7 relative), which is enough to flip near-tied max-pool choices on
 Omniglot's binary images and to break float32 parity with the TensorFlow plugin. Off by
 default; set ``metaplug_torch.models.CHANNELS_LAST_ON_CPU = True`` for speed."""
