@@ -16,9 +16,10 @@ another (docs/benchmarks.md). So a backend's algorithm, the first time it meta-t
    meta-training steps on the batch (its first :data:`TASKS` tasks when it is large:
    :func:`first_tasks`; the backend restores
    every weight and optimizer state afterwards); the fastest is chosen and cached.
-   A mode whose warm-up alone is :data:`CUTOFF` times slower than the best timed step so
-   far is not timed further, and a mode that fails (an operation ``vmap`` does not
-   support, out of memory) is left out, unless it is the rule's own choice.
+   A mode whose first timed step is :data:`CUTOFF` times slower than the best so far is
+   not timed again (a warm-up, which may compile, is never compared), and a mode that
+   fails (an operation ``vmap`` does not support, out of memory) is left out, unless it is
+   the rule's own choice.
 
 The result is a concrete mode. A training run records it in its ``config.toml``
 (``algorithm.batching``), so that ``--resume`` and ``evaluate`` run the same mode, bit for
@@ -65,7 +66,7 @@ CACHE_FILE = "batching.json"
 FORMAT = 1
 """Version of the cache file's layout; entries of another version are ignored."""
 
-TASKS = 8
+TASKS = 4
 """Tasks of a large meta-batch each timed step runs (see :data:`WHOLE`)."""
 WHOLE = 1_000_000
 """Meta-batches whose inputs hold at most this many numbers are timed whole: a vectorized
@@ -73,10 +74,10 @@ step's cost hardly grows with the tasks of a small model (sinusoid MAML: 25 task
 few tasks would understate its advantage; larger ones (Omniglot's 32 tasks of 80 images)
 run :data:`TASKS` tasks, to keep the measurement to seconds and its memory small."""
 REPEATS = 2
-"""Timed steps per mode after its warm-up (1 when the warm-up took over :data:`LONG_S`)."""
+"""Timed steps per mode after its warm-up: 1 when the warm-up took over :data:`LONG_S`, or
+when the first timed step was :data:`CUTOFF` times slower than the best mode's so far."""
 LONG_S = 1.0
-CUTOFF = 3.0
-"""A warm-up this many times slower than the best timed step so far ends that mode's timing."""
+CUTOFF = 2.0
 
 LOG = logging.getLogger("metaplug.calibration")
 
@@ -191,24 +192,23 @@ def time_modes(
     for mode in candidates:
         try:
             step = trial(mode)
-            began = clock()
-            step()
-            warm = clock() - began
+            warm = _timed(step, clock)  # compiles, allocates: not compared
             best = min(seconds.values(), default=float("inf"))
-            if warm > CUTOFF * best:
-                seconds[mode] = warm
-                continue
-            timed = []
-            for _ in range(1 if warm > LONG_S else REPEATS):
-                began = clock()
-                step()
-                timed.append(clock() - began)
+            timed = [_timed(step, clock)]
+            if warm <= LONG_S and timed[0] <= CUTOFF * best:
+                timed += [_timed(step, clock) for _ in range(REPEATS - 1)]
             seconds[mode] = min(timed)
         except Exception as exc:
             if mode == required:
                 raise
             dropped[mode] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return seconds, dropped
+
+
+def _timed(step: Step, clock: Callable[[], float]) -> float:
+    began = clock()
+    step()
+    return clock() - began
 
 
 def choose(
