@@ -67,6 +67,7 @@ def test_the_fastest_mode_is_chosen_cached_and_then_taken_from_the_cache(tmp_pat
     again = FakeMachine({"loop": 0.1, "vectorized": 9.0})
     second = choose(again, tmp_path)
     assert (second.mode, second.how, again.steps) == ("vectorized", "cached", [])
+    assert second.detail.startswith("loop 500 ms, vectorized 200 ms per step of 8 tasks; from ")
     redone = choose(again, tmp_path, setting="redo")
     assert (redone.mode, redone.how) == ("loop", "calibrated")
     assert choose(FakeMachine({}), tmp_path).mode == "loop"  # the redone choice replaced the cached one

@@ -242,7 +242,8 @@ def choose(
         entry = read_cache(path).get(key)
         if isinstance(entry, dict) and entry.get("mode") in eligible:
             timings = {str(k): float(v) for k, v in dict(entry.get("timings_ms", {})).items()}
-            choice = BatchingChoice(str(entry["mode"]), "cached", _detail(timings, tasks, path), timings)
+            measured_on = int(entry.get("tasks", tasks))
+            choice = BatchingChoice(str(entry["mode"]), "cached", _detail(timings, measured_on, path), timings)
             LOG.info("batching auto: %s", choice.describe())
             return choice
     began = time.perf_counter()
