@@ -240,8 +240,8 @@ def small_config() -> config.ExperimentConfig:
 def test_a_signal_during_start_up_leaves_no_directory(double, tmp_path, monkeypatch, signum, stopped):
     real_build = runner.build
 
-    def build_then_signal(cfg):
-        experiment = real_build(cfg)
+    def build_then_signal(cfg, **options):
+        experiment = real_build(cfg, **options)
         os.kill(os.getpid(), signum)
         return experiment
 

@@ -14,6 +14,7 @@ COLUMNS = [
     "algorithm",
     "workload",
     "batching_used",
+    "batching_by",
     "median_ms",
     "tasks_per_s",
     "threads",

@@ -215,6 +215,7 @@ def train_command(
     if scaling.leads(trainer):  # one report, not one per worker
         report_init_weights(trainer.experiment.init_weights, quiet)
     quiet = quiet or not scaling.leads(trainer)
+    report_batching(trainer.experiment.batching, quiet)
     if not quiet:
         what = "continuing" if resume_dir else "training"
         click.echo(
@@ -255,6 +256,13 @@ def report_init_weights(loaded: Any, quiet: bool) -> None:
         click.echo(f"warning: {loaded.summary()}", err=True)
     elif not quiet:
         click.echo(loaded.summary(), err=True)
+
+
+def report_batching(choice: Any, quiet: bool) -> None:
+    """What ``batching = "auto"`` was measured to mean, on stderr (not when it was named or
+    the rule decided without measuring)."""
+    if choice is not None and choice.how in ("calibrated", "cached") and not quiet:
+        click.echo(f"batching auto: {choice.describe()}", err=True)
 
 
 def report(result: Any, trainer: Any, quiet: bool) -> None:

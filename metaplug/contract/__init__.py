@@ -12,6 +12,7 @@
 - :mod:`~metaplug.contract.hyperparameters`: the standard algorithms' and optimizers' options.
 - :mod:`~metaplug.contract.schedules`: the outer optimizers' learning-rate schedules.
 - :mod:`~metaplug.contract.minibatches`: supervised-reptile's mini-batch draws.
+- :mod:`~metaplug.contract.calibration`: ``batching = "auto"`` chosen by measuring, cached per machine.
 
 Everything here is framework-free (numpy at most).
 """

@@ -18,7 +18,7 @@ BATCHING: tuple[str, ...] = ("auto", "vectorized", "loop", "reference")
 """How the tasks of a meta-batch run. ``vectorized``: all at once (``torch.func.vmap``,
 TensorFlow's task axis); ``loop``: one task at a time, so memory holds one task's graph;
 ``reference``: torch only, the plain per-task loop of learn2learn and higher (the
-benchmarks' baseline); ``auto``: what was measured fastest for the model and device."""
+benchmarks' baseline); ``auto``: measured on the machine (:mod:`metaplug.contract.calibration`)."""
 
 FREEZE_DURING: tuple[str, ...] = ("both", "training", "adaptation")
 """When the weights that ``freeze`` names stay fixed: ``training`` (the outer optimizer

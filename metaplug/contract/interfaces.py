@@ -438,6 +438,13 @@ class Algorithm(Protocol):
     ``inner_rule`` (a name), the host resolves it to an :class:`InnerRule` instance of the
     same backend and passes it as ``rule``. An algorithm that cannot handle
     ``spec.problem`` raises :class:`metaplug.errors.ConfigError`.
+
+    Optional, for a ``batching`` option with ``"auto"``: ``settle_batching(batch, why="")``
+    fixes the concrete mode once and returns a
+    :class:`~metaplug.contract.calibration.BatchingChoice` (measured on ``batch`` through
+    :func:`metaplug.contract.calibration.choose`, or the backend's rule when ``batch`` is
+    ``None``); the host writes its ``mode`` into the run's configuration, so that resuming
+    runs the same mode. Both backend plugins' base classes implement it.
     """
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:

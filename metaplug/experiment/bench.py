@@ -409,6 +409,7 @@ def measure(
         check_meta_batch(w.shape.meta_batch_size, workers.world_size)
         algorithm = ShardedAlgorithm(algorithm, workers, source.spec.problem)
     try:
+        choice = _settle_batching(algorithm, source.draw() if workers is None else None)
         for _ in range(warmup):
             algorithm.meta_train_step(source.draw())
         reduced = workers.reduce_seconds if workers is not None else 0.0
@@ -437,6 +438,8 @@ def measure(
         "workload": w.name,
         "batching": options.get("batching", defaults.get("batching")),
         "batching_used": _resolved_batching(algorithm),
+        "batching_by": getattr(choice, "how", None),
+        "batching_reason": choice.describe() if choice is not None else None,
         "median_ms": round(1000 * median, 3),
         "mean_ms": round(1000 * statistics.fmean(times), 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),
@@ -649,6 +652,16 @@ def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
             process.kill()
         for process in started:
             process.wait()
+
+
+def _settle_batching(algorithm: Any, batch: EpisodeBatch | None) -> Any:
+    """Settle ``batching = "auto"`` before the warm-up (its measurement is not timed): on
+    ``batch`` (:mod:`metaplug.contract.calibration`), or by the backend's rule without one
+    (several workers); the algorithm's ``BatchingChoice``, ``None`` if it has none."""
+    settle = getattr(algorithm, "settle_batching", None)
+    if not callable(settle):
+        return None
+    return settle(batch, why="not measured: several workers")
 
 
 def _resolved_batching(algorithm: Any) -> str | None:

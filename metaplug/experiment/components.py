@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -10,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaplug.contract.interfaces import InnerRule, ModelSpec, TaskSampler, TaskSpec
+from metaplug.contract.calibration import BatchingChoice
+from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSampler, TaskSpec
 from metaplug.contract.options import OptionInfo, checked, options_of
 from metaplug.contract.records import Component
 from metaplug.errors import (
@@ -349,6 +351,9 @@ class Experiment:
     records: Records
     init_weights: weights.WeightsReport | None = None
     """What loading ``[model] init_weights`` did (``None``: none configured, or a restored run)."""
+    batching: BatchingChoice | None = None
+    """The concrete batching mode the algorithm runs and how it was chosen (``None``: the
+    algorithm has no ``batching`` option, or does not settle it)."""
 
     def sampler(self, split: str, seed: int | None = None) -> TaskSampler:
         """A fresh sampler of the configured tasks for ``split`` (``val`` or ``test``), with the
@@ -423,11 +428,15 @@ def algorithm(
     return construct(reg, cls, instance, model, spec, factory, options)
 
 
-def build(cfg: ExperimentConfig, reg: Registry | None = None, initialise: bool = True) -> Experiment:
+def build(
+    cfg: ExperimentConfig, reg: Registry | None = None, initialise: bool = True, calibrate: bool = False
+) -> Experiment:
     """Build the training sampler (first: its data is checked before a framework is imported),
     then seed the backend and build the model and the algorithm (in that order), and load
     ``[model] init_weights`` into it unless ``initialise`` is false (a restored run loads its
-    checkpoint instead)."""
+    checkpoint instead). Then settle ``algorithm.batching`` (:func:`settle_batching`):
+    ``auto`` is measured when ``calibrate`` is true (a new run on one worker), else the
+    backend's rule; the returned configuration names the concrete mode."""
     reg = reg or default_registry()
     records = lookup(cfg, reg)
     sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
@@ -444,4 +453,36 @@ def build(cfg: ExperimentConfig, reg: Registry | None = None, initialise: bool =
     if initialise and cfg.init_weights is not None:
         classes = weights.backend_classes(reg, cfg.backend)
         report = weights.load(algorithm, cfg.init_weights, cfg.init_weights_strict, classes)
-    return Experiment(cfg, backend, algorithm, spec, sampler, records, report)
+    experiment = Experiment(cfg, backend, algorithm, spec, sampler, records, report)
+    settle_batching(experiment, calibrate)
+    return experiment
+
+
+def settle_batching(experiment: Experiment, calibrate: bool) -> BatchingChoice | None:
+    """Fix the concrete mode of ``algorithm.batching`` (the algorithm's ``settle_batching``,
+    :mod:`metaplug.contract.calibration`) and write it into ``experiment.config``, so that the
+    saved ``config.toml`` names it and a resumed or evaluated run runs the same mode. With
+    ``calibrate``, ``auto`` is measured on one meta-batch drawn from the training sampler,
+    whose state is then put back (the run draws the same batches as without it)."""
+    algorithm, cfg = experiment.algorithm, experiment.config
+    settle = getattr(algorithm, "settle_batching", None)
+    if not callable(settle) or "batching" not in cfg.algorithm.options:
+        return None
+    auto = cfg.algorithm.options["batching"] == "auto"
+    batch = peek_batch(experiment.train_sampler, cfg.train.meta_batch_size) if calibrate and auto else None
+    choice = settle(batch, why="" if calibrate else "not measured: resumed, evaluated or on several workers")
+    if not isinstance(choice, BatchingChoice):
+        return None
+    options = {**cfg.algorithm.options, "batching": choice.mode}
+    experiment.config = replace(cfg, algorithm=replace(cfg.algorithm, options=options))
+    experiment.batching = choice
+    return choice
+
+
+def peek_batch(sampler: TaskSampler, num_tasks: int) -> EpisodeBatch:
+    """A meta-batch of ``sampler``, which is then put back where it was (its ``state_dict``)."""
+    state = copy.deepcopy(sampler.state_dict())
+    try:
+        return sampler.sample(num_tasks)
+    finally:
+        sampler.load_state_dict(state)

@@ -484,7 +484,7 @@ def start(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool | N
     with startup_signals():
         run_dir, lock, created = claim_new_run_dir(cfg, run_dir)
         try:
-            experiment = build(cfg)
+            experiment = build(cfg, calibrate=cfg.distributed.workers == 1)
             check_fits_in_memory(experiment)
             write_bytes_atomic(run_dir / CONFIG_FILE, encode(experiment.config.to_toml()))
             trainer = Trainer(experiment, run_dir, progress)

@@ -78,3 +78,23 @@ def test_channels_last_switch_gives_the_same_step(monkeypatch):
     fast.meta_train_step(batch)
     for key, value in plain.state_dict().items():
         np.testing.assert_allclose(fast.state_dict()[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 8, 28, 28), (3, 4, 7, 7)], ids=["even", "odd"])
+def test_the_loop_styles_max_pooling_is_bitwise_native_pooling_to_second_order(dtype, shape):
+    """Rounded inputs tie within windows: both pick the first maximum."""
+    import torch.nn.functional as F
+
+    from metaplug_torch.models import MaxPool2x2
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.round(2 * torch.randn(shape, dtype=dtype, generator=generator)).requires_grad_()
+    weights = torch.randn((*shape[:2], shape[2] // 2, shape[3] // 2), dtype=dtype, generator=generator)
+    found = []
+    for pool in (lambda t: F.max_pool2d(t, 2), MaxPool2x2.apply):
+        y = pool(1.5 * x)
+        (g,) = torch.autograd.grad((y * weights).sum() + y.square().sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), x)
+        found.append((y, g, gg))
+    assert all(torch.equal(a, b) for a, b in zip(*found, strict=True))

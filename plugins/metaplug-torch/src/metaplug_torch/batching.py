@@ -16,13 +16,15 @@ Modes (the ``batching`` option of every torch algorithm, declared by the host as
     ``torch.autograd.grad(create_graph=True)``, the default memory order. For
     checking and as the benchmarks' baseline.
 ``"auto"``
-    ``"loop"`` for models with native batch norm (whose second-order gradients
-    ``vmap`` gets wrong) and, on the CPU, for convolutional models; ``"vectorized"``
-    otherwise: the MLP everywhere, conv4 on a GPU. Measured fastest
-    (docs/benchmarks.md): on 2 CPU cores ``vectorized`` is 10x faster on the MLP and
-    2.5-5x slower on conv4; on an H200 the per-task loop is launch-bound (about
-    0.5 s per 32-task conv4 step) and ``vectorized`` runs the 32 tasks as one batch.
-    ``"loop"`` whenever the inner steps are recomputed (``recompute_inner``).
+    Measured on the machine: the first meta-training step times ``"loop"`` and
+    ``"vectorized"`` (:func:`eligible`) on a few tasks and keeps the faster, cached per
+    machine, model, episode shape and algorithm (:mod:`metaplug.contract.calibration`;
+    ``METAPLUG_CALIBRATE=0`` turns it off). Until then, and without measuring, the rule
+    of :func:`resolve`: ``"loop"`` for models with native batch norm (whose second-order
+    gradients ``vmap`` gets wrong) and, on the CPU, for convolutional models;
+    ``"vectorized"`` otherwise: the MLP everywhere, conv4 on a GPU (measured on a 2-core
+    AMD EPYC and an H200, docs/benchmarks.md). Only ``"loop"`` whenever the inner steps
+    are recomputed (``recompute_inner``) or the model has native batch norm.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def resolve(mode: str, model: FunctionalModel, device: torch.device | str = "cpu
     if model.has_native_batch_norm or (model.has_conv and torch.device(device).type == "cpu"):
         return "loop"
     return "vectorized"
+
+
+def eligible(model: FunctionalModel, *, recompute: bool = False) -> tuple[str, ...]:
+    """The modes ``auto`` may choose between for ``model``: ``"loop"`` and, unless the inner
+    steps are recomputed or the model has native batch norm, ``"vectorized"`` (``"reference"``
+    is the benchmarks' baseline, never chosen)."""
+    if recompute or model.has_native_batch_norm:
+        return ("loop",)
+    return ("loop", "vectorized")
 
 
 def map_tasks(

@@ -35,8 +35,10 @@ BATCH_NORM_EPS = 1e-5
 CHANNELS_LAST_ON_CPU = False
 """Run conv4 in ``channels_last`` memory order on CPU (``"loop"`` style only).
 
-About 15-25% faster per conv4 meta-step on CPU (measured on 2 cores with torch 2.13),
-but PyTorch's channels_last batch-norm kernels are about 10x less accurate in float32
+It was 15-25% faster per conv4 meta-step on CPU (2 cores, torch 2.13) until max-pooling
+went through channels_last on its own (:class:`MaxPool2x2`); since then it saves nothing
+(0.99x of the CPU time per step, docs/benchmarks.md), and PyTorch's channels_last
+batch-norm kernels are about 10x less accurate in float32
 (1e-6 instead of 1e-7 relative), which is enough to flip near-tied max-pool choices on
 Omniglot's binary images and to break float32 parity with the TensorFlow plugin. Off by
 default; set ``metaplug_torch.models.CHANNELS_LAST_ON_CPU = True`` for speed."""
@@ -192,7 +194,7 @@ class ConvBlock(nn.Module):
         if _STYLE.get() == "reference":  # the textbook order, as plain PyTorch code has it
             return F.max_pool2d(F.relu(x), 2)
         # max-pooling before ReLU gives the same values (both are monotone) on 4x fewer elements
-        return F.relu(F.max_pool2d(x, 2))
+        return F.relu(max_pool(x))
 
 
 class ConvStack(nn.Sequential):
@@ -204,6 +206,44 @@ class ConvStack(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(_memory_format(x)).flatten(1)
+
+
+def max_pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pooling of ``x`` (N, C, H, W); on the CPU in the ``"loop"`` style with
+    :class:`MaxPool2x2` (bitwise the same values and gradients, faster)."""
+    if (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and _STYLE.get() == "loop"
+        and not x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return MaxPool2x2.apply(x)
+    return F.max_pool2d(x, 2)
+
+
+class MaxPool2x2(torch.autograd.Function):
+    """2x2 max-pooling found in ``channels_last`` memory order, with the gradient scattered
+    back in the default order (``max_unpool2d``, differentiable again: second order works).
+
+    PyTorch's default-order CPU kernel that records the maxima's indices was the largest
+    single cost of a conv4 MAML step (a quarter of it, torch 2.13, one thread); the
+    channels_last kernel with both copies is about 4x faster. Both pick the first maximum of
+    each window, and every input element belongs to one window, so values and gradients
+    are bitwise those of ``F.max_pool2d``. Pooling in channels_last order and leaving its
+    gradient there instead made batch norm's backward pass on the mixed orders slower than
+    all that was saved."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        pooled, indices = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
+        ctx.save_for_backward(indices.contiguous())
+        ctx.size = tuple(x.shape[-2:])
+        return pooled.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (indices,) = ctx.saved_tensors
+        return F.max_unpool2d(grad.contiguous(), indices, (2, 2), output_size=ctx.size)
 
 
 def _memory_format(x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +293,7 @@ class ResidualBlock(nn.Module):
         if _STYLE.get() == "reference":  # the textbook order
             return F.max_pool2d(F.leaky_relu(h, self.leak), 2)
         # leaky ReLU is monotone: pooling first gives the same values on 4x fewer elements
-        return F.leaky_relu(F.max_pool2d(h, 2), self.leak)
+        return F.leaky_relu(max_pool(h), self.leak)
 
 
 @dataclasses.dataclass(frozen=True)

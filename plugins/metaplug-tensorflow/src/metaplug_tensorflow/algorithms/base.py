@@ -13,12 +13,15 @@ per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from metaplug.contract import calibration
+from metaplug.contract.calibration import BatchingChoice
 from metaplug.contract.freezing import Freezing
 from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec, apply_rule, initial_state
@@ -34,7 +37,11 @@ from metaplug_tensorflow.models import FunctionalModel, meta_training, task_forw
 from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
 
 AUTO_BATCHING = {"mlp": "vectorized", "conv4": "loop", "resnet12": "loop"}
-"""Measured fastest per model on CPU (see the plugin's README)."""
+"""What ``auto`` runs per model without measuring (measured fastest on a 2-core CPU, see the
+plugin's README); the first meta-training step measures instead (:meth:`MetaLearner.settle_batching`)."""
+
+ELIGIBLE_BATCHING = ("loop", "vectorized")
+"""The concrete modes ``auto`` may choose between."""
 
 Weights = list[tf.Tensor]
 Update = Callable[[Weights, Weights], Weights]
@@ -108,7 +115,9 @@ class MetaLearner:
     Set by ``__init__``: ``self.options``, ``self.spec``, ``self.problem``
     (``spec.problem``), ``self.backend`` (a :class:`~metaplug_tensorflow.backend.Backend`),
     ``self.model`` (a :class:`~metaplug_tensorflow.models.FunctionalModel`),
-    ``self.mode`` (the resolved batching mode: ``"vectorized"`` or ``"loop"``),
+    ``self.mode`` (the resolved batching mode: ``"vectorized"`` or ``"loop"``; for ``auto``,
+    :data:`AUTO_BATCHING`'s until the first :meth:`meta_train_step` measures it:
+    :meth:`settle_batching`),
     ``self.rule`` (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option
     names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option; it leaves
     the weights frozen in adaptation unchanged), ``self.freezing`` (the
@@ -167,6 +176,12 @@ class MetaLearner:
         self.model = model
         self.check_model()
         self.mode = self._resolve_batching()
+        self.auto_candidates = ELIGIBLE_BATCHING
+        """The concrete modes ``auto`` may choose between."""
+        self.batching_choice: BatchingChoice | None = None
+        """What ``auto`` stands for and how it was chosen, once :meth:`settle_batching` has run."""
+        if self.options.batching != "auto":
+            self.batching_choice = BatchingChoice(self.mode, "requested")
         self.freezing = Freezing.resolve(self.options.freeze, self.options.freeze_during, self.model.names)
         self.rule = self.freezing.rule(resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name))
         with self.backend.scope():
@@ -179,12 +194,18 @@ class MetaLearner:
         self._saved = {**{f"model.{n}": v for n, v in weights.items()}, **self.trainables}
         with self.backend.scope():
             self.optimizer = (optimizer or Adam)(list(self.trainables.values()))
-        self._train_fn = tf.function(self._train_impl)
+        self._compile()
+        self._initial_fn = tf.function(lambda weights, x: self.model(weights, x))
+        self.setup()
+
+    def _compile(self, train: bool = True) -> None:
+        """The compiled entry points (without ``train``: but the training step), traced with
+        ``self.mode`` at their first call."""
+        if train:
+            self._train_fn = tf.function(self._train_impl)
         self._evaluate_fn = tf.function(self._evaluate_impl)
         self._adapt_fn = tf.function(self.adapted_state)
         self._predict_fn = tf.function(self.predict_adapted)
-        self._initial_fn = tf.function(lambda weights, x: self.model(weights, x))
-        self.setup()
 
     def initial_model(self) -> AdaptedModel:
         """The meta-learned model itself, not adapted to any task (what ``export`` writes
@@ -490,7 +511,83 @@ class MetaLearner:
     # -- the Algorithm interface ----------------------------------------------------------------
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
+        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``). The first
+        one settles ``batching = "auto"`` (:meth:`settle_batching`) on ``batch``."""
+        if self.batching_choice is None:
+            self.settle_batching(batch)
+        return self._meta_train_step(batch)
+
+    def settle_batching(self, batch: EpisodeBatch | None = None, why: str = "") -> BatchingChoice:
+        """Fix the concrete mode ``batching = "auto"`` stands for, once, and return it.
+
+        With ``batch``, measured on its first tasks (each mode traced once, then timed) or
+        taken from the cache (:func:`metaplug.contract.calibration.choose`); the timed steps
+        leave every variable (weights, optimizer and registered state) as it was. Without,
+        :data:`AUTO_BATCHING`'s rule (``why`` says why nothing was measured). A run records
+        the result in its configuration, so that resuming it runs the same mode.
+        """
+        if self.batching_choice is not None:
+            return self.batching_choice
+        if batch is None:
+            self.batching_choice = BatchingChoice(self.mode, "rule", why or "not measured")
+            return self.batching_choice
+        trial = calibration.first_tasks(batch)
+        with self._state_kept():
+            self.batching_choice = calibration.choose(
+                "auto",
+                self.mode,
+                self.auto_candidates,
+                self._calibration_key(batch),
+                lambda mode: self._batching_trial(mode, trial),
+                tasks=trial.num_tasks,
+            )
+        self.mode = self.batching_choice.mode
+        # an evaluation before traces again with the mode; the training step has not been
+        # traced (and may be a subclass's own: MAML++'s variants)
+        self._compile(train=False)
+        return self.batching_choice
+
+    def _batching_trial(self, mode: str, batch: EpisodeBatch) -> calibration.Step:
+        """One meta-training step on ``batch`` in ``mode`` (a function of its own, traced at
+        its first call), finished when it returns."""
+        compiled = tf.function(self._train_fn.python_function)
+
+        def step() -> None:
+            self.mode, self._train_fn = mode, compiled
+            self._meta_train_step(batch)  # its metrics are read back: the device has finished
+
+        return step
+
+    def _calibration_key(self, batch: EpisodeBatch) -> dict[str, Any]:
+        """This backend's part of the calibration cache's key."""
+        options = {k: v for k, v in self.options.as_dict().items() if k != "batching"}
+        return {
+            "backend": "tensorflow",
+            "framework": tf.__version__,
+            "device": self.backend.device or ("gpu" if tf.config.list_physical_devices("GPU") else "cpu"),
+            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "dtype": self.backend.dtype.name,
+            "model": self.model.spec.name,
+            "weights": calibration.digest(
+                [[n, list(v.shape)] for n, v in zip(self.model.names, self.model.variables, strict=True)]
+            ),
+            "algorithm": self.name,
+            "options": options,
+            "episodes": [list(batch.support_x.shape[1:]), list(batch.query_x.shape[1:]), batch.num_tasks],
+        }
+
+    @contextlib.contextmanager
+    def _state_kept(self) -> Iterator[None]:
+        """Steps taken inside leave no trace: every saved variable, the mode and the
+        compiled training step are restored on exit (as a checkpoint restores them)."""
+        state, mode, train = self.state_dict(), self.mode, self._train_fn
+        try:
+            yield
+        finally:
+            self.load_state_dict(state)
+            self.mode, self._train_fn = mode, train
+
+    def _meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         e = self.episode_tensors(batch)
         extra = self.extra_train_inputs(batch)
         self.optimizer.schedule()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from metaplug.contract import calibration
+from metaplug.contract.calibration import BatchingChoice
 from metaplug.contract.freezing import Freezing
 from metaplug.contract.hyperparameters import BatchingOptions, require_batching_options
 from metaplug.contract.interfaces import EpisodeBatch, InnerRule, ModelSpec, TaskSpec
@@ -78,7 +81,8 @@ class MetaLearner:
     frozen in adaptation unchanged), ``self.freezing`` (the
     :class:`~metaplug.contract.freezing.Freezing` of the ``freeze`` options), ``self.extra`` (the
     meta-parameters of :meth:`extra_parameters`), ``self.dtype``, ``self.device``,
-    ``self.mode`` (the resolved batching mode), ``self.optimizer`` (the outer
+    ``self.mode`` (the resolved batching mode; for ``auto``, the rule's until the first
+    :meth:`meta_train_step` measures it: :meth:`settle_batching`), ``self.optimizer`` (the outer
     optimizer over both) and ``self.seed`` (``torch.initial_seed()``: the run's seed, which
     with the outer step keys the model's training-time randomness, e.g. DropBlock).
     """
@@ -124,6 +128,12 @@ class MetaLearner:
             self.backend.fit_threads(model)  # one thread for models as small as the sinusoid MLP
         recompute = getattr(self.options, "recompute_inner", False) and not getattr(self.options, "first_order", False)
         self.mode = batching.resolve(self.options.batching, self.model, self.device, recompute=recompute)
+        self.auto_candidates = batching.eligible(self.model, recompute=recompute)
+        """The concrete modes ``auto`` may choose between (:func:`metaplug_torch.batching.eligible`)."""
+        self.batching_choice: BatchingChoice | None = None
+        """What ``auto`` stands for and how it was chosen, once :meth:`settle_batching` has run."""
+        if self.options.batching != "auto":
+            self.batching_choice = BatchingChoice(self.mode, "requested")
         self.freezing = Freezing.resolve(self.options.freeze, self.options.freeze_during, self.model.names)
         self.rule = self.freezing.rule(inner.resolve_rule(rule, getattr(self.options, "inner_rule", None), self.name))
         self.extra: dict[str, torch.nn.Parameter] = {
@@ -222,7 +232,80 @@ class MetaLearner:
 
     # -- the Algorithm interface -------------------------------------------------------
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``)."""
+        """One outer update on ``batch``; mean query ``loss`` (and ``accuracy``). The first
+        one settles ``batching = "auto"`` (:meth:`settle_batching`) on ``batch``."""
+        if self.batching_choice is None:
+            self.settle_batching(batch)
+        return self._meta_train_step(batch)
+
+    def settle_batching(self, batch: EpisodeBatch | None = None, why: str = "") -> BatchingChoice:
+        """Fix the concrete mode ``batching = "auto"`` stands for, once, and return it.
+
+        With ``batch``, measured on its first tasks or taken from the cache
+        (:func:`metaplug.contract.calibration.choose`); the timed steps leave every weight,
+        the optimizer's state and the random generators as they were. Without, the rule of
+        :func:`metaplug_torch.batching.resolve` (``why`` says why nothing was measured).
+        A run records the result in its configuration, so that resuming it runs the same mode.
+        """
+        if self.batching_choice is not None:
+            return self.batching_choice
+        if batch is None:
+            self.batching_choice = BatchingChoice(self.mode, "rule", why or "not measured")
+            return self.batching_choice
+        trial = calibration.first_tasks(batch)
+        with self._state_kept():
+            self.batching_choice = calibration.choose(
+                "auto",
+                self.mode,
+                self.auto_candidates,
+                self._calibration_key(batch),
+                lambda mode: self._batching_trial(mode, trial),
+                tasks=trial.num_tasks,
+            )
+        self.mode = self.batching_choice.mode
+        return self.batching_choice
+
+    def _batching_trial(self, mode: str, batch: EpisodeBatch) -> calibration.Step:
+        """One meta-training step on ``batch`` in ``mode``, finished on the device when it returns."""
+
+        def step() -> None:
+            self.mode = mode
+            self._meta_train_step(batch)  # its metrics are read back: the device has finished
+
+        return step
+
+    def _calibration_key(self, batch: EpisodeBatch) -> dict[str, Any]:
+        """This backend's part of the calibration cache's key."""
+        device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+        options = {k: v for k, v in self.options.as_dict().items() if k != "batching"}
+        return {
+            "backend": "torch",
+            "framework": torch.__version__,
+            "device": f"{self.device} {device_name}".strip(),
+            "threads": torch.get_num_threads(),
+            "dtype": str(self.dtype),
+            "model": type(self.model.module).__qualname__,
+            "weights": calibration.digest([[n, list(p.shape)] for n, p in self.params.items()]),
+            "algorithm": self.name,
+            "options": options,
+            "episodes": [list(batch.support_x.shape[1:]), list(batch.query_x.shape[1:]), batch.num_tasks],
+        }
+
+    @contextlib.contextmanager
+    def _state_kept(self) -> Iterator[None]:
+        """Steps taken inside leave no trace: weights, optimizer state, step count, mode
+        and torch's random generators are restored on exit (as a checkpoint restores them)."""
+        state, steps, mode = self.state_dict(), self._steps, self.mode
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                yield
+            finally:
+                self.load_state_dict(state)
+                self._steps, self.mode = steps, mode
+                self.optimizer.zero_grad(set_to_none=True)
+
+    def _meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         data = self.episode_tensors(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with models.meta_training(self.seed, self.training_step):
