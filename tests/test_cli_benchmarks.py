@@ -1,5 +1,6 @@
 """Every configuration in ``benchmarks/`` resolves with ``metaplug train --config F --dry-run``
-on every installed backend, and each CPU-budget tier keeps its full protocol but for training length."""
+on every installed backend, and each CPU-budget tier keeps its full protocol but for training length
+(and, for MAML++, the model width and meta-batch its header names)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ CONFIGS = sorted(BENCHMARKS.glob("*.toml"))
 BACKENDS = ("torch", "tensorflow")
 TRAINING_LENGTH = {"iterations", "val_every", "val_tasks", "checkpoint_every", "log_every"}
 """The ``[train]`` keys a CPU-budget tier may shorten; everything else is the published protocol."""
+SCALED = {"mamlpp-omniglot-5w1s-cpu": {"model": {"filters"}, "train": {"meta_batch_size"}}}
+"""Further keys a tier scales down (its header says why): MAML++'s 12 s meta-steps need a smaller model
+and meta-batch to train on a CPU; its schedules then follow the run's length (checked below)."""
 
 
 def resolve(path: Path, backend: str) -> dict:
@@ -37,6 +41,7 @@ def test_the_folder_has_every_published_setting():
         assert {f"{algorithm}-omniglot-{s}" for s in settings} <= names
     assert {"anil-omniglot-20w1s", "anil-omniglot-20w5s"} <= names
     assert {"protonet-omniglot-5w1s-cpu", "maml-omniglot-5w1s-cpu", "reptile-omniglot-5w1s-cpu"} <= names
+    assert "mamlpp-omniglot-5w1s-cpu" in names
     assert {f"{a}-sinusoid-k{k}" for a in ("maml", "finetune") for k in (5, 10)} <= names
     for dataset in ("mini-imagenet", "cifar-fs", "fc100", "tiered-imagenet", "cub"):
         assert {f"protonet-{dataset}-5w1s", f"protonet-{dataset}-5w5s"} <= names
@@ -83,13 +88,32 @@ def test_a_cpu_tier_is_its_full_protocol_with_shorter_training(path):
     short = resolve(path, "torch")
     full = resolve(path.with_name(path.name.replace("-cpu", "")), "torch")
     assert short["train"]["iterations"] < full["train"]["iterations"]
+    scaled = SCALED.get(path.stem, {})
+    for section, keys in scaled.items():
+        assert all(short[section][k] < full[section][k] for k in keys), section
     for section in set(full) | set(short):
         if section == "train":
-            kept = set(full["train"]) - TRAINING_LENGTH
+            kept = set(full["train"]) - TRAINING_LENGTH - scaled.get("train", set())
             assert {k: short["train"][k] for k in kept} == {k: full["train"][k] for k in kept}
+        elif section == "algorithm" and full["algorithm"]["name"] == "mamlpp":
+            # MAML++'s schedules keep their share of the run: the multi-step loss anneals over the
+            # same fraction of it, the cosine annealing spans it whole
+            fraction = full["algorithm"]["multi_step_loss_steps"] / full["train"]["iterations"]
+            assert short["algorithm"]["multi_step_loss_steps"] == round(fraction * short["train"]["iterations"])
+            assert full["algorithm"]["cosine_steps"] == full["train"]["iterations"]
+            assert short["algorithm"]["cosine_steps"] == short["train"]["iterations"]
+            schedules = {"multi_step_loss_steps", "cosine_steps"}
+            assert {k: v for k, v in short["algorithm"].items() if k not in schedules} == {
+                k: v for k, v in full["algorithm"].items() if k not in schedules
+            }
         elif section == "optimizer" and full["optimizer"].get("final_lr") is not None:
             # an annealed step size spans the whole run, whatever its length (supervised-reptile)
             assert full["optimizer"]["anneal_steps"] == full["train"]["iterations"]
             assert short["optimizer"] == {**full["optimizer"], "anneal_steps": short["train"]["iterations"]}
+        elif section in scaled:
+            keys = scaled[section]
+            assert {k: v for k, v in short[section].items() if k not in keys} == {
+                k: v for k, v in full[section].items() if k not in keys
+            }, section
         else:
             assert short[section] == full[section], section
