@@ -15,6 +15,7 @@ COLUMNS = [
     "workload",
     "batching_used",
     "batching_by",
+    "precision",
     "median_ms",
     "tasks_per_s",
     "threads",

@@ -41,6 +41,7 @@ OPTION_PATHS: dict[str, str] = {
     "init_weights_strict": "model.init_weights_strict",
     "freeze": "algorithm.freeze",
     "freeze_during": "algorithm.freeze_during",
+    "precision": "algorithm.precision",
 }
 """Command-line option → configuration key (``section.key``)."""
 
@@ -118,6 +119,11 @@ OPTION_PATHS: dict[str, str] = {
     "--freeze-during",
     type=click.Choice(["both", "training", "adaptation"]),
     help="When frozen weights stay fixed: in training, in adaptation (inner loops, fine-tuning) or both (default).",
+)
+@click.option(
+    "--precision",
+    metavar="full|tf32|bf16",
+    help="Arithmetic of the model: full (default), tf32 (TensorFloat-32 on GPUs) or bf16 (mixed precision).",
 )
 @click.option(
     "--set",

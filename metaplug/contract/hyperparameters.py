@@ -29,6 +29,13 @@ REGULARIZATION: tuple[str, ...] = ("none", "l2", "l2-sp")
 (weight decay), ``l2-sp`` towards their starting point (Li et al. 2018)."""
 
 
+PRECISION: tuple[str, ...] = ("full", "tf32", "bf16")
+"""How the model's float32 forward and backward passes compute. ``full``: in the model's own dtype
+(float32 or float64) throughout, TensorFloat-32 off; ``tf32``: float32 matrix products and
+convolutions in TensorFloat-32 on GPUs that have it (NVIDIA Ampere and later; nothing changes on
+a CPU); ``bf16``: mixed precision, the model's forward (and so its backward) in bfloat16 while the
+weights, the inner-loop updates, the losses and the optimizer stay float32."""
+
 ANNEALING: tuple[str, ...] = ("linear", "cosine")
 """Shapes of an outer optimizer's annealing to ``final_lr`` (:func:`metaplug.contract.schedules.learning_rate`)."""
 
@@ -38,9 +45,10 @@ ANNEALING: tuple[str, ...] = ("linear", "cosine")
 
 @dataclass(frozen=True)
 class BatchingOptions(Options):
-    """Options every standard algorithm has: how tasks are batched, and which model weights
-    stay fixed (``freeze``, ``freeze_during``; :mod:`metaplug.contract.freezing`), which the
-    backend plugins' algorithm base classes run."""
+    """Options every standard algorithm has: how tasks are batched, which model weights
+    stay fixed (``freeze``, ``freeze_during``; :mod:`metaplug.contract.freezing`) and the
+    arithmetic precision (``precision``, :data:`PRECISION`), which the backend plugins'
+    algorithm base classes run."""
 
     batching: str = option("auto", choices=BATCHING, help="how the tasks of a meta-batch run: " + ", ".join(BATCHING))
     freeze: tuple[str, ...] = option(
@@ -49,11 +57,27 @@ class BatchingOptions(Options):
     freeze_during: str = option(
         "both", choices=FREEZE_DURING, help="when frozen weights stay fixed: " + ", ".join(FREEZE_DURING)
     )
+    precision: str = option(
+        "full",
+        choices=PRECISION,
+        help="arithmetic of the model: full (its own dtype), tf32 (TensorFloat-32 on GPUs) or "
+        "bf16 (bfloat16 forward, float32 weights and losses)",
+    )
 
     @property
     def evaluation_steps(self) -> int:
         """Inner steps in ``evaluate`` and ``adapt``: none for an algorithm without an inner loop."""
         return 0
+
+
+def check_precision(precision: str, model_dtype: str) -> None:
+    """``tf32`` and ``bf16`` relax float32 arithmetic: a :class:`~metaplug.errors.ConfigError`
+    naming the model's dtype when its weights are not float32 (a float64 model keeps ``full``)."""
+    if precision != "full" and model_dtype != "float32":
+        raise ConfigError(
+            f"precision {precision!r} needs a float32 model; this model's weights are {model_dtype}: "
+            "use precision = 'full' or a float32 model"
+        )
 
 
 def require_batching_options(cls: type) -> None:
@@ -369,6 +393,7 @@ __all__ = [
     "ANNEALING",
     "BATCHING",
     "FREEZE_DURING",
+    "PRECISION",
     "REGULARIZATION",
     "AdamOptions",
     "BatchingOptions",
@@ -389,5 +414,6 @@ __all__ = [
     "ResNet12Options",
     "SGDOptions",
     "ScheduleOptions",
+    "check_precision",
     "require_batching_options",
 ]

@@ -440,6 +440,7 @@ def measure(
         "batching_used": _resolved_batching(algorithm),
         "batching_by": getattr(choice, "how", None),
         "batching_reason": choice.describe() if choice is not None else None,
+        "precision": options.get("precision", defaults.get("precision")),
         "median_ms": round(1000 * median, 3),
         "mean_ms": round(1000 * statistics.fmean(times), 3),
         "tasks_per_s": round(w.shape.meta_batch_size / median, 2),

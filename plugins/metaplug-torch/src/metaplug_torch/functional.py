@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metaplug.errors import ConfigError
+from metaplug_torch.precision import FULL, Precision
 
 Params = Mapping[str, torch.Tensor]
 
@@ -20,6 +21,9 @@ class FunctionalModel:
     (every standard model) can also be embedded and have their head applied
     separately. Batch-norm layers must not track running statistics: their
     in-place updates cannot be replayed per task.
+
+    :attr:`precision` (set by the algorithm from its ``precision`` option) is how each call
+    computes: under bfloat16 autocast with ``bf16``, its output float32 again.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -37,22 +41,29 @@ class FunctionalModel:
         )
         self.has_native_batch_norm = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in module.modules())
         self.has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+        self.precision: Precision = FULL
 
     def parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.module.named_parameters())
 
     def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, (dict(params), self.buffers), (x,))
+        with self.precision.forward():
+            output = functional_call(self.module, (dict(params), self.buffers), (x,))
+        return self.precision.output(output)
 
     def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """``features(x)``; the whole output for a module without ``features``/``head``."""
         if not self.has_parts:
             return self(params, x)
-        return _call_part(self.module.get_submodule("features"), "features.", params, x)
+        with self.precision.forward():
+            output = _call_part(self.module.get_submodule("features"), "features.", params, x)
+        return self.precision.output(output)
 
     def head(self, params: Params, z: torch.Tensor) -> torch.Tensor:
         """``head(z)`` with the ``head.*`` entries of ``params``."""
-        return _call_part(self.module.get_submodule("head"), "head.", params, z)
+        with self.precision.forward():
+            output = _call_part(self.module.get_submodule("head"), "head.", params, z)
+        return self.precision.output(output)
 
     def require_parts(self, algorithm: str) -> None:
         """Raise a :class:`~metaplug.errors.ConfigError` naming ``algorithm`` and the

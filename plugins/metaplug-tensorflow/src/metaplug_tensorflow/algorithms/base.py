@@ -35,6 +35,7 @@ from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import accuracy, task_loss
 from metaplug_tensorflow.models import FunctionalModel, meta_training, task_forwards
 from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
+from metaplug_tensorflow.precision import Precision
 
 AUTO_BATCHING = {"mlp": "vectorized", "conv4": "loop", "resnet12": "loop"}
 """What ``auto`` runs per model without measuring (measured fastest on a 2-core CPU, see the
@@ -118,6 +119,9 @@ class MetaLearner:
     ``self.mode`` (the resolved batching mode: ``"vectorized"`` or ``"loop"``; for ``auto``,
     :data:`AUTO_BATCHING`'s until the first :meth:`meta_train_step` measures it:
     :meth:`settle_batching`),
+    ``self.precision`` (the :class:`~metaplug_tensorflow.precision.Precision` of the
+    ``precision`` option, which ``self.model`` computes with and the compiled entry points
+    run in),
     ``self.rule`` (the inner rule: ``rule=``, the built-in one the ``inner_rule`` option
     names, or :class:`~metaplug_tensorflow.inner.InnerSGD` without that option; it leaves
     the weights frozen in adaptation unchanged), ``self.freezing`` (the
@@ -174,6 +178,8 @@ class MetaLearner:
                 f"Backend.build_model, got {type(model).__module__}.{type(model).__qualname__}"
             )
         self.model = model
+        self.precision = Precision(self.options.precision, self.backend.dtype)
+        self.precision.apply(self.model, self._native()[1])
         self.check_model()
         self.mode = self._resolve_batching()
         self.auto_candidates = ELIGIBLE_BATCHING
@@ -592,7 +598,7 @@ class MetaLearner:
         extra = self.extra_train_inputs(batch)
         self.optimizer.schedule()
         # traced (once) as meta-training: the model may draw from the seed and the step variable
-        with self.backend.scope(), meta_training(self.backend.seed_value, self.optimizer.steps):
+        with self.backend.scope(), self.precision.scope(), meta_training(self.backend.seed_value, self.optimizer.steps):
             metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
         return {k: float(v) for k, v in metrics.items()}
 
@@ -601,7 +607,7 @@ class MetaLearner:
         e = self.episode_tensors(batch)
         steps = self.evaluation_steps(steps)
         extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
-        with self.backend.scope():
+        with self.backend.scope(), self.precision.scope():
             result = self._evaluate_fn(e.support_x, e.support_y, e.query_x, e.query_y, steps, *extra)
         return {k: v.numpy() for k, v in result.items()}
 
@@ -613,7 +619,7 @@ class MetaLearner:
         x = self.backend.inputs(support_x[None], len(self.spec.input_shape))
         y = self.backend.targets(support_y[None], self.problem)
         extra = self.adaptation_inputs(1, support_x.shape[0], steps)
-        with self.backend.scope():
+        with self.backend.scope(), self.precision.scope():
             state = self._adapt_fn(x, y, steps, *extra)
         return AdaptedModel(self, [tf.identity(w) for w in state])
 
@@ -680,7 +686,7 @@ class AdaptedModel:
             raise ConfigError(f"examples have shape {tuple(x.shape[1:])}, expected {self.input_shape}")
         backend = self.algorithm.backend
         inputs = backend.inputs(x[None], len(self.input_shape))
-        with backend.scope():
+        with backend.scope(), self.algorithm.precision.scope():
             outputs = self.predict_fn(self.state, inputs)
         return outputs.numpy()[0]
 

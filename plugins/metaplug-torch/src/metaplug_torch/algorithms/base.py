@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from metaplug_torch import batching, inner, models, optimizers
 from metaplug_torch.backend import Backend, Episodes
 from metaplug_torch.functional import FunctionalModel
 from metaplug_torch.losses import accuracy, task_loss
+from metaplug_torch.precision import Precision
 
 MODEL_PREFIX = "model."
 
@@ -82,9 +84,12 @@ class MetaLearner:
     :class:`~metaplug.contract.freezing.Freezing` of the ``freeze`` options), ``self.extra`` (the
     meta-parameters of :meth:`extra_parameters`), ``self.dtype``, ``self.device``,
     ``self.mode`` (the resolved batching mode; for ``auto``, the rule's until the first
-    :meth:`meta_train_step` measures it: :meth:`settle_batching`), ``self.optimizer`` (the outer
-    optimizer over both) and ``self.seed`` (``torch.initial_seed()``: the run's seed, which
-    with the outer step keys the model's training-time randomness, e.g. DropBlock).
+    :meth:`meta_train_step` measures it: :meth:`settle_batching`), ``self.precision`` (the
+    :class:`~metaplug_torch.precision.Precision` of the ``precision`` option, which
+    ``self.model`` computes with; ``meta_train_step``, ``evaluate`` and ``adapt`` run in its
+    scope), ``self.optimizer`` (the outer optimizer over both) and ``self.seed``
+    (``torch.initial_seed()``: the run's seed, which with the outer step keys the model's
+    training-time randomness, e.g. DropBlock).
     """
 
     name = ""
@@ -96,6 +101,8 @@ class MetaLearner:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         require_batching_options(cls)
+        if "adapt" in vars(cls):  # an adaptation's inner loop computes as evaluate's does
+            cls.adapt = _in_precision(vars(cls)["adapt"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -123,6 +130,8 @@ class MetaLearner:
             raise ConfigError("the model has no parameters to meta-learn")
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
+        self.precision = Precision(self.options.precision, self.dtype, self.device)
+        self.model.precision = self.precision
         self.check_model()
         if callable(getattr(self.backend, "fit_threads", None)):
             self.backend.fit_threads(model)  # one thread for models as small as the sinusoid MLP
@@ -308,7 +317,7 @@ class MetaLearner:
     def _meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         data = self.episode_tensors(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with models.meta_training(self.seed, self.training_step):
+        with models.meta_training(self.seed, self.training_step), self.precision.scope():
             loss, acc = self.meta_gradients(data, batch)[:2]
         for name in self.freezing.training:  # torch.optim skips parameters without a gradient
             self.params[name].grad = None
@@ -326,7 +335,7 @@ class MetaLearner:
         """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
         data = self.episode_tensors(batch)
         steps = self.evaluation_steps(steps)
-        with batching.no_grad_unless(self.mode != "vectorized"):
+        with batching.no_grad_unless(self.mode != "vectorized"), self.precision.scope():
             loss, before, acc = self.map_tasks(
                 lambda shared, sx, sy, qx, qy, *extra: self.evaluate_task(shared, sx, sy, qx, qy, steps, *extra),
                 self.evaluation_parameters(),
@@ -420,6 +429,18 @@ class MetaLearner:
         if self.spec.problem == "classification":
             return loss, accuracy(output, target)
         return loss, torch.zeros((), dtype=loss.dtype, device=loss.device)
+
+
+def _in_precision(adapt: Callable[..., AdaptedModel]) -> Callable[..., AdaptedModel]:
+    """A subclass's ``adapt`` run in its algorithm's :meth:`Precision.scope` (TensorFloat-32
+    switches for the inner loop's backward passes too)."""
+
+    @functools.wraps(adapt)
+    def adapt_in_precision(self: MetaLearner, *args: Any, **kwargs: Any) -> AdaptedModel:
+        with self.precision.scope():
+            return adapt(self, *args, **kwargs)
+
+    return adapt_in_precision
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
