@@ -118,10 +118,12 @@ def test_torch_precision_scope_sets_and_restores_the_tf32_switches() -> None:
 
     before = tf32_switches()
     on, off = ("tf32", "ieee") if NEW_SWITCHES else (True, False)
-    with Precision("tf32").scope():
+    with Precision("tf32", device="cuda").scope():  # the switches are set whether CUDA runs or not
         assert tf32_switches() == (on, on)
-        with Precision("full").scope():
+        with Precision("full", device="cuda").scope():
             assert tf32_switches() == (off, off)
+        with Precision("full", device="cpu").scope():  # nothing to switch for CPU kernels
+            assert tf32_switches() == (on, on)
         assert tf32_switches() == (on, on)
     assert tf32_switches() == before
 

@@ -6,7 +6,8 @@
 ``tf32``
     both in TensorFloat-32 (``torch.backends.cuda.matmul.fp32_precision`` and
     ``torch.backends.cudnn.conv.fp32_precision`` set to ``"tf32"``; ``allow_tf32`` before
-    torch 2.9). The switches only reach CUDA kernels: on a CPU nothing changes, bit for bit.
+    torch 2.9). The switches only reach CUDA kernels, so on a CPU metaplug leaves them alone
+    and nothing changes, bit for bit.
 ``bf16``
     mixed precision: each call of the model runs under ``torch.autocast`` with bfloat16 on the
     run's device (CPU included), so its matrix products and convolutions read bfloat16 copies
@@ -69,7 +70,11 @@ class Precision:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """TensorFloat-32 on (``tf32``) or off (``full``, ``bf16``) for the block, restored after."""
+        """TensorFloat-32 on (``tf32``) or off (``full``, ``bf16``) for the block, restored after;
+        nothing to set on a device other than CUDA (the switches reach no other kernels)."""
+        if self.device_type != "cuda":
+            yield
+            return
         enabled = self.name == "tf32"
         wanted = ("tf32" if enabled else "ieee") if NEW_SWITCHES else enabled
         before = tf32_switches()
