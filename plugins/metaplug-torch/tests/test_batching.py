@@ -98,3 +98,16 @@ def test_the_loop_styles_max_pooling_is_bitwise_native_pooling_to_second_order(d
         (gg,) = torch.autograd.grad(g.square().sum(), x)
         found.append((y, g, gg))
     assert all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+
+
+def test_adapt_runs_in_every_batching_mode_on_conv4():
+    """adapt's inner loop runs in its mode's execution style (vectorized: torch.func, whose
+    layers must not be the loop style's autograd.Function pooling), as evaluate does."""
+    support = image_batch(tasks=1)
+    predictions = {}
+    for mode in ("vectorized", "loop", "reference"):
+        maml = build("maml", IMAGES, batching=mode, dtype=torch.float32)
+        adapted = maml.adapt(support.support_x[0], support.support_y[0], steps=2)
+        predictions[mode] = adapted.predict(support.query_x[0])
+    np.testing.assert_allclose(predictions["vectorized"], predictions["loop"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predictions["reference"], predictions["loop"], rtol=1e-4, atol=1e-5)

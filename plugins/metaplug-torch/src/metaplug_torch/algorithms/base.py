@@ -102,7 +102,7 @@ class MetaLearner:
         super().__init_subclass__(**kwargs)
         require_batching_options(cls)
         if "adapt" in vars(cls):  # an adaptation's inner loop computes as evaluate's does
-            cls.adapt = _in_precision(vars(cls)["adapt"])  # type: ignore[method-assign]
+            cls.adapt = _as_evaluated(vars(cls)["adapt"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -431,16 +431,18 @@ class MetaLearner:
         return loss, torch.zeros((), dtype=loss.dtype, device=loss.device)
 
 
-def _in_precision(adapt: Callable[..., AdaptedModel]) -> Callable[..., AdaptedModel]:
-    """A subclass's ``adapt`` run in its algorithm's :meth:`Precision.scope` (TensorFloat-32
-    switches for the inner loop's backward passes too)."""
+def _as_evaluated(adapt: Callable[..., AdaptedModel]) -> Callable[..., AdaptedModel]:
+    """A subclass's ``adapt`` run as :meth:`MetaLearner.evaluate` runs a task: in its
+    algorithm's :meth:`Precision.scope` (TensorFloat-32 switches for the inner loop's
+    backward passes too) and in the :func:`~metaplug_torch.models.execution_style` of its
+    batching mode (``vectorized``'s inner loop uses ``torch.func``, whose layers differ)."""
 
     @functools.wraps(adapt)
-    def adapt_in_precision(self: MetaLearner, *args: Any, **kwargs: Any) -> AdaptedModel:
-        with self.precision.scope():
+    def adapt_as_evaluated(self: MetaLearner, *args: Any, **kwargs: Any) -> AdaptedModel:
+        with self.precision.scope(), models.execution_style(self.mode):
             return adapt(self, *args, **kwargs)
 
-    return adapt_in_precision
+    return adapt_as_evaluated
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
