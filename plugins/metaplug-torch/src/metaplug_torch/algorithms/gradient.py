@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from metaplug.contract.hyperparameters import InnerLoopOptions, check_recompute
-from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner
+from metaplug.contract.interfaces import EpisodeBatch
+from metaplug_torch import stacked
+from metaplug_torch.algorithms.base import AdaptedModel, MetaLearner, _numpy
 from metaplug_torch.inner import inner_loop, recomputed_steps
 from metaplug_torch.losses import task_loss
 
@@ -31,6 +35,8 @@ class GradientMetaLearner(MetaLearner):
     options: InnerLoopOptions
     head_only = False
     """Adapt only ``head.*`` (ANIL)."""
+    STACKED_HOOKS = ("task_inputs", "task_output", "adapt_task", "loss_and_accuracy")
+    """The per-task methods that the stacked-weights path computes itself (see :meth:`stacked_model`)."""
 
     # -- which parameters adapt, and how the model splits around them -------------------
     def adapted_names(self) -> list[str]:
@@ -131,6 +137,94 @@ class GradientMetaLearner(MetaLearner):
         context = [h_support, sy, *(params[n] for n in others), *(learnables[n] for n in rates)]
         adapted = recomputed_steps(step, [start[n] for n in names], context, steps)
         return dict(zip(names, adapted, strict=True))
+
+    # -- stacked weights: the vectorized mode on multi-layer perceptrons -------------------
+    def stacked_model(self, owner: type, hooks: Sequence[str] = ()) -> stacked.StackedMLP | None:
+        """The model's :class:`~metaplug_torch.stacked.StackedMLP` when the ``vectorized``
+        mode may run with stacked weights instead of ``vmap``: the model and the inner rule
+        qualify (:func:`metaplug_torch.stacked.plan`) and this object's class keeps
+        :attr:`STACKED_HOOKS` as defined here and ``hooks`` as ``owner`` defines them (an
+        override would be bypassed); else ``None``."""
+        if not stacked.ENABLED or self.mode != "vectorized" or getattr(self.options, "recompute_inner", False):
+            return None
+        plans: dict[tuple[type, tuple[str, ...]], stacked.StackedMLP | None] = self.__dict__.setdefault(
+            "_stacked_plans", {}
+        )
+        key = (owner, tuple(hooks))
+        if key not in plans:  # the model, rule and class do not change: look once
+            cls = type(self)
+            kept = all(getattr(cls, h) is getattr(GradientMetaLearner, h) for h in self.STACKED_HOOKS)
+            overridden = any(getattr(cls, h) is not getattr(owner, h) for h in hooks)
+            plan = stacked.plan(self.model.module, self.rule) if kept and not overridden else None
+            layers = () if plan is None else plan.head if self.head_only else plan.layers
+            named = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
+            plans[key] = plan if plan is not None and set(self.adapted_names()) <= named else None
+        return plans[key]
+
+    def stacked_inputs(self, plan: stacked.StackedMLP, params: stacked.Params, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`task_inputs` of every task's ``x`` ``(T, N, ...)`` at once."""
+        return plan.embed(params, x) if self.head_only else x
+
+    def stacked_output(
+        self, plan: stacked.StackedMLP, params: stacked.Params, fast: stacked.Params, h: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`task_output` of every task at once, ``fast`` with a task axis."""
+        merged = {**params, **fast}
+        return plan.run(plan.head, merged, h) if self.head_only else plan(merged, h)
+
+    def stacked_adaptation(
+        self,
+        plan: stacked.StackedMLP,
+        params: stacked.Params,
+        learnables: stacked.Params,
+        h_support: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
+        *,
+        second_order: bool,
+    ) -> Params:
+        """:meth:`adapt_task` of every task at once: the adapted weights with a task axis
+        (under ``torch.no_grad``: detached, for evaluation)."""
+        start = stacked.stacked({n: params[n] for n in self.adapted_names()}, int(h_support.shape[0]))
+
+        def support_loss(fast: stacked.Params) -> torch.Tensor:
+            output = self.stacked_output(plan, params, fast, h_support)
+            return stacked.task_losses(self.spec.problem, output, sy).sum()
+
+        return stacked.inner_loop(
+            support_loss, start, self.rule, learnables, self.options.inner_lr, steps, second_order=second_order
+        )
+
+    def stacked_losses(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_and_accuracy` of every task at once: ``(T,)`` losses and accuracies."""
+        losses = stacked.task_losses(self.spec.problem, output, target)
+        if self.spec.problem == "classification":
+            return losses, stacked.task_accuracies(output, target)
+        return losses, torch.zeros_like(losses)
+
+    def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
+        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``; with stacked
+        weights where :meth:`stacked_model` allows (transductive evaluation only)."""
+        hooks = ("evaluate_task", "evaluation_parameters", "evaluation_tasks", "query_output")
+        plan = self.stacked_model(GradientMetaLearner, hooks) if self.options.transductive else None
+        if plan is None:
+            return super().evaluate(batch, steps)
+        data = self.episode_tensors(batch)
+        steps = self.evaluation_steps(steps)
+        with torch.no_grad():
+            params = {k: v.detach() for k, v in self.params.items()}
+            learnables = {k: v.detach() for k, v in self.inner_learnables().items()}
+            h_support = self.stacked_inputs(plan, params, data.support_x)
+            h_query = self.stacked_inputs(plan, params, data.query_x)
+            before, _ = self.stacked_losses(self.stacked_output(plan, params, {}, h_query), data.query_y)
+            fast = self.stacked_adaptation(
+                plan, params, learnables, h_support, data.support_y, steps, second_order=False
+            )
+            loss, acc = self.stacked_losses(self.stacked_output(plan, params, fast, h_query), data.query_y)
+        result = {"loss": _numpy(loss), "loss_before": _numpy(before)}
+        if self.spec.problem == "classification":
+            result["accuracy"] = _numpy(acc)
+        return result
 
     def evaluation_parameters(self) -> Any:
         """``(detached model parameters, detached inner learnables)``."""

@@ -8,6 +8,7 @@ from metaplug.contract.hyperparameters import FOMAMLOptions, MAMLOptions, MetaSG
 from metaplug.contract.interfaces import EpisodeBatch
 from metaplug_torch.algorithms.gradient import GradientMetaLearner, Params
 from metaplug_torch.backend import Episodes
+from metaplug_torch.stacked import StackedMLP
 
 
 class MAML(GradientMetaLearner):
@@ -43,10 +44,31 @@ class MAML(GradientMetaLearner):
         return self.loss_and_accuracy(self.task_output(params, fast, h_query), qy)
 
     def meta_gradients(self, data: Episodes, batch: EpisodeBatch) -> tuple[torch.Tensor, ...]:
+        plan = self.stacked_model(MAML, ("_train_task",))
+        if plan is not None:
+            return self._stacked_meta_gradients(plan, data)
         tasks = (data.support_x, data.support_y, data.query_x, data.query_y)
         return self.map_tasks(
             self._train_task, (self.params, self.inner_learnables()), tasks, backward_scale=1.0 / len(data.support_x)
         )
+
+    def _stacked_meta_gradients(self, plan: StackedMLP, data: Episodes) -> tuple[torch.Tensor, ...]:
+        """:meth:`meta_gradients` with every task's fast weights stacked (:mod:`metaplug_torch.stacked`)."""
+        params = self.params
+        h_support = self.stacked_inputs(plan, params, data.support_x)
+        h_query = self.stacked_inputs(plan, params, data.query_x)
+        fast = self.stacked_adaptation(
+            plan,
+            params,
+            self.inner_learnables(),
+            h_support,
+            data.support_y,
+            self.options.inner_steps,
+            second_order=not self.first_order,
+        )
+        losses, accuracies = self.stacked_losses(self.stacked_output(plan, params, fast, h_query), data.query_y)
+        (losses.sum() * (1.0 / len(data.support_x))).backward()
+        return losses.detach(), accuracies.detach()
 
 
 class FOMAML(MAML):
