@@ -144,8 +144,14 @@ class GradientMetaLearner(MetaLearner):
         mode may run with stacked weights instead of ``vmap``: the model and the inner rule
         qualify (:func:`metaplug_torch.stacked.plan`) and this object's class keeps
         :attr:`STACKED_HOOKS` as defined here and ``hooks`` as ``owner`` defines them (an
-        override would be bypassed); else ``None``."""
-        if not stacked.ENABLED or self.mode != "vectorized" or getattr(self.options, "recompute_inner", False):
+        override would be bypassed), and the model computes in its own dtype (``bf16``
+        autocasts each call of the model, which the stacked layers bypass); else ``None``."""
+        if (
+            not stacked.ENABLED
+            or self.mode != "vectorized"
+            or getattr(self.options, "recompute_inner", False)
+            or self.precision.autocast is not None
+        ):
             return None
         plans: dict[tuple[type, tuple[str, ...]], stacked.StackedMLP | None] = self.__dict__.setdefault(
             "_stacked_plans", {}
