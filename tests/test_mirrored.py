@@ -156,3 +156,18 @@ def test_train_on_two_devices_matches_one_and_resumes_bitwise(tmp_path: Path) ->
     for metric in ("loss", "loss_before"):
         assert scores[0][metric]["n"] == scores[1][metric]["n"] == 5
         assert scores[0][metric]["mean"] == pytest.approx(scores[1][metric]["mean"], rel=1e-5)
+
+
+def test_a_device_slice_draws_the_randomness_of_its_tasks_global_places() -> None:
+    """ResNet-12's DropBlock draws by a task's place in the meta-batch: a device whose slice
+    starts at task 2 numbers its tasks 2, 3, ... as one device does."""
+    pytest.importorskip("metaplug_tensorflow")
+    from metaplug_tensorflow.models import meta_training, task_forwards, training_forward
+
+    for first, local, expected in [(0, 1, 1), (2, 0, 2), (2, 1, 3)]:
+        with meta_training(0, 0, first_task=first), task_forwards(local):
+            found = training_forward()
+            assert found is not None and found[1] == expected and found[2] == 0
+    with meta_training(0, 0, first_task=2):  # a forward outside the task loop starts at the slice's first task
+        found = training_forward()
+        assert found is not None and found[1] == 2

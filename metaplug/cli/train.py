@@ -203,8 +203,8 @@ def train_command(
                 + (["--run-dir"] if run_dir else [])
             )
             raise click.UsageError(
-                f"--resume continues a run as configured; only --iterations, --device, --log, --nproc and --devices may change "
-                f"(remove {', '.join(given)})"
+                "--resume continues a run as configured; only --iterations, --device, --log, --nproc and --devices "
+                f"may change (remove {', '.join(given)})"
             )
         trainer = scaling.resume(
             Path(resume_dir),
@@ -232,7 +232,7 @@ def train_command(
     quiet = quiet or not scaling.leads(trainer)
     report_batching(trainer.experiment.batching, quiet)
     if not quiet:
-        what = "continuing" if resume_dir else "training"
+        what = "continuing" if resume_dir or trainer.step else "training"  # or a launcher restarted the group
         click.echo(
             f"{what} {_describe(trainer.cfg)} from step {trainer.step}; run directory {trainer.run_dir}", err=True
         )

@@ -194,9 +194,7 @@ class Replicas:
         if key not in self._compiled:
             impl = fn.python_function
             self._compiled[key] = tf.function(
-                lambda *tensors: self.strategy.run(
-                    lambda *t: impl(*t[:4], steps, *t[4:]), args=tensors
-                )
+                lambda *tensors: self.strategy.run(lambda *t: impl(*t[:4], steps, *t[4:]), args=tensors)
             )
         with learner.precision.scope():
             result = self._compiled[key](*self._distribute(learner, batch, extra))

@@ -77,9 +77,7 @@ _TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def meta_training(
-    seed: int, step: tf.Variable | tf.Tensor, first_task: int | tf.Tensor = 0
-) -> Iterator[MetaTraining]:
+def meta_training(seed: int, step: tf.Variable | tf.Tensor, first_task: int | tf.Tensor = 0) -> Iterator[MetaTraining]:
     """Mark the forward passes traced inside as meta-training at outer step ``step`` (0 for
     the first; a variable read when the graph runs) of a run seeded with ``seed``: the only
     forwards where a model may be random (evaluation and adaptation are traced outside).
