@@ -125,8 +125,8 @@ def test_devices_tensorflow_cannot_mirror_are_refused() -> None:
 @pytest.mark.slow
 def test_train_on_two_devices_matches_one_and_resumes_bitwise(tmp_path: Path) -> None:
     """``metaplug train --devices 2`` end to end: ``config.toml`` records the devices, the
-    scores equal one device's, and a run resumed on two devices ends bit for bit where an
-    uninterrupted one does."""
+    scores equal one device's, a run resumed on two devices ends bit for bit where an
+    uninterrupted one does, and ``metaplug evaluate`` scores it (on one device)."""
     pytest.importorskip("metaplug_tensorflow")
     common = ["--backend", "tensorflow", "--device", "cpu", "--meta-batch-size", "4", "--val-every", "2"]
     common += ["--val-tasks", "3", "--test-tasks", "5", "--log-every", "2", "-q"]
@@ -152,6 +152,7 @@ def test_train_on_two_devices_matches_one_and_resumes_bitwise(tmp_path: Path) ->
     for name, array in straight.items():
         np.testing.assert_array_equal(resumed[name], array, err_msg=name)
         np.testing.assert_allclose(one[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+    metaplug("evaluate", str(tmp_path / "two"), "--episodes", "3")  # on one device
     scores = [json.loads((tmp_path / run / "results.json").read_text())["test"] for run in ("straight", "one")]
     for metric in ("loss", "loss_before"):
         assert scores[0][metric]["n"] == scores[1][metric]["n"] == 5
