@@ -155,8 +155,8 @@ def workers_of(launcher: int) -> dict[int, tuple[int, int]]:
     return found
 
 
-# Slow: two generations of torch workers start (about 50 s on the busy 2-core machine), and one
-# run in nine under a load of 14 ended with status 1 after the run had finished (cause not caught).
+# Slow: two generations of torch workers start (17 s on the 2-core machine, 50 s when it is busy),
+# and one run in eleven under a load of 14 ended with status 1 after it had finished (cause not caught).
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_group_from_the_last_checkpoint(two_worker_run: Path, tmp_path: Path) -> None:
     """``torchrun --max-restarts 1``: rank 1 killed (SIGKILL) once the first checkpoint is on
