@@ -155,7 +155,7 @@ def workers_of(launcher: int) -> dict[int, tuple[int, int]]:
     return found
 
 
-# Slow: two generations of torch workers start (17 s on the 2-core machine, 50 s when it is busy),
+# Slow: two generations of torch workers start (13 s on the quiet 2-core machine, 50 s when busy),
 # and one run in eleven under a load of 14 ended with status 1 after it had finished (cause not caught).
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_group_from_the_last_checkpoint(two_worker_run: Path, tmp_path: Path) -> None:
