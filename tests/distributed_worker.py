@@ -1,7 +1,8 @@
 """A few meta-training steps of every data-parallel algorithm on one backend, run on one
 process (imported by the tests) or as one of several workers (``python distributed_worker.py
-BACKEND OUT.npz [ALGORITHM...]``, started with torchrun's variables or ``TF_CONFIG``): rank 0 saves the
-meta-parameters after every step and the per-task results of an evaluation."""
+BACKEND OUT.npz [ALGORITHM...]``, started with torchrun's variables or ``TF_CONFIG``), or in one
+process over several devices (``devices=N:BACKEND`` for BACKEND): rank 0 (the one process) saves
+the meta-parameters after every step and the per-task results of an evaluation."""
 
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ def batch(seed: int, tasks: int) -> Any:
     return EpisodeBatch(sx, sy, qx, qy, "classification", classes=classes)
 
 
-def run(backend: str, workers: Any = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
+def run(backend: str, workers: Any = None, names: list[str] | None = None, devices: int = 1) -> dict[str, np.ndarray]:
     """``{algorithm/step/parameter: array, algorithm/eval/metric: per-task array}`` for the
-    algorithms ``names`` (default: all of :data:`ALGORITHMS`)."""
+    algorithms ``names`` (default: all of :data:`ALGORITHMS`), on ``devices`` devices of
+    this process."""
     import metaplug
     from metaplug.experiment.workers import ShardedAlgorithm
 
@@ -68,7 +70,15 @@ def run(backend: str, workers: Any = None, names: list[str] | None = None) -> di
     for name in names or list(ALGORITHMS):
         options = ALGORITHMS[name]
         learner = metaplug.algorithm(
-            name, spec=spec(), backend=backend, optimizer=OPTIMIZER, lr=0.1, seed=0, device="cpu", **options
+            name,
+            spec=spec(),
+            backend=backend,
+            optimizer=OPTIMIZER,
+            lr=0.1,
+            seed=0,
+            device="cpu",
+            devices=devices,
+            **options,
         )
         if workers is not None:
             learner = ShardedAlgorithm(learner, workers, "classification")
@@ -84,6 +94,11 @@ def run(backend: str, workers: Any = None, names: list[str] | None = None) -> di
 
 def main(backend: str, out: str, names: list[str]) -> None:
     from metaplug.plugins.discovery import registry
+
+    if backend.startswith("devices="):  # one process over several devices: "devices=N:BACKEND"
+        count, _, backend = backend.removeprefix("devices=").partition(":")
+        np.savez(out, **run(backend, names=names, devices=int(count)))
+        return
 
     workers = registry().get("backends", backend).load().join_workers(60.0, "cpu")
     assert workers is not None, "start with torchrun's variables or TF_CONFIG"

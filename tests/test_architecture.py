@@ -49,7 +49,7 @@ def test_both_backend_plugins_have_the_same_modules():
     tensorflow_package = PLUGINS / "metaplug-tensorflow" / "src" / "metaplug_tensorflow"
     framework_specific = {
         "torch": {"batching.py", "stacked.py"},  # stacked.py: the task axis TensorFlow's models always have
-        "tensorflow": {"_tf.py", "layout.py"},
+        "tensorflow": {"_tf.py", "layout.py", "mirrored.py"},  # MirroredStrategy: torch runs one process per GPU
     }
 
     def modules(package: Path, framework: str) -> set[str]:

@@ -187,7 +187,7 @@ def test_bad_files_and_runs_are_one_line_errors(tmp_path, trained):
     assert_one_line_error(metaplug("train", "--config", str(bad)), "is not valid TOML")
     assert_one_line_error(
         metaplug("train", "--resume", str(trained), "--lr", "0.1"),
-        "only --iterations, --device, --log and --nproc may change",
+        "only --iterations, --device, --log, --nproc and --devices may change",
         "--lr",
     )
     assert_one_line_error(metaplug("train", *SMALL, "--run-dir", str(trained)), "already holds a run", "--resume")

@@ -59,7 +59,7 @@ def evaluate_command(
 
     load_run_config(Path(run_dir))  # a missing or foreign directory is named before anything else
     which = choose_checkpoint(Path(run_dir), checkpoint)
-    experiment, saved = restore(Path(run_dir), device, which)
+    experiment, saved = restore(Path(run_dir), device, which, devices=1)  # one device scores and adapts
     cfg = experiment.config
     episodes = episodes or cfg.evaluation.episodes
     steps = cfg.evaluation.steps if steps is None else steps

@@ -29,7 +29,7 @@ def plot_command(run_dir: str, out: str | None, seed: int | None) -> None:
     title = f"{cfg.algorithm.name} on {cfg.tasks.name} ({cfg.backend})"
     written = [plotting.learning_curves(read_rows(run / FILENAME), folder / "learning_curves.png", title)]
     which = choose_checkpoint(run)
-    experiment, saved = restore(run, checkpoint=which)
+    experiment, saved = restore(run, checkpoint=which, devices=1)
     if experiment.spec.problem == "regression" and experiment.spec.input_shape == (1,):
         batch = experiment.sampler("test", cfg.seed if seed is None else seed).sample(1)
         if {"amplitude", "phase"} <= set(batch.params):

@@ -27,7 +27,7 @@ def restore_chosen(run_dir: str, checkpoint: str | None, device: str | None) -> 
 
     load_run_config(Path(run_dir))  # a missing or foreign directory is named before anything else
     which = choose_checkpoint(Path(run_dir), checkpoint)
-    experiment, saved = restore(Path(run_dir), device, which)
+    experiment, saved = restore(Path(run_dir), device, which, devices=1)  # one device scores and adapts
     return experiment, f"{which} checkpoint, step {saved.step}"
 
 

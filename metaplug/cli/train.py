@@ -37,6 +37,7 @@ OPTION_PATHS: dict[str, str] = {
     "data_dir": "data_dir",
     "device": "device",
     "nproc": "distributed.workers",
+    "devices": "distributed.devices",
     "init_weights": "model.init_weights",
     "init_weights_strict": "model.init_weights_strict",
     "freeze": "algorithm.freeze",
@@ -153,6 +154,12 @@ OPTION_PATHS: dict[str, str] = {
     help="Train on N local worker processes (data-parallel; torchrun or TF_CONFIG). Also with --resume.",
 )
 @click.option(
+    "--devices",
+    type=int,
+    help="Train one process over N devices (TensorFlow's MirroredStrategy: the first N GPUs, or the CPU split "
+    "in N); torch runs one device per process: use --nproc. Also with --resume.",
+)
+@click.option(
     "--workers",
     "cluster",
     metavar="HOST:PORT,...",
@@ -186,7 +193,8 @@ def train_command(
     scaling.set_cluster(cluster, worker_index)
     options["freeze"] = list(options["freeze"]) or None  # not given: () from click
     if resume_dir is not None:
-        changed = sorted(k for k, v in options.items() if v is not None and k not in ("iterations", "device", "nproc"))
+        resumable = ("iterations", "device", "nproc", "devices")
+        changed = sorted(k for k, v in options.items() if v is not None and k not in resumable)
         if config_file or assignments or run_dir or changed:
             given = (
                 ["--" + k.replace("_", "-") for k in changed]
@@ -195,8 +203,8 @@ def train_command(
                 + (["--run-dir"] if run_dir else [])
             )
             raise click.UsageError(
-                f"--resume continues a run as configured; only --iterations, --device, --log and --nproc may change "
-                f"(remove {', '.join(given)})"
+                "--resume continues a run as configured; only --iterations, --device, --log, --nproc and --devices "
+                f"may change (remove {', '.join(given)})"
             )
         trainer = scaling.resume(
             Path(resume_dir),
@@ -206,6 +214,7 @@ def train_command(
             options.get("nproc"),
             INVOCATION,
             observers,
+            options.get("devices"),
         )
     else:
         cfg = runner.with_observers(resolve_config(config_file, options, assignments), observers)
@@ -223,7 +232,7 @@ def train_command(
     quiet = quiet or not scaling.leads(trainer)
     report_batching(trainer.experiment.batching, quiet)
     if not quiet:
-        what = "continuing" if resume_dir else "training"
+        what = "continuing" if resume_dir or trainer.step else "training"  # or a launcher restarted the group
         click.echo(
             f"{what} {_describe(trainer.cfg)} from step {trainer.step}; run directory {trainer.run_dir}", err=True
         )

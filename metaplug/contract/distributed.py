@@ -103,12 +103,13 @@ def shard(batch: EpisodeBatch, rank: int, world_size: int) -> EpisodeBatch:
     )
 
 
-def check_meta_batch(meta_batch_size: int, world_size: int) -> None:
-    """Meta-training needs the same number of tasks on every worker (so that the mean of the
-    workers' mean gradients is the global mean): ``meta_batch_size`` divisible by the workers."""
+def check_meta_batch(meta_batch_size: int, world_size: int, parts: str = "workers") -> None:
+    """Meta-training needs the same number of tasks on every worker (or device: ``parts``)
+    so that the mean of their mean gradients is the global mean: ``meta_batch_size``
+    divisible by their number."""
     if meta_batch_size % world_size:
         raise ConfigError(
-            f"train.meta_batch_size {meta_batch_size} cannot be split evenly over {world_size} workers; "
+            f"train.meta_batch_size {meta_batch_size} cannot be split evenly over {world_size} {parts}; "
             f"use a multiple of {world_size}"
         )
 

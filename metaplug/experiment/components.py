@@ -292,19 +292,36 @@ def make_model(
     return model, choice
 
 
-def make_backend(record: Component, device: str | None) -> Any:
+def make_backend(record: Component, device: str | None, devices: int = 1) -> Any:
     """The backend of ``record``, on ``device`` when one is given (a backend whose
-    constructor takes no ``device`` cannot be placed; a device it refuses names the way out)."""
+    constructor takes no ``device`` cannot be placed; a device it refuses names the way out),
+    over ``devices`` devices of this process when more than one (:func:`check_devices`)."""
     cls = record.load()
+    check_devices(record, devices)
+    arguments: dict[str, Any] = {"devices": devices} if devices > 1 else {}
     if device is None:
-        return cls()
+        return cls(**arguments)
     parameters = keyword_parameters(cls, set())
     if parameters is not None and "device" not in parameters:
         raise ConfigError(f"backend {record.name!r} takes no device; remove device = {device!r}")
     try:
-        return cls(device=device)
+        return cls(device=device, **arguments)
     except ConfigError as exc:
         raise ConfigError(f"{exc}; to use another, pass --device, e.g. --device cpu") from None
+
+
+def check_devices(record: Component, devices: int) -> None:
+    """Several devices in one process need a backend constructor taking ``devices=``
+    (TensorFlow's ``MirroredStrategy``); others run one device per process (torch, as
+    PyTorch recommends: one worker per GPU)."""
+    if checked("distributed.devices", devices, int, minimum=1) == 1:
+        return
+    parameters = keyword_parameters(record.load(), set())
+    if parameters is not None and "devices" not in parameters:
+        raise ConfigError(
+            f"backend {record.name!r} drives one device per process (distributed.devices = {devices}); "
+            f"run one worker per device instead: --nproc {devices}"
+        )
 
 
 def keyword_parameters(implementation: Any, skipped: set[str]) -> dict[str, inspect.Parameter] | None:
@@ -399,6 +416,7 @@ def algorithm(
     optimizer_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     device: str | None = None,
+    devices: int = 1,
     **options: Any,
 ) -> Any:
     """The registered algorithm ``name``, ready to meta-train: the Python twin of ``metaplug
@@ -409,14 +427,16 @@ def algorithm(
     own framework model (a ``torch.nn.Module`` on torch), or the name of a standard model
     (default: ``spec.default_model``) built with ``model_options`` after seeding the backend
     with ``seed``; ``optimizer`` the outer optimizer at rate ``lr`` with ``optimizer_options``;
-    ``options`` the algorithm's own (``inner_lr=0.4``...). Example::
+    ``options`` the algorithm's own (``inner_lr=0.4``...); ``devices`` > 1 trains each
+    meta-batch split over that many devices of this process (TensorFlow's
+    ``MirroredStrategy``; build it before anything else starts TensorFlow). Example::
 
         learner = metaplug.algorithm("maml", spec=sampler.spec, backend="torch", inner_lr=0.4)
         learner.meta_train_step(sampler.sample(32))
     """
     reg = default_registry()
     backend_name = backend or choose_backend(reg)
-    instance = make_backend(reg.get("backends", backend_name), device)
+    instance = make_backend(reg.get("backends", backend_name), device, devices)
     instance.seed(seed)
     if model is None or isinstance(model, str):
         model, _ = make_model(reg, instance, backend_name, model or spec.default_model, spec, model_options or {})
@@ -440,7 +460,7 @@ def build(
     reg = reg or default_registry()
     records = lookup(cfg, reg)
     sampler = make_sampler(records.tasks, cfg, "train", cfg.seed, cfg.tasks.options)
-    backend = make_backend(records.backend, cfg.device)
+    backend = make_backend(records.backend, cfg.device, cfg.distributed.devices)
     backend.seed(cfg.seed)
     spec: TaskSpec = sampler.spec
     assert cfg.backend is not None

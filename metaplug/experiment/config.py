@@ -73,7 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "data_workers": 1,
     },
     "evaluation": {"episodes": 600, "steps": None, "ways": None, "shots": None, "queries": None},
-    "distributed": {"workers": 1, "threads": None, "timeout_s": 300.0},
+    "distributed": {"workers": 1, "devices": 1, "threads": None, "timeout_s": 300.0},
 }
 """The default job: sinusoid regression with MAML, about a minute on a laptop CPU."""
 
@@ -132,6 +132,7 @@ SETTINGS: dict[str, Setting] = {
     "evaluation.shots": Setting(int | None, 1),
     "evaluation.queries": Setting(int | None, 1),
     "distributed.workers": Setting(int, 1),
+    "distributed.devices": Setting(int, 1),
     "distributed.threads": Setting(int | None, 1),
     "distributed.timeout_s": Setting(float, 0, exclusive=True),
 }
@@ -194,11 +195,13 @@ class EvaluationSettings:
 @dataclass(frozen=True)
 class DistributedSettings:
     """Data-parallel training (docs/user-guide.md, "Scaling out"): ``workers`` processes (the
-    world size; a launcher's overrides it and the run records it), ``threads`` per worker
-    (``None``: the machine's cores shared out) and ``timeout_s``, how long a worker waits
-    for the others before the run stops."""
+    world size; a launcher's overrides it and the run records it), ``devices`` that one
+    process trains on (several: the backend's ``devices=``, TensorFlow's ``MirroredStrategy``),
+    ``threads`` per worker (``None``: the machine's cores shared out) and ``timeout_s``, how
+    long a worker waits for the others before the run stops."""
 
     workers: int = 1
+    devices: int = 1
     threads: int | None = None
     timeout_s: float = 300.0
 

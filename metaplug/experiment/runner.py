@@ -95,15 +95,18 @@ def stale_best(run_dir: Path) -> bool:
 
 
 def restore(
-    run_dir: Path, device: str | None = None, checkpoint: str = "last"
+    run_dir: Path, device: str | None = None, checkpoint: str = "last", devices: int | None = None
 ) -> tuple[Experiment, checkpoints.Checkpoint]:
-    """Rebuild a run's components (on ``device`` instead of the configured one, if given)
-    and load its ``checkpoint`` (``last`` or ``best``) into the algorithm. The run's observers
-    need not be installed: a resumed run's trainer looks them up."""
+    """Rebuild a run's components (on ``device`` and over ``devices`` devices instead of the
+    configured ones, if given) and load its ``checkpoint`` (``last`` or ``best``) into the
+    algorithm. The run's observers need not be installed: a resumed run's trainer looks them up."""
     saved_cfg = load_run_config(run_dir)  # its init_weights are in the checkpoint (the file may be gone)
     cfg = replace(check(replace(saved_cfg, init_weights=None), observers=False), init_weights=saved_cfg.init_weights)
     if device is not None:
         cfg = replace(cfg, device=SETTINGS["device"].check("device", device))
+    if devices is not None:
+        devices = SETTINGS["distributed.devices"].check("distributed.devices", devices)
+        cfg = replace(cfg, distributed=replace(cfg.distributed, devices=devices))
     saved = checkpoints.load(Path(run_dir) / CHECKPOINTS[checkpoint])
     for name, array in saved.arrays.items():
         if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
@@ -507,14 +510,16 @@ def resume(
     progress: bool | None = None,
     device: str | None = None,
     observers: Sequence[str] = (),
+    devices: int | None = None,
 ) -> Trainer:
     """A trainer that continues the run in ``run_dir`` from its last checkpoint (with
-    ``iterations`` as the new length, on ``device`` and with more ``observers``, when given);
-    it holds the run directory's lock, so a run that is still training is refused untouched."""
+    ``iterations`` as the new length, on ``device`` and ``devices`` and with more
+    ``observers``, when given); it holds the run directory's lock, so a run that is still
+    training is refused untouched."""
     load_run_config(run_dir)  # a missing or foreign directory is named before any lock file is made
     lock = RunLock(Path(run_dir)).acquire()
     try:
-        trainer = _resume_locked(Path(run_dir), iterations, progress, device, observers)
+        trainer = _resume_locked(Path(run_dir), iterations, progress, device, observers, devices)
     except BaseException:
         lock.release()
         raise
@@ -523,9 +528,14 @@ def resume(
 
 
 def _resume_locked(
-    run_dir: Path, iterations: int | None, progress: bool | None, device: str | None, observers: Sequence[str]
+    run_dir: Path,
+    iterations: int | None,
+    progress: bool | None,
+    device: str | None,
+    observers: Sequence[str],
+    devices: int | None,
 ) -> Trainer:
-    experiment, saved = restore(run_dir, device)
+    experiment, saved = restore(run_dir, device, devices=devices)
     cfg = experiment.config
     if saved.record.get("stopped_early"):
         raise ConfigError(
@@ -546,6 +556,6 @@ def _resume_locked(
         )
     trainer = Trainer(experiment, run_dir, progress)
     trainer.resume_from(saved)
-    if iterations is not None or device is not None or observers:
+    if iterations is not None or device is not None or devices is not None or observers:
         write_bytes_atomic(run_dir / CONFIG_FILE, encode(cfg.to_toml()))
     return trainer

@@ -16,10 +16,12 @@ from metaplug.experiment import checkpoint as checkpoints
 from metaplug.experiment import runner
 from metaplug.experiment import workers as scale_out
 from metaplug.experiment.components import check
+from metaplug.experiment.components import check_devices as check_backend_devices
 from metaplug.experiment.config import SETTINGS, ExperimentConfig
 from metaplug.experiment.files import write_bytes_atomic
 from metaplug.experiment.rundir import CHECKPOINT_DIR, CONFIG_FILE
 from metaplug.experiment.tomlio import encode
+from metaplug.plugins.discovery import registry
 
 CLUSTER_FLAGS: list[bool] = []
 """Set when ``--workers``/``--worker-index`` described the cluster (its backend must join it)."""
@@ -61,12 +63,31 @@ def launched(cfg: ExperimentConfig, argv: Sequence[str], nproc: int) -> SystemEx
     return SystemExit(scale_out.launch(cfg, argv, nproc))
 
 
+def check_devices(cfg: ExperimentConfig, workers: Workers | None, nproc: int) -> None:
+    """Several devices in one process (``distributed.devices``) need a backend that drives
+    them, one process (not ``nproc`` workers, nor a launcher's) and a meta-batch that splits
+    evenly over them."""
+    devices = cfg.distributed.devices
+    if devices == 1:
+        return
+    assert cfg.backend is not None
+    check_backend_devices(registry().get("backends", cfg.backend), devices)
+    count = workers.world_size if workers is not None else nproc
+    if count > 1:
+        raise ConfigError(
+            f"distributed.devices = {devices} with {count} workers: train several processes of one device each "
+            "(--nproc, torchrun, TF_CONFIG) or one process over several devices (--devices), not both"
+        )
+    check_meta_batch(cfg.train.meta_batch_size, devices, "devices")
+
+
 def start(cfg: ExperimentConfig, run_dir: Path | None, progress: bool | None, argv: Sequence[str]) -> runner.Trainer:
     """A trainer for a new run: this process's worker's when a launcher started it (a
     restarted group continues ``run_dir``'s last checkpoint), one process's when one worker
     is asked for; for more, launch them running ``metaplug argv`` and exit with their status."""
     cfg = check(cfg)
     workers = joined(cfg)
+    check_devices(cfg, workers, cfg.distributed.workers)
     if workers is None:
         if cfg.distributed.workers > 1:
             raise launched(cfg, argv, cfg.distributed.workers)
@@ -84,19 +105,25 @@ def resume(
     nproc: int | None,
     argv: Sequence[str],
     observers: Sequence[str] = (),
+    devices: int | None = None,
 ) -> runner.Trainer:
-    """A trainer continuing ``run_dir`` on ``--nproc`` workers (default: as many as it ran on),
-    with more ``observers`` when given."""
+    """A trainer continuing ``run_dir`` on ``--nproc`` workers (default: as many as it ran on)
+    of ``--devices`` devices each (default: as many as it ran on), with more ``observers``
+    when given."""
     cfg = runner.load_run_config(run_dir)
     if device is not None:
         cfg = replace(cfg, device=device)
+    if devices is not None:
+        devices = SETTINGS["distributed.devices"].check("--devices", devices)
+        cfg = replace(cfg, distributed=replace(cfg.distributed, devices=devices))
     wanted = cfg.distributed.workers if nproc is None else SETTINGS["distributed.workers"].check("--nproc", nproc)
     workers = joined(cfg)
+    check_devices(cfg, workers, wanted)
     if workers is not None:
         return scale_out.resume(run_dir, iterations, progress, device, workers, observers)
     if wanted > 1:
         raise launched(cfg, argv, wanted)
-    trainer = runner.resume(run_dir, iterations, progress, device, observers)
+    trainer = runner.resume(run_dir, iterations, progress, device, observers, devices)
     if trainer.cfg.distributed.workers != 1:  # ran on several workers before
         trainer.cfg = trainer.experiment.config = replace(
             trainer.cfg, distributed=replace(trainer.cfg.distributed, workers=1)

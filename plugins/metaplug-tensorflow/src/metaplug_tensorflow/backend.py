@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from metaplug.errors import ConfigError
 from metaplug_tensorflow._tf import tf
 from metaplug_tensorflow.layout import channels_last
 from metaplug_tensorflow.models import FunctionalModel, builder
+
+if TYPE_CHECKING:
+    from metaplug_tensorflow.mirrored import Replicas
 
 DTYPES = {"float32": tf.float32, "float64": tf.float64}
 
@@ -68,6 +71,11 @@ class Backend:
         before TensorFlow's runtime starts); ``None``: ``METAPLUG_THREADS`` or chosen for the
         machine and its load (:func:`metaplug.contract.threads.choose_threads`), and 1 for a
         standard ``mlp`` as small as the sinusoid's. :attr:`threads` says what was chosen and why.
+    :param devices: how many devices this process trains on (default 1). Several run a
+        ``tf.distribute.MirroredStrategy`` (:mod:`metaplug_tensorflow.mirrored`): the first
+        ``devices`` GPUs for ``device`` ``"gpu"`` (or ``None`` where a GPU is visible), the CPU
+        split into ``devices`` logical devices for ``"cpu"`` (or ``None`` without a GPU; set
+        before TensorFlow's runtime starts). :attr:`replicas` holds them (``None`` for one).
     """
 
     name = "tensorflow"
@@ -79,8 +87,11 @@ class Backend:
     weight_formats: tuple[str, ...] = (".weights.h5", ".h5")
     """Files :meth:`read_weights` reads for ``--init-weights``: Keras weight files."""
 
-    def __init__(self, device: str | None = None, dtype: str = "float32", threads: int | None = None) -> None:
+    def __init__(
+        self, device: str | None = None, dtype: str = "float32", threads: int | None = None, devices: int = 1
+    ) -> None:
         checked("dtype", dtype, str, choices=tuple(DTYPES))
+        devices = checked("devices", devices, int, minimum=1)
         if device is not None:
             kind, _, index = device.lower().partition(":")
             if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
@@ -98,6 +109,11 @@ class Backend:
         self.seed_value = 0
         self._threads_requested = threads is not None
         self.threads: ThreadChoice = self._apply_threads(choose_threads(threads))
+        self.replicas: Replicas | None = None
+        if devices > 1:
+            from metaplug_tensorflow.mirrored import Replicas
+
+            self.replicas = Replicas.over(device, devices)
 
     def _apply_threads(self, choice: ThreadChoice) -> ThreadChoice:
         if set_threads(choice.threads):
@@ -174,8 +190,12 @@ class Backend:
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """Place what runs inside on :attr:`device` (no-op when it is ``None``)."""
-        if self.device is None:
+        """Place what runs inside on :attr:`device` (no-op when it is ``None``); with several
+        devices, inside the ``MirroredStrategy``'s scope (variables made there are mirrored)."""
+        if self.replicas is not None:
+            with self.replicas.strategy.scope():
+                yield
+        elif self.device is None:
             yield
         else:
             with tf.device(self.device):

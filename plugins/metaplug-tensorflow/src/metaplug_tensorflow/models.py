@@ -60,6 +60,9 @@ class MetaTraining:
     step: tf.Variable | tf.Tensor
     task: int | tf.Tensor = 0
     forwards: int = 0
+    first: int | tf.Tensor = 0
+    """The place in the meta-batch of the first task traced here (a device's slice of it
+    starts later than 0: :mod:`metaplug_tensorflow.mirrored`)."""
 
     def next_forward(self) -> tuple[int | tf.Tensor, int]:
         """The first task and the number of the forward pass starting now (counted)."""
@@ -74,11 +77,12 @@ _TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def meta_training(seed: int, step: tf.Variable | tf.Tensor) -> Iterator[MetaTraining]:
+def meta_training(seed: int, step: tf.Variable | tf.Tensor, first_task: int | tf.Tensor = 0) -> Iterator[MetaTraining]:
     """Mark the forward passes traced inside as meta-training at outer step ``step`` (0 for
     the first; a variable read when the graph runs) of a run seeded with ``seed``: the only
-    forwards where a model may be random (evaluation and adaptation are traced outside)."""
-    state = MetaTraining(int(seed), step)
+    forwards where a model may be random (evaluation and adaptation are traced outside).
+    ``first_task`` is the place in the meta-batch of the first task traced inside."""
+    state = MetaTraining(int(seed), step, task=first_task, first=first_task)
     token = _TRAINING.set(state)
     try:
         yield state
@@ -89,13 +93,13 @@ def meta_training(seed: int, step: tf.Variable | tf.Tensor) -> Iterator[MetaTrai
 @contextlib.contextmanager
 def task_forwards(task: int | tf.Tensor) -> Iterator[None]:
     """Inside :func:`meta_training`: the forward passes traced inside start at task ``task``
-    of the meta-batch (a loop's index tensor, or 0 for the whole batch) and are numbered
-    from 0. Outside it: nothing."""
+    of the tasks traced (a loop's index tensor, or 0 for the whole batch; counted from
+    :func:`meta_training`'s ``first_task``) and are numbered from 0. Outside it: nothing."""
     state = _TRAINING.get()
     if state is None:
         yield
         return
-    token = _TRAINING.set(dataclasses.replace(state, task=task, forwards=0))
+    token = _TRAINING.set(dataclasses.replace(state, task=state.first + task, forwards=0))
     try:
         yield
     finally:

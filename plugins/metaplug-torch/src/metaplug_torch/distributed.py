@@ -24,6 +24,31 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 """Set by torchrun (and any launcher following its ``env://`` convention) for every worker."""
 
 
+def attempt_store(timeout_s: float) -> dict[str, Any]:
+    """``init_process_group``'s store, rank and world size for workers of a torchrun agent that
+    hosts the store (``TORCHELASTIC_USE_AGENT_STORE``): its store seen through a prefix of
+    the attempt (``TORCHELASTIC_RESTART_COUNT``), else nothing (``env://`` as it is).
+
+    torchrun keeps one store for every attempt of a group, and ``env://`` reads it without
+    a prefix, so the workers of a restarted group can read the addresses that the dead
+    group's workers published and fail to connect to them (pytorch/pytorch#135712), which
+    made ``--max-restarts`` restarts fail at random. Before torch shared the agent's store,
+    ``env://`` prefixed each attempt the same way."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    world_size = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    prefixed = dist.PrefixStore(f"/metaplug/attempt_{attempt}", store)
+    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": world_size}
+
+
 class Workers:
     """This process's place in a ``torch.distributed`` process group (``env://``)."""
 
@@ -37,7 +62,7 @@ class Workers:
         self.broken = False
         """A collective failed: the group is not waited for when leaving."""
         with self.collective():
-            dist.init_process_group(self.engine, timeout=timedelta(seconds=self.timeout_s))
+            dist.init_process_group(self.engine, timeout=timedelta(seconds=self.timeout_s), **attempt_store(timeout_s))
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.name = f"torch.distributed ({self.engine})"

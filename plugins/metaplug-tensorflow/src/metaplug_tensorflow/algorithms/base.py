@@ -203,6 +203,8 @@ class MetaLearner:
         self._compile()
         self._initial_fn = tf.function(lambda weights, x: self.model(weights, x))
         self.setup()
+        if self.backend.replicas is not None:  # several devices: average the gradients over them
+            self.backend.replicas.adopt(self)
 
     def _compile(self, train: bool = True) -> None:
         """The compiled entry points (without ``train``: but the training step), traced with
@@ -451,11 +453,15 @@ class MetaLearner:
     def episode_tensors(self, batch: EpisodeBatch) -> Episodes:
         """``batch`` as tensors on the backend's device (inputs channels last), after checking
         its problem kind and example shape against the spec."""
+        self.check_batch(batch)
+        return self.backend.to_tensors(batch)
+
+    def check_batch(self, batch: EpisodeBatch) -> None:
+        """``batch``'s problem kind and example shape are the spec's."""
         if batch.problem != self.problem:
             raise ConfigError(f"{self.name} was built for {self.problem} tasks, got a {batch.problem} batch")
         self._check_examples(batch.support_x)
         self._check_examples(batch.query_x)
-        return self.backend.to_tensors(batch)
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
@@ -594,6 +600,13 @@ class MetaLearner:
             self.mode, self._train_fn = mode, train
 
     def _meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One meta-training step in the current mode; on several devices each trains its
+        slice of the tasks (:mod:`metaplug_tensorflow.mirrored`)."""
+        if self.backend.replicas is not None:
+            self.check_batch(batch)
+            extra = self.extra_train_inputs(batch)
+            self.optimizer.schedule()
+            return self.backend.replicas.train_step(self, batch, extra)
         e = self.episode_tensors(batch)
         extra = self.extra_train_inputs(batch)
         self.optimizer.schedule()
@@ -603,7 +616,14 @@ class MetaLearner:
         return {k: float(v) for k, v in metrics.items()}
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
-        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``."""
+        """Per-task ``loss``, ``loss_before`` and (classification) ``accuracy``; on several
+        devices each evaluates its slice of the tasks."""
+        replicas = self.backend.replicas
+        if replicas is not None and batch.num_tasks >= replicas.count:
+            self.check_batch(batch)
+            steps = self.evaluation_steps(steps)
+            extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
+            return replicas.evaluate(self, batch, steps, extra)
         e = self.episode_tensors(batch)
         steps = self.evaluation_steps(steps)
         extra = self.adaptation_inputs(batch.support_x.shape[0], batch.support_x.shape[1], steps)
