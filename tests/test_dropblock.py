@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from metaplug.contract import dropblock
+from metaplug.contract.distributed import shard
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec, TaskSpec
 from metaplug.plugins.discovery import registry
 
@@ -206,3 +207,23 @@ def test_resume_draws_what_the_uninterrupted_run_draws(backend_name):
     final, expected = model_state(resumed), model_state(straight)
     for key in expected:
         np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "tensorflow"])
+def test_workers_slices_draw_what_the_whole_meta_batch_draws(backend_name):
+    """Each worker trains a slice of the meta-batch (shard); its DropBlock masks are drawn by
+    each task's place in the whole meta-batch, so the workers' mean SGD update is one process's."""
+    whole = batch(1, tasks=4)
+    start = build(backend_name, "protonet")
+    initial = model_state(start)
+    start.meta_train_step(whole)
+    expected = model_state(start)
+    updates = []
+    for rank in range(2):
+        worker = build(backend_name, "protonet")
+        worker.meta_train_step(shard(whole, rank, 2))
+        updates.append({k: v - initial[k] for k, v in model_state(worker).items() if k.startswith("model.")})
+    for key, update in updates[0].items():
+        np.testing.assert_allclose(
+            initial[key] + (update + updates[1][key]) / 2, expected[key], rtol=1e-10, atol=1e-12, err_msg=key
+        )

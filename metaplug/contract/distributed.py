@@ -100,6 +100,7 @@ def shard(batch: EpisodeBatch, rank: int, world_size: int) -> EpisodeBatch:
         batch.problem,
         None if batch.classes is None else batch.classes[s],
         {k: v[s] for k, v in batch.params.items()},
+        batch.first_task + s.start,
     )
 
 

@@ -85,6 +85,11 @@ class EpisodeBatch:
     """Classification: ``(T, ways)`` split-wide class ids behind labels ``0..ways-1``."""
     params: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Regression: the true task parameters, e.g. ``amplitude`` and ``phase``, each ``(T,)``."""
+    first_task: int = 0
+    """The place of this batch's first task in the meta-batch it was cut from (a worker's
+    slice, :func:`metaplug.contract.distributed.shard`): a model's training-time randomness
+    (DropBlock) is drawn by a task's place in the whole meta-batch, so that the workers
+    together draw what one process draws."""
 
     @property
     def num_tasks(self) -> int:

@@ -78,6 +78,8 @@ class MetaTraining:
     step: int
     task: int | torch.Tensor = 0
     forwards: int = 0
+    first: int = 0
+    """The place in the meta-batch of the first task running inside (a worker's slice)."""
 
     def next_forward(self) -> tuple[int | torch.Tensor, int]:
         """The task and the number of the forward pass starting now (counted)."""
@@ -92,11 +94,12 @@ _TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def meta_training(seed: int, step: int) -> Iterator[MetaTraining]:
+def meta_training(seed: int, step: int, first_task: int = 0) -> Iterator[MetaTraining]:
     """Mark the forward passes inside as meta-training at outer step ``step`` (0 for the
     first) of a run seeded with ``seed``: the only forwards where a model may be random
-    (evaluation and adaptation run outside, deterministic)."""
-    state = MetaTraining(int(seed), int(step))
+    (evaluation and adaptation run outside, deterministic). ``first_task`` is the place in
+    the meta-batch of the first task running inside."""
+    state = MetaTraining(int(seed), int(step), task=first_task, first=first_task)
     token = _TRAINING.set(state)
     try:
         yield state
@@ -107,12 +110,13 @@ def meta_training(seed: int, step: int) -> Iterator[MetaTraining]:
 @contextlib.contextmanager
 def task_forwards(task: int | torch.Tensor) -> Iterator[None]:
     """Inside :func:`meta_training`: the forward passes inside belong to task ``task`` of the
-    meta-batch (a tensor under ``vmap``) and are numbered from 0. Outside it: nothing."""
+    tasks running (a tensor under ``vmap``; counted from :func:`meta_training`'s
+    ``first_task``) and are numbered from 0. Outside it: nothing."""
     state = _TRAINING.get()
     if state is None:
         yield
         return
-    token = _TRAINING.set(dataclasses.replace(state, task=task, forwards=0))
+    token = _TRAINING.set(dataclasses.replace(state, task=state.first + task, forwards=0))
     try:
         yield
     finally:

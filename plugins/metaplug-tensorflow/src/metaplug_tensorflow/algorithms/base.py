@@ -200,6 +200,8 @@ class MetaLearner:
         self._saved = {**{f"model.{n}": v for n, v in weights.items()}, **self.trainables}
         with self.backend.scope():
             self.optimizer = (optimizer or Adam)(list(self.trainables.values()))
+            self._first_task = tf.Variable(0, dtype=tf.int32, trainable=False, name="first_task")
+            """The batch's ``first_task``, read when the compiled step runs."""
         self._compile()
         self._initial_fn = tf.function(lambda weights, x: self.model(weights, x))
         self.setup()
@@ -610,8 +612,11 @@ class MetaLearner:
         e = self.episode_tensors(batch)
         extra = self.extra_train_inputs(batch)
         self.optimizer.schedule()
-        # traced (once) as meta-training: the model may draw from the seed and the step variable
-        with self.backend.scope(), self.precision.scope(), meta_training(self.backend.seed_value, self.optimizer.steps):
+        self._first_task.assign(batch.first_task)
+        # traced (once) as meta-training: the model may draw from the seed, the step variable
+        # and the place of the batch's first task in the meta-batch (a worker's slice)
+        seed, step = self.backend.seed_value, self.optimizer.steps
+        with self.backend.scope(), self.precision.scope(), meta_training(seed, step, first_task=self._first_task):
             metrics = self._train_fn(e.support_x, e.support_y, e.query_x, e.query_y, *extra)
         return {k: float(v) for k, v in metrics.items()}
 

@@ -317,7 +317,7 @@ class MetaLearner:
     def _meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         data = self.episode_tensors(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with models.meta_training(self.seed, self.training_step), self.precision.scope():
+        with models.meta_training(self.seed, self.training_step, batch.first_task), self.precision.scope():
             loss, acc = self.meta_gradients(data, batch)[:2]
         for name in self.freezing.training:  # torch.optim skips parameters without a gradient
             self.params[name].grad = None
