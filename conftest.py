@@ -6,7 +6,11 @@ real Omniglot archives), ``METAPLUG_CACHE_DIR`` to ``.cache/`` in the repository
 """
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent
 _shared = ROOT.parent / "shared" / "data"
@@ -16,3 +20,14 @@ os.environ.setdefault("METAPLUG_CACHE_DIR", str(ROOT / ".cache" / "metaplug"))
 # ``batching = "auto"`` takes the backends' rule: no test times steps unless it tests that
 # (tests/test_calibration*.py, on a fake clock)
 os.environ["METAPLUG_CALIBRATE"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A command run in this process may leave Ctrl-C ignored on purpose (it does so while
+    it exits); the next test, and the processes it starts, get the handlers back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        if signal.getsignal(signum) is not handler and handler is not None:
+            signal.signal(signum, handler)

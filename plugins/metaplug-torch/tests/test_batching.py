@@ -111,3 +111,26 @@ def test_adapt_runs_in_every_batching_mode_on_conv4():
         predictions[mode] = adapted.predict(support.query_x[0])
     np.testing.assert_allclose(predictions["vectorized"], predictions["loop"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(predictions["reference"], predictions["loop"], rtol=1e-4, atol=1e-5)
+
+
+def test_conv4_runs_under_torch_func_and_deterministic_algorithms():
+    """User code may differentiate a conv4 with torch.func, or ask for deterministic
+    algorithms: the loop style's faster pooling steps aside, with the same values."""
+    module = build("maml", IMAGES).model.module
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    x = torch.from_numpy(image_batch(tasks=1).support_x[0]).double()
+    plain = torch.func.functional_call(module, params, (x,))
+
+    def loss(p):
+        return torch.func.functional_call(module, p, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(params)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = module(x)
+        deterministic.square().sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    torch.testing.assert_close(deterministic.detach(), plain, rtol=0, atol=0)

@@ -151,7 +151,14 @@ class Workers:
         return bytes(first[1 : 1 + int(first[0])].astype(np.uint8)).decode("utf-8")
 
     def close(self) -> None:
-        """Nothing to release: TensorFlow's servers end with the process."""
+        """Wait at a barrier of TensorFlow's coordination service until every worker is here:
+        a collective's data is pulled from the worker that holds it, so a worker that left
+        after its last collective could cut off a slower one still pulling from it. The
+        servers end with the process."""
+        from tensorflow.python.eager import context  # the barrier has no public API
+
+        with contextlib.suppress(Exception):  # no coordination service, or a worker already gone
+            context.context().wait_at_barrier("metaplug-close", int(self.timeout_s * 1000))
 
 
 def free_ports(count: int) -> list[int]:

@@ -214,15 +214,27 @@ class ConvStack(nn.Sequential):
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
     """2x2 max-pooling of ``x`` (N, C, H, W); on the CPU in the ``"loop"`` style with
-    :class:`MaxPool2x2` (bitwise the same values and gradients, faster)."""
+    :class:`MaxPool2x2` (bitwise the same values and gradients, faster), unless the caller
+    runs ``torch.func`` transforms (which need an ``autograd.Function`` written for them) or
+    asked for deterministic algorithms (which refuse ``max_unpool2d``, deterministic as it is
+    here: the windows do not overlap)."""
     if (
         x.device.type == "cpu"
         and x.dim() == 4
         and _STYLE.get() == "loop"
         and not x.is_contiguous(memory_format=torch.channels_last)
+        and not _functorch_active()
+        and not torch.are_deterministic_algorithms_enabled()
     ):
         return MaxPool2x2.apply(x)
     return F.max_pool2d(x, 2)
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``...) is running; the check
+    ``torch.autograd.Function.apply`` itself makes (``True`` if torch no longer has it)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())
 
 
 class MaxPool2x2(torch.autograd.Function):
