@@ -22,12 +22,17 @@ os.environ.setdefault("METAPLUG_CACHE_DIR", str(ROOT / ".cache" / "metaplug"))
 os.environ["METAPLUG_CALIBRATE"] = "0"
 
 
+_HANDLERS = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+"""Ctrl-C's and SIGTERM's handlers as the test run started."""
+
+
 @pytest.fixture(autouse=True)
 def _signal_handlers_restored() -> Iterator[None]:
-    """A command run in this process may leave Ctrl-C ignored on purpose (it does so while
-    it exits); the next test, and the processes it starts, get the handlers back."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in saved.items():
-        if signal.getsignal(signum) is not handler and handler is not None:
+    """Each test starts with the run's Ctrl-C and SIGTERM handlers, installed again: a command
+    run in this process may leave Ctrl-C ignored on purpose (it does while it exits), and a
+    framework's native code may change the process's disposition behind Python's back; the
+    processes a test starts inherit whatever is installed."""
+    for signum, handler in _HANDLERS.items():
+        if handler is not None:
             signal.signal(signum, handler)
+    yield

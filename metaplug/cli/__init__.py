@@ -56,9 +56,14 @@ def debugging() -> bool:
 
 def fail(message: str, code: int = 1) -> None:
     """Print ``Error: message`` on stderr as one line and exit with ``code``."""
+    say_error(message)
+    sys.exit(code)
+
+
+def say_error(message: str) -> None:
+    """Print ``Error: message`` on stderr as one line."""
     text = " ".join(str(message).split())
     click.echo(f"Error: {text}", err=True)
-    sys.exit(code)
 
 
 def ignore_further_interrupts() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from metaplug.cli import cli, fail, ignore_further_interrupts
+from metaplug.cli import cli, ignore_further_interrupts, say_error
 from metaplug.cli.threads import threads_option
 
 OPTION_PATHS: dict[str, str] = {
@@ -241,12 +241,13 @@ def train_command(
         result = trainer.run()
     except runner.TrainingInterrupted as exc:
         ignore_further_interrupts()
-        if not scaling.leads(trainer):  # rank 0 says it
-            raise SystemExit(exc.exit_code) from None
-        fail(str(exc), exc.exit_code)
-        return
+        if scaling.leads(trainer):  # rank 0 says it
+            say_error(str(exc))
+        scaling.leave(trainer, exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
     if scaling.leads(trainer):
         report(result, trainer, quiet)
+    scaling.leave(trainer, 0)
 
 
 def resolve_config(config_file: str | None, options: dict[str, Any], assignments: tuple[str, ...]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -136,3 +137,15 @@ def leads(trainer: runner.Trainer) -> bool:
     """Whether this process speaks for the run (one process, or rank 0)."""
     workers = getattr(trainer, "workers", None)
     return workers is None or workers.rank == 0
+
+
+def leave(trainer: runner.Trainer, status: int) -> None:
+    """End a worker's process with ``status`` once its run is over (files written, the
+    workers closed): without the interpreter's teardown, where a framework's communication
+    threads can still abort the process (gloo: ``terminate called without an active
+    exception``) after the run succeeded. One process: nothing (the caller returns)."""
+    if getattr(trainer, "workers", None) is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
