@@ -31,8 +31,9 @@ def _signal_handlers_restored() -> Iterator[None]:
     """Each test starts with the run's Ctrl-C and SIGTERM handlers, installed again: a command
     run in this process may leave Ctrl-C ignored on purpose (it does while it exits), and a
     framework's native code may change the process's disposition behind Python's back; the
-    processes a test starts inherit whatever is installed."""
+    processes a test starts inherit whatever is installed, and the signal mask too."""
     for signum, handler in _HANDLERS.items():
         if handler is not None:
             signal.signal(signum, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLERS)  # and neither of them blocked
     yield
