@@ -23,7 +23,11 @@ os.environ["METAPLUG_CALIBRATE"] = "0"
 
 
 _HANDLERS = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-"""Ctrl-C's and SIGTERM's handlers as the test run started."""
+"""Ctrl-C's and SIGTERM's handlers as the test run started; Python's own Ctrl-C handler when
+it started with Ctrl-C ignored (as a shell starts a background job: ``pytest &``), since the
+tests of Ctrl-C need it delivered."""
+if _HANDLERS[signal.SIGINT] is signal.SIG_IGN:
+    _HANDLERS[signal.SIGINT] = signal.default_int_handler
 
 
 @pytest.fixture(autouse=True)

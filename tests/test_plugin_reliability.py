@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,21 @@ def run(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("METAPLUG_PLUGINS", "METAPLUG_DISABLE_PLUGINS")}
     path = os.pathsep.join([str(site), str(DOUBLES), *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [sys.executable, "-m", "metaplug", *args]
-    return subprocess.run(command, capture_output=True, text=True, env={**base, "PYTHONPATH": path, **env}, timeout=120)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": path, **env},
+        timeout=120,
+        preexec_fn=ctrl_c_delivered,
+    )
+
+
+def ctrl_c_delivered() -> None:
+    """In the child, before it starts Python: Ctrl-C neither ignored nor blocked, whatever this
+    process inherited or a library left (the tests of Ctrl-C need it delivered)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @pytest.fixture(scope="module")

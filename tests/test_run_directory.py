@@ -242,6 +242,9 @@ def test_a_signal_during_start_up_leaves_no_directory(double, tmp_path, monkeypa
 
     def build_then_signal(cfg, **options):
         experiment = real_build(cfg, **options)
+        if signum == signal.SIGINT:  # delivered as Python's Ctrl-C, whatever a library left
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         os.kill(os.getpid(), signum)
         return experiment
 
