@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from metaplug.contract.allocator import state as allocator_state
 from metaplug.contract.distributed import DEFAULT_TIMEOUT_S
 from metaplug.contract.interfaces import EpisodeBatch, TaskSpec
 from metaplug.contract.threads import ENV as THREADS_ENV
@@ -448,6 +449,7 @@ def measure(
         "peak_gpu_mb": peak_gpu_mb(backend),
         "threads": threads if isinstance(threads, int) else getattr(threads, "threads", None),
         "threads_reason": getattr(threads, "reason", None),
+        "allocator": allocator_state(),
         "options": dict(overrides or {}),
         **floor,
         **({"x_floor": round(1000 * median / floor["floor_ms"], 2)} if floor else {}),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metaplug.contract.allocator import keep_freed_memory
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
 from metaplug.contract.options import checked
 from metaplug.contract.threads import ENV, ThreadChoice, choose_threads
@@ -71,6 +72,8 @@ class Backend:
         before TensorFlow's runtime starts); ``None``: ``METAPLUG_THREADS`` or chosen for the
         machine and its load (:func:`metaplug.contract.threads.choose_threads`), and 1 for a
         standard ``mlp`` as small as the sinusoid's. :attr:`threads` says what was chosen and why.
+        :attr:`allocator` says whether freed memory is kept for reuse
+        (:func:`metaplug.contract.allocator.keep_freed_memory`, process-wide).
     :param devices: how many devices this process trains on (default 1). Several run a
         ``tf.distribute.MirroredStrategy`` (:mod:`metaplug_tensorflow.mirrored`): the first
         ``devices`` GPUs for ``device`` ``"gpu"`` (or ``None`` where a GPU is visible), the CPU
@@ -109,6 +112,7 @@ class Backend:
         self.seed_value = 0
         self._threads_requested = threads is not None
         self.threads: ThreadChoice = self._apply_threads(choose_threads(threads))
+        self.allocator = keep_freed_memory()
         self.replicas: Replicas | None = None
         if devices > 1:
             from metaplug_tensorflow.mirrored import Replicas

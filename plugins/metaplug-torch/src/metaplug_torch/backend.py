@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaplug.contract.allocator import keep_freed_memory
 from metaplug.contract.interfaces import EpisodeBatch, ModelSpec
 from metaplug.contract.threads import ENV, ThreadChoice, choose_threads
 from metaplug.errors import ConfigError
@@ -46,6 +47,8 @@ class Backend:
         ``None``: ``METAPLUG_THREADS`` or chosen for the machine and its load
         (:func:`metaplug.contract.threads.choose_threads`), and 1 once a model as small as
         the sinusoid MLP is seen (:meth:`fit_threads`). :attr:`threads` says what was chosen and why.
+        :attr:`allocator` says whether freed memory is kept for reuse
+        (:func:`metaplug.contract.allocator.keep_freed_memory`, process-wide).
     """
 
     name = "torch"
@@ -73,6 +76,7 @@ class Backend:
         self._threads_requested = threads is not None
         self.threads: ThreadChoice = choose_threads(threads)
         torch.set_num_threads(self.threads.threads)
+        self.allocator = keep_freed_memory()
 
     def fit_threads(self, module: torch.nn.Module) -> None:
         """One thread for a model too small to split its operations (no convolution, fewer
