@@ -12,17 +12,17 @@ class FakeBackend:
     def __init__(self, rate: float, gpu: float | None) -> None:
         self.rate, self.gpu = rate, gpu
 
-    def matmul_gflop_per_s(self) -> float:
+    def dense_gflop_per_s(self) -> float:
         return self.rate
 
     def peak_gpu_mb(self) -> float | None:
         return self.gpu
 
 
-def test_the_floor_is_the_nominal_work_at_the_measured_matrix_product_rate() -> None:
+def test_the_floor_is_the_nominal_work_at_the_measured_dense_rate() -> None:
     conv4 = workload("omniglot-maml")
     floor = compute_floor(conv4, FakeBackend(200.0, None))
-    assert floor == {"matmul_gflop_per_s": 200.0, "floor_ms": round(1000 * nominal_gflop(conv4) / 200.0, 1)}
+    assert floor == {"dense_gflop_per_s": 200.0, "floor_ms": round(1000 * nominal_gflop(conv4) / 200.0, 1)}
     assert 700 < floor["floor_ms"] < 800  # 150.8 GFLOP at 200 GFLOP/s
     assert compute_floor(workload("sinusoid-maml"), FakeBackend(200.0, None)) == {}  # no nominal count
     assert compute_floor(conv4, object()) == {}  # a backend that cannot measure its rate
@@ -49,11 +49,17 @@ def test_overrides_set_algorithm_options_and_unknown_ones_are_named() -> None:
         measure("torch", "sinusoid-maml", steps=1, warmup=0, overrides={"inner_stepz": 2})
 
 
-def test_torch_backend_measures_its_matrix_product_rate() -> None:
-    pytest.importorskip("torch")
-    from metaplug_torch.backend import Backend
+@pytest.mark.parametrize("name", ["torch", "tensorflow"])
+def test_backends_measure_their_dense_rate(name: str) -> None:
+    """Both measure the better of a matrix product and a convolution."""
+    if name == "torch":
+        pytest.importorskip("torch")
+        from metaplug_torch.backend import Backend
+    else:
+        pytest.importorskip("tensorflow")
+        from metaplug_tensorflow.backend import Backend  # type: ignore[assignment]
 
-    assert Backend(device="cpu", threads=1).matmul_gflop_per_s(size=64, repeats=1) > 0
+    assert Backend(device="cpu", threads=1).dense_gflop_per_s(repeats=1) > 0
 
 
 def test_busy_processes_end_with_their_parent() -> None:

@@ -466,15 +466,16 @@ def measure(
 
 
 def compute_floor(w: Workload, backend: Any) -> dict[str, float]:
-    """``matmul_gflop_per_s`` (the backend's measured float32 matrix-product rate, its
-    ``matmul_gflop_per_s()``) and ``floor_ms``, the workload's nominal FLOPs at that rate:
-    no step can be faster, so ``median_ms / floor_ms`` compares machines. Empty for a
-    workload without a nominal count or a backend that cannot measure the rate."""
-    gflop, rate = nominal_gflop(w), getattr(backend, "matmul_gflop_per_s", None)
+    """``dense_gflop_per_s`` (the backend's measured float32 rate of dense arithmetic, its
+    ``dense_gflop_per_s()``: the better of a matrix product and a convolution) and
+    ``floor_ms``, the workload's nominal FLOPs at that rate: no step can be faster, so
+    ``median_ms / floor_ms`` compares machines. Empty for a workload without a nominal
+    count or a backend that cannot measure the rate."""
+    gflop, rate = nominal_gflop(w), getattr(backend, "dense_gflop_per_s", None)
     if gflop is None or not callable(rate):
         return {}
     measured = float(rate())
-    return {"matmul_gflop_per_s": round(measured, 1), "floor_ms": round(1000 * gflop / measured, 1)}
+    return {"dense_gflop_per_s": round(measured, 1), "floor_ms": round(1000 * gflop / measured, 1)}
 
 
 def peak_gpu_mb(backend: Any) -> float | None:

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,17 +170,18 @@ class Backend:
             return None
         return tf.config.experimental.get_memory_info(f"GPU:{index or 0}")["peak"] / 2**20
 
-    def matmul_gflop_per_s(self, size: int = 1024, repeats: int = 5) -> float:
-        """The float32 matrix-product rate on :attr:`device` with the current threads: the
-        best of ``repeats`` ``size``-square products (``metaplug bench``'s compute floor)."""
+    def dense_gflop_per_s(self, repeats: int = 5) -> float:
+        """The float32 rate of dense arithmetic on :attr:`device` with the current threads:
+        the better of a 1024-square matrix product and a 3x3 convolution (32 maps of 28x28x64
+        to 64 channels), each the best of ``repeats`` (``metaplug bench``'s compute floor).
+        Both, because they can run on different kernels (torch's did on an AMD CPU:
+        docs/benchmarks.md)."""
         with self.scope():
-            a = tf.random.uniform((size, size), dtype=tf.float32)
-            best = float("inf")
-            for _ in range(repeats + 1):  # the first product warms up
-                began = time.perf_counter()
-                float(tf.reduce_sum(tf.matmul(a, a)))
-                best = min(best, time.perf_counter() - began)
-        return 2 * size**3 / best / 1e9
+            a = tf.random.uniform((1024, 1024), dtype=tf.float32)
+            maps, kernel = tf.random.uniform((32, 28, 28, 64)), tf.random.uniform((3, 3, 64, 64))
+            product = _best_seconds(lambda: tf.matmul(a, a), repeats)
+            convolution = _best_seconds(lambda: tf.nn.conv2d(maps, kernel, 1, "SAME"), repeats)
+        return max(2 * 1024**3 / product, 2 * 32 * 28 * 28 * 64 * 64 * 9 / convolution) / 1e9
 
     def with_dtype(self, dtype: tf.DType) -> Backend:
         """This backend (same device and generators) computing in ``dtype``; ``self`` if it already does."""
@@ -247,3 +248,13 @@ class Backend:
         from metaplug_tensorflow.weights import read_weights
 
         return read_weights(path, model)
+
+
+def _best_seconds(compute: Callable[[], tf.Tensor], repeats: int) -> float:
+    """The shortest of ``repeats`` runs of ``compute`` (after one that warms up), in seconds."""
+    best = float("inf")
+    for _ in range(repeats + 1):
+        began = time.perf_counter()
+        float(tf.reduce_sum(compute()))
+        best = min(best, time.perf_counter() - began)
+    return best

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,18 +95,17 @@ class Backend:
             return None
         return torch.cuda.max_memory_allocated(self.device) / 2**20
 
-    def matmul_gflop_per_s(self, size: int = 1024, repeats: int = 5) -> float:
-        """The float32 matrix-product rate on :attr:`device` with the current threads: the
-        best of ``repeats`` ``size``-square products (``metaplug bench``'s compute floor)."""
-        a = torch.rand(size, size, device=self.device)
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first product warms up
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            began = time.perf_counter()
-            (a @ a).sum().item()
-            best = min(best, time.perf_counter() - began)
-        return 2 * size**3 / best / 1e9
+    def dense_gflop_per_s(self, repeats: int = 5) -> float:
+        """The float32 rate of dense arithmetic on :attr:`device` with the current threads:
+        the better of a 1024-square matrix product and a 3x3 convolution (32 maps of 64x28x28
+        to 64 channels), each the best of ``repeats`` (``metaplug bench``'s compute floor).
+        Both, because they run on different kernels: on an AMD CPU torch's matrix product
+        (MKL) reached 110 GFLOP/s and its convolutions (oneDNN) 240 (docs/benchmarks.md)."""
+        a = torch.rand(1024, 1024, device=self.device)
+        maps, kernel = torch.rand(32, 64, 28, 28, device=self.device), torch.rand(64, 64, 3, 3, device=self.device)
+        product = _best_seconds(lambda: a @ a, repeats, self.device)
+        convolution = _best_seconds(lambda: torch.nn.functional.conv2d(maps, kernel, padding=1), repeats, self.device)
+        return max(2 * 1024**3 / product, 2 * maps.numel() * 64 * 9 / convolution) / 1e9
 
     @classmethod
     def join_workers(cls, timeout_s: float, device: str | None = None) -> Any:
@@ -152,3 +151,15 @@ class Backend:
         """A torch state dict saved with ``torch.save``, read with ``weights_only=True``, as
         numpy arrays by name (see :mod:`metaplug_torch.weights`)."""
         return weights.read_weights(path)
+
+
+def _best_seconds(compute: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> float:
+    """The shortest of ``repeats`` runs of ``compute`` on ``device`` (after one that warms up), in seconds."""
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        compute().sum().item()
+        best = min(best, time.perf_counter() - began)
+    return best
