@@ -100,6 +100,36 @@ def test_the_loop_styles_max_pooling_is_bitwise_native_pooling_to_second_order(d
     assert all(torch.equal(a, b) for a, b in zip(*found, strict=True))
 
 
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_the_loop_styles_batch_norm_equals_native_batch_norm_to_second_order(offset):
+    """Same values, gradients and second-order gradients as ``F.batch_norm`` (float64), and
+    float32 statistics as precise as PyTorch's own kernel, far from zero too."""
+    import torch.nn.functional as F
+
+    from metaplug_torch.models import CPUBatchNorm
+
+    generator = torch.Generator().manual_seed(1)
+    x = (2 * torch.randn(6, 4, 5, 5, dtype=torch.float64, generator=generator) + offset).requires_grad_()
+    weight = (torch.rand(4, dtype=torch.float64, generator=generator) + 0.5).requires_grad_()
+    bias = torch.randn(4, dtype=torch.float64, generator=generator).requires_grad_()
+    outer = torch.randn(6, 4, 5, 5, dtype=torch.float64, generator=generator)
+    found = []
+    for norm in (lambda *a: F.batch_norm(a[0], None, None, a[1], a[2], True, 0.0, 1e-5), CPUBatchNorm.apply):
+        y = norm(x, weight, bias, 1e-5)
+        grads = torch.autograd.grad((y * outer).sum() + y.pow(3).sum(), (x, weight, bias), create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), (x, weight, bias))
+        found.append((y, *grads, *second))
+    for native, ours in zip(*found, strict=True):
+        torch.testing.assert_close(ours, native, rtol=1e-9, atol=1e-9)
+
+    big = 2 * torch.randn(75, 64, 28, 28, generator=generator) + offset
+    w, b = torch.rand(64, generator=generator) + 0.5, torch.randn(64, generator=generator)
+    exact = F.batch_norm(big.double(), None, None, w.double(), b.double(), True, 0.0, 1e-5)
+    native_error = (F.batch_norm(big, None, None, w, b, True, 0.0, 1e-5).double() - exact).abs().max()
+    our_error = (CPUBatchNorm.apply(big, w, b, 1e-5).double() - exact).abs().max()
+    assert our_error <= 2.5 * native_error
+
+
 def test_adapt_runs_in_every_batching_mode_on_conv4():
     """adapt's inner loop runs in its mode's execution style (vectorized: torch.func, whose
     layers must not be the loop style's autograd.Function pooling), as evaluate does."""

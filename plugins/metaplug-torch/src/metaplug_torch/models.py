@@ -150,12 +150,61 @@ def batch_norm(
             # zero; centring first helps (batch norm ignores the shift: same values and
             # gradients)
             x = x - x.detach().mean(axes, keepdim=True)
+        if _fast_batch_norm_applies(x):
+            return CPUBatchNorm.apply(x, weight, bias, eps)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     mean = x.mean(axes, keepdim=True)
     centred = x - mean
     variance = centred.square().mean(axes, keepdim=True)
     return centred * torch.rsqrt(variance + eps) * weight.reshape(shape) + bias.reshape(shape)
+
+
+def _fast_batch_norm_applies(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and _STYLE.get() == "loop"
+        and x.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+        and not _functorch_active()
+    )
+
+
+class CPUBatchNorm(torch.autograd.Function):
+    """Batch norm with the batch's statistics, whose statistics are vectorised reductions.
+
+    PyTorch's CPU kernel sums each channel in a scalar loop in double precision (torch
+    2.13): on a conv4 query batch (75x64x28x28) its forward pass took 4.9 ms, where the
+    mean alone takes 0.17 ms. Here the statistics are torch's vectorised reductions in the
+    corrected two-pass algorithm (mean, then the mean and second moment of the centred
+    input: errors against float64 as small as the kernel's), the output is the kernel's
+    affine transform with those statistics, and the backward pass
+    is PyTorch's own ``native_batch_norm_backward`` (differentiable again, so second order
+    works exactly as with ``F.batch_norm``). 1.6-2.3x faster forward and backward on
+    conv4's maps (docs/benchmarks.md); values equal ``F.batch_norm``'s up to rounding."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        axes = (0, *range(2, x.dim()))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        first = x.mean(axes)
+        centred = x - first.reshape(shape)
+        correction = centred.mean(axes)  # the corrected two-pass algorithm: as precise as PyTorch's kernel
+        variance = (centred.square_().mean(axes) - correction.square()).clamp_(min=0.0)
+        mean = first + correction
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(variance + eps))
+        ctx.eps = eps
+        return F.batch_norm(x, mean, variance, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, None, None, mean, invstd, True, ctx.eps, [needs[0], needs[1], needs[2]]
+        )
+        return grads[0], grads[1], grads[2], None
 
 
 class BatchNorm(nn.Module):
