@@ -17,6 +17,10 @@ SPEC = TaskSpec("classification", (1, 16, 16), 3, num_classes=3, default_model="
 MODEL = ModelSpec("conv4", (1, 16, 16), 3, {"filters": 4})
 MLP_SPEC = TaskSpec("regression", (1,), 1, default_model="mlp")
 MLP = ModelSpec("mlp", (1,), 1, {"hidden": (8, 8)})
+RESNET12 = ModelSpec(
+    "resnet12", (1, 16, 16), 3, {"channels": (2, 3, 3, 4), "drop_rate": 0.3, "dropblock_size": 2, "dropblock_ramp": 1}
+)
+"""Dropout and DropBlock at full rate from the first step: every forward pass draws masks."""
 
 
 def batch(spec: TaskSpec, seed: int = 0, tasks: int = 2) -> EpisodeBatch:
@@ -40,7 +44,7 @@ def build(backend: str, name: str, model: str = "conv4", **hyper: Any) -> Any:
     reg = registry()
     sgd = functools.partial(reg.load("optimizers", "sgd", backend=backend), lr=1.0)
     algorithm_class = reg.load("algorithms", name, backend=backend)
-    spec, model_spec = (SPEC, MODEL) if model == "conv4" else (MLP_SPEC, MLP)
+    spec, model_spec = {"conv4": (SPEC, MODEL), "mlp": (MLP_SPEC, MLP), "resnet12": (SPEC, RESNET12)}[model]
     if backend == "torch":
         instance = reg.load("backends", "torch")(device="cpu")
         instance.seed(0)
@@ -87,6 +91,49 @@ def test_recomputed_inner_steps_give_the_stored_meta_gradient(
     assert largest > 1e-3  # a real gradient, not zeros on both sides
     for key, expected in stored.items():
         np.testing.assert_allclose(recomputed[key], expected, rtol=1e-10, atol=1e-12 * largest, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("tensorflow", marks=SLOW)])
+def test_recomputed_steps_draw_the_stored_dropout_and_dropblock_masks(backend: str) -> None:
+    """ResNet-12's DropBlock draws its masks from the forward pass's number within the task:
+    a recomputed step must draw its first pass's masks again, not the next numbers'."""
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    hyper = {"model": "resnet12", "inner_lr": 0.1, "inner_steps": 2, "batching": "loop"}
+    stored = meta_gradient(build(backend, "maml", **hyper))
+    recomputed = meta_gradient(build(backend, "maml", recompute_inner=True, **hyper))
+    largest = max(float(np.abs(g).max()) for g in stored.values())
+    assert largest > 1e-3
+    for key, expected in stored.items():
+        np.testing.assert_allclose(recomputed[key], expected, rtol=1e-10, atol=1e-12 * largest, err_msg=key)
+
+
+def test_tensorflow_recomputation_is_traced_with_the_first_runs_forward_numbers() -> None:
+    """The quick check of the TensorFlow case above: the forward passes a recomputed step
+    makes in the backward pass get the numbers (and the task) of its first run."""
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    from metaplug_tensorflow.algorithms.base import recomputed
+    from metaplug_tensorflow.models import meta_training, task_forwards, training_forward
+
+    seen: list[tuple[Any, int]] = []
+
+    def step(w: Any) -> list[Any]:
+        drawn = training_forward()
+        assert drawn is not None
+        seen.append((int(drawn[1]), drawn[2]))
+        return [w * w]
+
+    w = tf.constant(3.0)
+    with meta_training(0, tf.constant(0)), task_forwards(4):  # as in a task's meta-gradient
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            once = recomputed(step)(w)[0]
+            twice = recomputed(step)(once)[0]
+            training_forward()  # the query's forward pass: the recomputations come after it
+        gradient = tape.gradient(twice, w)
+    assert float(gradient) == pytest.approx(4 * 3.0**3)
+    assert seen == [(4, 0), (4, 1), (4, 1), (4, 0)]  # two steps, then recomputed backwards
 
 
 def test_recompute_differs_from_first_order() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from metaplug.contract.interfaces import InnerRule, apply_rule, initial_state, resolve_inner_rule
+from metaplug_torch.models import replay_forwards
 
 Params = Mapping[str, torch.Tensor]
 
@@ -202,7 +203,7 @@ class _RecomputedStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, step: StepFn, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.step = step
+        ctx.step, ctx.replay = step, replay_forwards()
         ctx.save_for_backward(*tensors)
         with torch.enable_grad():
             return tuple(t.detach() for t in step(_leaves(tensors), False))
@@ -210,7 +211,7 @@ class _RecomputedStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         inputs = _leaves(ctx.saved_tensors)
-        with torch.enable_grad():
+        with torch.enable_grad(), ctx.replay():  # the forward's random draws and execution style
             outputs = ctx.step(inputs, True)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad and ctx.needs_input_grad[1 + i]]
         found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], upstream, allow_unused=True)
@@ -230,8 +231,10 @@ def recomputed_steps(
     """``steps`` second-order inner steps whose graphs are not stored: each keeps only its
     inputs (the adapted tensors and ``context``, every other tensor the step reads, e.g. the
     support inputs, labels, non-adapted weights and the rule's learnables) and is recomputed
-    in the backward pass, so memory does not grow with ``steps``. The meta-gradient is the
-    stored loop's. ``step`` receives ``[*adapted, *context]``."""
+    in the backward pass, so memory does not grow with ``steps``. The recomputation runs
+    in the step's first execution style and draws its random masks again
+    (:func:`metaplug_torch.models.replay_forwards`), so the meta-gradient is the stored
+    loop's. ``step`` receives ``[*adapted, *context]``."""
     current = list(adapted)
     for _ in range(steps):
         current = list(_RecomputedStep.apply(step, *current, *context))

@@ -133,6 +133,28 @@ def training_forward() -> tuple[MetaTraining, int | torch.Tensor, int] | None:
     return state, task, number
 
 
+def replay_forwards() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """For computing again, later, the forward passes about to start: a context manager
+    factory under which forward passes run as they would now, in this execution style and
+    with this meta-training state, numbered from the next forward's number (so ResNet-12
+    draws the same dropout and DropBlock masks), whatever the context or thread they are
+    recomputed in (:func:`metaplug_torch.inner.recomputed_steps`)."""
+    state, style = _TRAINING.get(), _STYLE.get()
+    frozen = None if state is None else dataclasses.replace(state)
+
+    @contextlib.contextmanager
+    def replay() -> Iterator[None]:
+        training = _TRAINING.set(None if frozen is None else dataclasses.replace(frozen))
+        styled = _STYLE.set(style)
+        try:
+            yield
+        finally:
+            _STYLE.reset(styled)
+            _TRAINING.reset(training)
+
+    return replay
+
+
 def batch_norm(
     x: torch.Tensor,
     weight: torch.Tensor,
