@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -116,24 +116,24 @@ def training_forward() -> tuple[MetaTraining, int | tf.Tensor, int] | None:
     return state, task, number
 
 
-def replay_forwards() -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """For tracing again, later, the forward passes about to be traced: a context manager
-    factory under which forward passes are traced with this meta-training state, numbered
-    from the next forward's number (so ResNet-12 draws the same dropout and DropBlock
-    masks), wherever they are traced again
+class ReplayedForwards:
+    """For tracing again, later, the forward passes about to be traced (made at the next
+    forward's point): a reusable context manager under which forward passes are traced with
+    that meta-training state, numbered from that forward's number (so ResNet-12 draws the
+    same dropout and DropBlock masks), wherever they are traced again
     (:func:`metaplug_tensorflow.algorithms.base.recomputed`)."""
-    state = _TRAINING.get()
-    frozen = None if state is None else dataclasses.replace(state)
 
-    @contextlib.contextmanager
-    def replay() -> Iterator[None]:
-        token = _TRAINING.set(None if frozen is None else dataclasses.replace(frozen))
-        try:
-            yield
-        finally:
-            _TRAINING.reset(token)
+    def __init__(self) -> None:
+        state = _TRAINING.get()
+        self.state = None if state is None else dataclasses.replace(state)
+        self.tokens: list[contextvars.Token[MetaTraining | None]] = []
 
-    return replay
+    def __enter__(self) -> None:
+        fresh = None if self.state is None else dataclasses.replace(self.state)  # counts from here each time
+        self.tokens.append(_TRAINING.set(fresh))
+
+    def __exit__(self, *exc: object) -> None:
+        _TRAINING.reset(self.tokens.pop())
 
 
 def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, per_task: bool) -> tf.Tensor:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from metaplug.contract.interfaces import InnerRule, apply_rule, initial_state, resolve_inner_rule
-from metaplug_torch.models import replay_forwards
+from metaplug_torch.models import ReplayedForwards
 
 Params = Mapping[str, torch.Tensor]
 
@@ -203,7 +203,7 @@ class _RecomputedStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, step: StepFn, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.step, ctx.replay = step, replay_forwards()
+        ctx.step, ctx.replay = step, ReplayedForwards()
         ctx.save_for_backward(*tensors)
         with torch.enable_grad():
             return tuple(t.detach() for t in step(_leaves(tensors), False))
@@ -211,7 +211,7 @@ class _RecomputedStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         inputs = _leaves(ctx.saved_tensors)
-        with torch.enable_grad(), ctx.replay():  # the forward's random draws and execution style
+        with torch.enable_grad(), ctx.replay:  # the forward's random draws and execution style
             outputs = ctx.step(inputs, True)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad and ctx.needs_input_grad[1 + i]]
         found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], upstream, allow_unused=True)
@@ -233,7 +233,7 @@ def recomputed_steps(
     support inputs, labels, non-adapted weights and the rule's learnables) and is recomputed
     in the backward pass, so memory does not grow with ``steps``. The recomputation runs
     in the step's first execution style and draws its random masks again
-    (:func:`metaplug_torch.models.replay_forwards`), so the meta-gradient is the stored
+    (:class:`metaplug_torch.models.ReplayedForwards`), so the meta-gradient is the stored
     loop's. ``step`` receives ``[*adapted, *context]``."""
     current = list(adapted)
     for _ in range(steps):

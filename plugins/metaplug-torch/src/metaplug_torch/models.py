@@ -133,26 +133,27 @@ def training_forward() -> tuple[MetaTraining, int | torch.Tensor, int] | None:
     return state, task, number
 
 
-def replay_forwards() -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """For computing again, later, the forward passes about to start: a context manager
-    factory under which forward passes run as they would now, in this execution style and
-    with this meta-training state, numbered from the next forward's number (so ResNet-12
-    draws the same dropout and DropBlock masks), whatever the context or thread they are
-    recomputed in (:func:`metaplug_torch.inner.recomputed_steps`)."""
-    state, style = _TRAINING.get(), _STYLE.get()
-    frozen = None if state is None else dataclasses.replace(state)
+class ReplayedForwards:
+    """For computing again, later, the forward passes about to start (made at the next
+    forward's point): a reusable context manager under which forward passes run as they
+    would have there, in that execution style and meta-training state, numbered from that
+    forward's number (so ResNet-12 draws the same dropout and DropBlock masks), whatever the
+    context or thread they are recomputed in (:func:`metaplug_torch.inner.recomputed_steps`)."""
 
-    @contextlib.contextmanager
-    def replay() -> Iterator[None]:
-        training = _TRAINING.set(None if frozen is None else dataclasses.replace(frozen))
-        styled = _STYLE.set(style)
-        try:
-            yield
-        finally:
-            _STYLE.reset(styled)
-            _TRAINING.reset(training)
+    def __init__(self) -> None:
+        state = _TRAINING.get()
+        self.state = None if state is None else dataclasses.replace(state)
+        self.style = _STYLE.get()
+        self.tokens: list[tuple[contextvars.Token[MetaTraining | None], contextvars.Token[str]]] = []
 
-    return replay
+    def __enter__(self) -> None:
+        fresh = None if self.state is None else dataclasses.replace(self.state)  # counts from here each time
+        self.tokens.append((_TRAINING.set(fresh), _STYLE.set(self.style)))
+
+    def __exit__(self, *exc: object) -> None:
+        training, style = self.tokens.pop()
+        _STYLE.reset(style)
+        _TRAINING.reset(training)
 
 
 def batch_norm(

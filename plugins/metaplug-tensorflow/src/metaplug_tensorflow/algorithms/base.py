@@ -33,7 +33,7 @@ from metaplug_tensorflow.functional import KerasModel, first_line, is_keras_mode
 from metaplug_tensorflow.inner import resolve_rule
 from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import accuracy, task_loss
-from metaplug_tensorflow.models import FunctionalModel, meta_training, replay_forwards, task_forwards
+from metaplug_tensorflow.models import FunctionalModel, ReplayedForwards, meta_training, task_forwards
 from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
 from metaplug_tensorflow.precision import Precision
 
@@ -75,16 +75,16 @@ def recomputed(fn: Callable[..., list[tf.Tensor]]) -> Callable[..., list[tf.Tens
     recomputation ran during the forward pass and its intermediates waited for the
     backward pass (as much memory as storing them). Its ops are named ``recomputed_step``.
     The recomputation is traced with the meta-training state of the first run
-    (:func:`~metaplug_tensorflow.models.replay_forwards`), so it draws the same dropout and
+    (:class:`~metaplug_tensorflow.models.ReplayedForwards`), so it draws the same dropout and
     DropBlock masks."""
 
     @tf.custom_gradient
     def run(*inputs: tf.Tensor) -> Any:
-        replay = replay_forwards()
+        replay = ReplayedForwards()
 
         def gradient(*upstream: tf.Tensor, variables: Sequence[tf.Variable] | None = None) -> Any:
             variables = list(variables or [])
-            with tf.name_scope("recomputed_step"), replay():
+            with tf.name_scope("recomputed_step"), replay:
                 again_inputs = after(inputs, upstream)
                 with tf.GradientTape() as tape:
                     tape.watch(again_inputs)
