@@ -63,12 +63,15 @@ class MetaTraining:
     first: int | tf.Tensor = 0
     """The place in the meta-batch of the first task traced here (a device's slice of it
     starts later than 0: :mod:`metaplug_tensorflow.mirrored`)."""
+    offset: int | tf.Tensor = 0
+    """Added to the forward numbers: an int64 tensor in the body of a loop traced once and
+    run several times (:class:`LoopForwards`)."""
 
-    def next_forward(self) -> tuple[int | tf.Tensor, int]:
+    def next_forward(self) -> tuple[int | tf.Tensor, int | tf.Tensor]:
         """The first task and the number of the forward pass starting now (counted)."""
         number = self.forwards
         self.forwards += 1
-        return self.task, number
+        return self.task, self.offset + number
 
 
 _TRAINING: contextvars.ContextVar[MetaTraining | None] = contextvars.ContextVar(
@@ -106,7 +109,7 @@ def task_forwards(task: int | tf.Tensor) -> Iterator[None]:
         _TRAINING.reset(token)
 
 
-def training_forward() -> tuple[MetaTraining, int | tf.Tensor, int] | None:
+def training_forward() -> tuple[MetaTraining, int | tf.Tensor, int | tf.Tensor] | None:
     """For a model starting a forward pass: ``(state, first task, forward number)`` during
     meta-training (counting this forward), else ``None``."""
     state = _TRAINING.get()
@@ -134,6 +137,46 @@ class ReplayedForwards:
 
     def __exit__(self, *exc: object) -> None:
         _TRAINING.reset(self.tokens.pop())
+
+
+class LoopForwards:
+    """Numbers the forward passes of a ``tf.while_loop`` body (traced once, run ``steps``
+    times) as the unrolled loop would: iteration ``i`` continues from the number the next
+    forward had before the loop, plus ``i`` times the forwards an iteration makes
+    (:attr:`per_iteration`). Created before the loop, which reads the meta-training step
+    there (a variable read inside the loop's gradient is not threaded through it).
+
+    ``with numbering.iteration(i):`` around the body's tracing; afterwards :attr:`made` is
+    the number of forwards the traced body made (trace again if it is not
+    :attr:`per_iteration`); :meth:`finish` counts the loop's forwards for those after it."""
+
+    def __init__(self, per_iteration: int = 1) -> None:
+        self.state = _TRAINING.get()
+        self.step = None if self.state is None else tf.convert_to_tensor(self.state.step)
+        self.per_iteration, self.made = per_iteration, per_iteration
+        self.tokens: list[contextvars.Token[MetaTraining | None]] = []
+        self.index: tf.Tensor | None = None
+
+    def iteration(self, index: tf.Tensor) -> LoopForwards:
+        self.index = index
+        return self
+
+    def __enter__(self) -> None:
+        state = self.state
+        if state is not None and self.index is not None:
+            start = state.offset + state.forwards + tf.cast(self.index, tf.int64) * self.per_iteration
+            state = dataclasses.replace(state, step=self.step, forwards=0, offset=start)
+        self.tokens.append(_TRAINING.set(state))
+
+    def __exit__(self, *exc: object) -> None:
+        state = _TRAINING.get()
+        self.made = self.per_iteration if state is None else state.forwards
+        _TRAINING.reset(self.tokens.pop())
+
+    def finish(self, steps: int) -> None:
+        """Count the ``steps`` iterations' forwards as made."""
+        if self.state is not None:
+            self.state.forwards += steps * self.per_iteration
 
 
 def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, per_task: bool) -> tf.Tensor:
@@ -306,7 +349,7 @@ class Draw:
 
     seed: int
     step: tf.Tensor
-    forward: int
+    forward: int | tf.Tensor
     tasks: tf.Tensor
 
 

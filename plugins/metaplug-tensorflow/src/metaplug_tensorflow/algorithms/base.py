@@ -33,7 +33,7 @@ from metaplug_tensorflow.functional import KerasModel, first_line, is_keras_mode
 from metaplug_tensorflow.inner import resolve_rule
 from metaplug_tensorflow.layout import to_native, to_shared
 from metaplug_tensorflow.losses import accuracy, task_loss
-from metaplug_tensorflow.models import FunctionalModel, ReplayedForwards, meta_training, task_forwards
+from metaplug_tensorflow.models import FunctionalModel, LoopForwards, ReplayedForwards, meta_training, task_forwards
 from metaplug_tensorflow.optimizers import Adam, OuterOptimizer
 from metaplug_tensorflow.precision import Precision
 
@@ -100,6 +100,39 @@ def recomputed(fn: Callable[..., list[tf.Tensor]]) -> Callable[..., list[tf.Tens
         return fn(*inputs), gradient
 
     return run
+
+
+def recomputed_steps(
+    step: Callable[..., list[tf.Tensor]], adapted: Sequence[tf.Tensor], context: Sequence[tf.Tensor], steps: int
+) -> list[tf.Tensor]:
+    """``steps`` second-order inner steps whose graphs are not stored: ``step(*adapted,
+    *context)`` returns the new adapted tensors, and is :func:`recomputed` in the backward
+    pass. ``context`` is every other tensor the step reads that needs a gradient (the support
+    inputs, the rule's learnables read from their variables): the step must read no variable
+    itself. Several steps run in a ``tf.while_loop``, so that the graph holds one step and
+    one recomputation however many steps there are (unrolled, the compiled graph of ten
+    ResNet-12 steps took more memory than their tensors); the forward passes are numbered
+    as unrolled (:class:`~metaplug_tensorflow.models.LoopForwards`), so dropout and
+    DropBlock draw what the stored steps draw."""
+    run = recomputed(step)
+    if steps <= 1:
+        return list(run(*adapted, *context)) if steps == 1 else list(adapted)
+    numbering = LoopForwards()
+
+    def loop() -> list[tf.Tensor]:
+        def body(i: tf.Tensor, *current: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            with numbering.iteration(i):
+                return (i + 1, *run(*current, *context))
+
+        start = (tf.constant(0), *adapted)
+        return list(tf.while_loop(lambda i, *_: i < steps, body, start, parallel_iterations=1)[1:])
+
+    done = loop()
+    if numbering.made != numbering.per_iteration:  # a step makes more (or fewer) forwards: number again
+        numbering.per_iteration = numbering.made
+        done = loop()
+    numbering.finish(steps)
+    return done
 
 
 class MetaLearner:
@@ -374,7 +407,6 @@ class MetaLearner:
         steps: int,
         update: Update,
         second_order: bool = False,
-        recompute: bool = False,
     ) -> Weights:
         """``steps`` inner updates ``weights = update(weights, grads)`` of per-task ``weights``
         on the loss of ``forward(weights, x)`` against ``y``.
@@ -383,17 +415,7 @@ class MetaLearner:
         unwatched, their gradient would silently be ``None``). The summed loss gives
         each task the gradient of its own loss. Without ``second_order`` the inner
         gradients are constants for the outer gradient (first-order approximation).
-
-        ``recompute`` (second order, stateless rules) computes each step's gradient by
-        rerunning the step (:func:`recomputed`); ``x`` is an input of the recomputed step, so
-        gradients still reach what it was computed from (ANIL's features), and the
-        meta-gradient is the same.
         """
-        if recompute and second_order:
-            step = recomputed(lambda *t: self.inner_loop(forward, list(t[:-1]), t[-1], y, 1, update, True))
-            for _ in range(steps):
-                weights = list(step(*weights, x))
-            return weights
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(weights)

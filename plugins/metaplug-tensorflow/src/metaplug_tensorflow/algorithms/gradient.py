@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from metaplug.contract.hyperparameters import InnerLoopOptions, check_recompute
 from metaplug_tensorflow._tf import tf
-from metaplug_tensorflow.algorithms.base import MetaLearner, Weights, tile
+from metaplug_tensorflow.algorithms.base import MetaLearner, Weights, recomputed_steps, tile
 from metaplug_tensorflow.losses import task_loss
 
 
@@ -107,9 +107,28 @@ class GradientMetaLearner(MetaLearner):
         weights = dict(zip(self.model.names, self.model.variables, strict=True))
         names = self.adapted_names()
         fast = tile([weights[n] for n in names], h_support.shape[0])
+        if second_order and getattr(self.options, "recompute_inner", False):
+            return self._recomputed_adaptation(names, fast, h_support, sy, steps)
         update = self.rule_update(names, self.inner_learnables(), self.options.inner_lr)
-        recompute = getattr(self.options, "recompute_inner", False)
-        return self.inner_loop(self.task_output, fast, h_support, sy, steps, update, second_order, recompute)
+        return self.inner_loop(self.task_output, fast, h_support, sy, steps, update, second_order)
+
+    def _recomputed_adaptation(
+        self, names: Sequence[str], fast: Weights, h_support: tf.Tensor, sy: tf.Tensor, steps: int
+    ) -> Weights:
+        """:meth:`adapt_tasks`'s second-order steps with ``recompute_inner``
+        (:func:`~metaplug_tensorflow.algorithms.base.recomputed_steps`): every tensor a step
+        reads is passed explicitly, the rule's learnables as values read from their variables
+        (``h_support`` too: gradients reach what it was computed from, ANIL's features)."""
+        rates = list(self.inner_learnables().items())
+
+        def step(*tensors: tf.Tensor) -> list[tf.Tensor]:
+            weights, h = list(tensors[: len(names)]), tensors[len(names)]
+            learnables = {n: t for (n, _), t in zip(rates, tensors[len(names) + 1 :], strict=True)}
+            update = self.rule_update(names, learnables, self.options.inner_lr)
+            return self.inner_loop(self.task_output, weights, h, sy, 1, update, True)
+
+        context = [h_support, *(tf.convert_to_tensor(v) for _, v in rates)]
+        return recomputed_steps(step, fast, context, steps)
 
     def adapt_support(self, sx: tf.Tensor, sy: tf.Tensor, steps: int, *extra: tf.Tensor) -> Weights:
         """The per-task adapted weights ``evaluate`` and ``adapt`` predict with (an algorithm
