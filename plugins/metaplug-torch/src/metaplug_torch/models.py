@@ -191,7 +191,14 @@ def _fast_batch_norm_applies(x: torch.Tensor) -> bool:
         and x.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
         and not _functorch_active()
+        and not _tracing()
     )
+
+
+def _tracing() -> bool:
+    """Whether the model is being traced (``torch.compile``, ``torch.export``, ONNX, TorchScript),
+    which should see PyTorch's own operators."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 CENTRING_BYTES = 2 * 2**20
