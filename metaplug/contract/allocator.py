@@ -3,14 +3,14 @@
 glibc's ``malloc`` serves large blocks with fresh ``mmap`` pages and gives freed memory at
 the top of its heap back to the system. A conv4 step on the CPU allocates and frees tensors
 of about 15 MB thousands of times, and each came back as new pages that the kernel zeroes
-on first touch: one to two million page faults per torch ``omniglot-maml`` step, which
-made it 1.15-1.3x slower (docs/benchmarks.md, "Freed memory kept for reuse").
+on first touch: 0.3 to 2.5 million page faults per torch ``omniglot-maml`` step, which made
+it up to 1.36x slower (docs/benchmarks.md, "Freed memory kept for reuse").
 :func:`keep_freed_memory` does what ``MALLOC_MMAP_THRESHOLD_=33554432
-MALLOC_TRIM_THRESHOLD_=...`` would at start-up: blocks up to glibc's largest threshold (32
-MiB) come from the heap, and the heap is not trimmed (below 2 GiB free at its top). The peak memory is unchanged
-(measured); memory freed after the peak stays with the process until it ends. Larger blocks
-still come from ``mmap``: serving them from the heap as well was faster on ResNet-12 but
-fragmented the heap (1.8x the peak).
+MALLOC_TRIM_THRESHOLD_=...`` would at start-up: blocks up to glibc's largest threshold
+(32 MiB) come from the heap, and the heap is not trimmed (below 2 GiB free at its top). The
+peak memory is unchanged (measured); memory freed after the peak stays with the process
+until it ends. Larger blocks still come from ``mmap``: serving them from the heap as well
+was faster on ResNet-12 but fragmented the heap (1.8x the peak).
 
 Framework-free: both backends call it when they are created; ``METAPLUG_MALLOC=system``
 leaves the allocator as it is, and so do glibc settings the user made
