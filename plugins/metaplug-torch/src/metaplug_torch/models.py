@@ -185,12 +185,10 @@ def batch_norm(
 
 def _fast_batch_norm_applies(x: torch.Tensor) -> bool:
     return (
-        x.device.type == "cpu"
+        _loop_kernels_apply(x)
         and x.dtype in (torch.float32, torch.float64)
-        and _STYLE.get() == "loop"
         and x.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
-        and not _functorch_active()
         and not _tracing()
     )
 
@@ -227,8 +225,9 @@ class CPUBatchNorm(torch.autograd.Function):
         # examples at a time: the temporary stays in the cache instead of doubling the map
         total, squares = torch.zeros_like(first), torch.zeros_like(first)
         rows = max(1, CENTRING_BYTES // max(1, x[0].numel() * x.element_size()))
+        shift = first.reshape(shape)
         for chunk in x.split(rows):
-            centred = chunk - first.reshape(shape)
+            centred = chunk - shift
             total += centred.sum(axes)
             squares += centred.square_().sum(axes)
         count = x.numel() // x.shape[1]
@@ -310,15 +309,20 @@ def max_pool(x: torch.Tensor) -> torch.Tensor:
     asked for deterministic algorithms (which refuse ``max_unpool2d``, deterministic as it is
     here: the windows do not overlap)."""
     if (
-        x.device.type == "cpu"
+        _loop_kernels_apply(x)
         and x.dim() == 4
-        and _STYLE.get() == "loop"
         and not x.is_contiguous(memory_format=torch.channels_last)
-        and not _functorch_active()
         and not torch.are_deterministic_algorithms_enabled()
     ):
         return MaxPool2x2.apply(x)
     return F.max_pool2d(x, 2)
+
+
+def _loop_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether the ``"loop"`` style's own CPU operators (:class:`MaxPool2x2`,
+    :class:`CPUBatchNorm`, each ``autograd.Function``) may run on ``x``: on the CPU, in that
+    style, outside ``torch.func`` transforms."""
+    return x.device.type == "cpu" and _STYLE.get() == "loop" and not _functorch_active()
 
 
 def _functorch_active() -> bool:
