@@ -105,12 +105,17 @@ def build_pair(
         backend=tf_backend, model=tf_backend.build_model(model_spec), spec=spec, optimizer=tf_sgd, **hyper
     )
 
+    synchronise(torch_alg, tf_alg)
+    assert torch.get_default_dtype() == torch.float32
+    return torch_alg, tf_alg
+
+
+def synchronise(torch_alg: Any, tf_alg: Any) -> None:
+    """Give the TensorFlow algorithm the torch one's weights and learned state."""
     shared = {k: v for k, v in torch_alg.state_dict().items() if not k.startswith("optimizer.")}
     state = tf_alg.state_dict()
     assert set(shared) == {k for k in state if not k.startswith("optimizer.")}
     tf_alg.load_state_dict({**state, **shared})
-    assert torch.get_default_dtype() == torch.float32
-    return torch_alg, tf_alg
 
 
 def close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str, scale: float = 0.0) -> None:

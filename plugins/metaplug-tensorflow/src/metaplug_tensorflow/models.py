@@ -197,17 +197,21 @@ def batch_norm(h: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
 
     Written from elementary ops: ``tf.nn.moments`` stops the gradient through the
     mean inside the variance, which leaves first derivatives right but makes
-    second derivatives (second-order MAML) wrong. The input is centred twice: TensorFlow's
-    float32 mean of a channel far from zero (a convolution's bias) misses by up to ``1e-5`` of
-    its spread even taken as :func:`task_mean` does, and the mean of the centred values is
-    that miss, found to rounding; being zero whatever ``h``, it has zero derivatives of
-    every order, so it is held constant. Float32 batch norm is then at least as accurate as
-    torch's (docs/benchmarks.md, "Float32 batch norm"); float64 is unchanged to rounding.
+    second derivatives (second-order MAML) wrong. The statistics are the corrected two-pass
+    algorithm: TensorFlow's float32 mean of a channel far from zero (a convolution's bias)
+    misses by up to ``1e-5`` of its spread even taken as :func:`task_mean` does, and the mean
+    of the centred values is that miss, found to rounding; it is taken out of the variance
+    and, through the per-channel shift, of the output (not subtracted from the whole map).
+    Being zero whatever ``h``, it has zero derivatives of every order, so it is held
+    constant. Float32 batch norm is then at least as accurate as torch's (docs/benchmarks.md,
+    "Float32 batch norm"); float64 is unchanged to rounding. The scale and shift are folded
+    into one factor and one offset per channel, so the output is one product and one sum.
     """
     centred = h - task_mean(h)
-    centred = centred - tf.stop_gradient(task_mean(centred))
-    variance = task_mean(tf.square(centred))
-    return centred * tf.math.rsqrt(variance + BATCH_NORM_EPS) * scale + shift
+    miss = tf.stop_gradient(task_mean(centred))
+    variance = task_mean(tf.square(centred)) - tf.square(miss)
+    factor = tf.math.rsqrt(variance + BATCH_NORM_EPS) * scale
+    return centred * factor + (shift - miss * factor)
 
 
 def task_mean(h: tf.Tensor) -> tf.Tensor:
