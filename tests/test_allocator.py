@@ -52,6 +52,47 @@ def test_freed_blocks_come_back_without_page_faults() -> None:
     assert faults_kept < faults_left / 20
 
 
+PEAK = """
+import numpy as np
+from metaplug.contract import allocator
+def resident_mb():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]) // 1024
+allocator.keep_freed_memory()
+peak = [np.ones(2**18, dtype=np.float32) for _ in range(300)]  # 300 MiB in 1 MiB blocks, then freed
+kept = resident_mb()
+del peak
+freed = resident_mb()
+print(kept, freed, allocator.release_freed_memory(), resident_mb())
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+def test_a_one_off_peak_is_given_back_on_request() -> None:
+    clean = {k: v for k, v in os.environ.items() if k != allocator.ENV and not k.startswith("MALLOC_")}
+    clean["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, env=clean, check=True)
+    kept, freed, released, after = done.stdout.split()
+    assert released == "True"
+    assert int(freed) > int(kept) - 50  # kept for reuse: freeing gives nothing back
+    assert int(after) < int(kept) - 250  # released
+
+
+def test_calibration_releases_the_trials_memory(monkeypatch, tmp_path) -> None:
+    from metaplug.contract import calibration
+
+    calls = []
+    monkeypatch.setattr(calibration, "release_freed_memory", lambda: calls.append("released"))
+    env = {"METAPLUG_CACHE_DIR": str(tmp_path)}
+    choice = calibration.choose("auto", "loop", ["loop", "vectorized"], {}, lambda mode: lambda: None, tasks=4, env=env)
+    assert choice.how == "calibrated" and calls == ["released"]
+    assert (
+        calibration.choose("auto", "loop", ["loop", "vectorized"], {}, lambda mode: lambda: None, tasks=4, env=env).how
+        == "cached"
+    )
+    assert calls == ["released"]  # nothing measured, nothing to give back
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

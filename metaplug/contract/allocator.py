@@ -9,7 +9,8 @@ it up to 1.36x slower (docs/benchmarks.md, "Freed memory kept for reuse").
 MALLOC_TRIM_THRESHOLD_=...`` would at start-up: blocks up to glibc's largest threshold
 (32 MiB) come from the heap, and the heap is not trimmed (below 2 GiB free at its top). The
 peak memory is unchanged (measured); memory freed after the peak stays with the process
-until it ends. Larger blocks still come from ``mmap``: serving them from the heap as well
+until it ends, unless :func:`release_freed_memory` gives it back (the batching calibration
+does, after its trials). Larger blocks still come from ``mmap``: serving them from the heap as well
 was faster on ResNet-12 but fragmented the heap (1.8x the peak).
 
 Framework-free: both backends call it when they are created; ``METAPLUG_MALLOC=system``
@@ -65,6 +66,21 @@ def keep_freed_memory(env: Mapping[str, str] | None = None) -> str:
     else:
         _state = _tell_glibc()
     return _state
+
+
+def release_freed_memory() -> bool:
+    """Give the memory that glibc's allocator holds free back to the system (``malloc_trim``),
+    after a one-off peak such as the batching calibration's trial of another mode, which
+    would otherwise stay with the process (:func:`keep_freed_memory` stops trimming) until it
+    ends. Later steps take back what they reuse once. ``False`` where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim(0)
+    return True
 
 
 def state() -> str | None:

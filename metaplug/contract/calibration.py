@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metaplug.contract.allocator import release_freed_memory
 from metaplug.contract.interfaces import EpisodeBatch
 from metaplug.errors import ConfigError
 
@@ -249,6 +250,7 @@ def choose(
     began = time.perf_counter()
     seconds, dropped = time_modes(eligible, trial, rule, clock)
     spent = time.perf_counter() - began
+    release_freed_memory()  # the losing trials' memory would otherwise stay with the process
     mode = min(seconds, key=lambda m: seconds[m])
     timings = {m: round(1000 * s, 1) for m, s in seconds.items()}
     detail = _detail(timings, tasks) + "".join(f"; {m} left out ({why})" for m, why in dropped.items())
