@@ -73,10 +73,8 @@ def release_freed_memory() -> bool:
     after a one-off peak such as the batching calibration's trial of another mode, which
     would otherwise stay with the process (:func:`keep_freed_memory` stops trimming) until it
     ends. Later steps take back what they reuse once. ``False`` where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "malloc_trim"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return False
     libc.malloc_trim.argtypes = (ctypes.c_size_t,)
     libc.malloc_trim(0)
@@ -88,11 +86,19 @@ def state() -> str | None:
     return _state
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc, else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def _tell_glibc() -> str:
     if not sys.platform.startswith("linux"):
         return f"unchanged (not glibc: {sys.platform})"
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return "unchanged (not glibc)"
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     if not (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
