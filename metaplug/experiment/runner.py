@@ -293,14 +293,15 @@ class Trainer:
                     self.save_checkpoint()
                     saved_at = self.step
                 bar.update(self.step, shown)
-                if self.stop_signal is not None and self.step < settings.iterations and not self.stopped_early:
+                stop = self.stop_after_step()
+                if stop is not None and self.step < settings.iterations and not self.stopped_early:
                     if saved_at != self.step:
                         self.save_checkpoint()
-                    how = "interrupted" if self.stop_signal == signal.SIGINT else "terminated"
+                    how = "interrupted" if stop == signal.SIGINT else "terminated"
                     raise TrainingInterrupted(
                         f"{how} at step {self.step}; checkpoint saved, continue with "
                         f"'metaplug train --resume {self.run_dir}'",
-                        self.stop_signal,
+                        stop,
                     )
             if saved_at != self.step:
                 self.save_checkpoint()
@@ -308,6 +309,10 @@ class Trainer:
             if isinstance(self.batches, Prefetcher):
                 self.batches.close()
             bar.close()
+
+    def stop_after_step(self) -> int | None:
+        """The stop signal to act on after the step just taken: the one received so far."""
+        return self.stop_signal
 
     def train_step(self) -> dict[str, float]:
         batch = self.batches.sample(self.cfg.train.meta_batch_size)

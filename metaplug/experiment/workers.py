@@ -91,6 +91,8 @@ class ShardedAlgorithm:
         self.problem = problem
         self.trainer: runner.Trainer | None = None
         """Whose stop signal the workers agree on at every step."""
+        self.agreed_stop: int | None = None
+        """The stop signal some worker had received when the last step's metrics were gathered."""
         refuse_dependent_tasks(algorithm)
         workers.average_gradients(algorithm)
 
@@ -105,6 +107,7 @@ class ShardedAlgorithm:
         stop = self.trainer.stop_signal if self.trainer is not None else None
         rows = self.workers.all_gather(np.array([*(metrics[k] for k in keys), stop or 0], dtype=np.float64))
         signals = [int(s) for s in rows[:, -1] if s]
+        self.agreed_stop = signals[0] if signals else None
         if self.trainer is not None and signals and self.trainer.stop_signal is None:
             self.trainer.stop_signal = signals[0]
         return {k: float(np.mean(rows[:, i])) for i, k in enumerate(keys)}
@@ -141,6 +144,11 @@ class WorkerTrainer(runner.Trainer):
             self.observers = Observers([])
             self.progress_enabled = False
         return self
+
+    def stop_after_step(self) -> int | None:
+        """The stop signal gathered with the last step's metrics, so that every worker stops
+        after the same step: one that arrives after the gathering waits for the next step's."""
+        return self.experiment.algorithm.agreed_stop
 
     def save_checkpoint(self) -> None:
         """Rank 0 saves; every worker waits until it has (so none exits before the save)."""
