@@ -4,27 +4,42 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import distributed_worker
 import numpy as np
 import pytest
 from cli_assertions import assert_one_line_error
+from test_experiment_runner import make_config
 from workers_env import finish, start_workers
 
 from metaplug.contract.distributed import check_meta_batch, gather_tasks, refuse_dependent_tasks, shard, task_slice
 from metaplug.errors import ConfigError
+from metaplug.experiment import checkpoint as checkpoints
+from metaplug.experiment import runner, workers
 
 
 class FakeWorkers:
-    """``world_size`` workers simulated in one process: ``all_gather`` returns the rows the
-    test prepared for the other ranks."""
+    """``world_size`` workers simulated in one process (the ``Workers`` protocol):
+    ``all_gather`` returns the rows the test prepared for the other ranks."""
+
+    name, restarted, reduce_seconds = "simulated", False, 0.0
 
     def __init__(self, rank: int, world_size: int, others: dict[int, np.ndarray]) -> None:
         self.rank, self.world_size, self.others = rank, world_size, others
 
+    def average_gradients(self, algorithm) -> None:
+        pass
+
     def all_gather(self, values: np.ndarray) -> np.ndarray:
         return np.stack([values if r == self.rank else self.others[r] for r in range(self.world_size)])
+
+    def broadcast_text(self, text: str) -> str:
+        return text
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize("tasks, world", [(4, 2), (5, 2), (7, 3), (2, 4), (600, 7)])
@@ -58,6 +73,26 @@ def test_a_meta_batch_that_does_not_split_evenly_is_refused() -> None:
     check_meta_batch(8, 4)
     with pytest.raises(ConfigError, match=r"meta_batch_size 6 cannot be split evenly over 4 workers; use a multiple"):
         check_meta_batch(6, 4)
+
+
+def test_workers_stop_after_the_step_whose_gathered_metrics_carry_the_signal(double, tmp_path, monkeypatch):
+    """A signal that comes after a step's metrics were gathered (the other workers cannot know
+    of it) stops the run after the next step, whose gathering carries it to all."""
+    original = workers.ShardedAlgorithm.meta_train_step
+    calls = []
+
+    def signalled_after_gathering(self, batch):
+        metrics = original(self, batch)
+        calls.append(1)
+        if len(calls) == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    monkeypatch.setattr(workers.ShardedAlgorithm, "meta_train_step", signalled_after_gathering)
+    lead = runner.start(make_config(), tmp_path / "run", progress=False)
+    with pytest.raises(runner.TrainingInterrupted, match="terminated at step 13"):
+        workers.WorkerTrainer.adopt(lead, FakeWorkers(0, 1, {})).run()
+    assert checkpoints.load(tmp_path / "run" / "checkpoint").step == 13
 
 
 ALL = list(distributed_worker.ALGORITHMS)

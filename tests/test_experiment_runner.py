@@ -141,46 +141,6 @@ def test_repeated_sigterm_still_checkpoints_and_exits_143(double, tmp_path, monk
     assert checkpoints.load(tmp_path / "run" / "checkpoint").step == 12
 
 
-class OneWorker:
-    """A group of one worker, in this process."""
-
-    rank, world_size, name, restarted, reduce_seconds = 0, 1, "one process", False, 0.0
-
-    def average_gradients(self, algorithm) -> None:
-        pass
-
-    def all_gather(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=np.float64)[None]
-
-    def broadcast_text(self, text: str) -> str:
-        return text
-
-    def close(self) -> None:
-        pass
-
-
-def test_workers_stop_after_the_step_whose_gathered_metrics_carry_the_signal(double, tmp_path, monkeypatch):
-    """A signal that comes after a step's metrics were gathered (the other workers cannot know
-    of it) stops the run after the next step, whose gathering carries it to all."""
-    from metaplug.experiment import workers
-
-    original = workers.ShardedAlgorithm.meta_train_step
-    calls = []
-
-    def signalled_after_gathering(self, batch):
-        metrics = original(self, batch)
-        calls.append(1)
-        if len(calls) == 12:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return metrics
-
-    monkeypatch.setattr(workers.ShardedAlgorithm, "meta_train_step", signalled_after_gathering)
-    lead = runner.start(make_config(), tmp_path / "run", progress=False)
-    with pytest.raises(runner.TrainingInterrupted, match="terminated at step 13"):
-        workers.WorkerTrainer.adopt(lead, OneWorker()).run()
-    assert checkpoints.load(tmp_path / "run" / "checkpoint").step == 13
-
-
 def test_a_stop_signal_in_the_last_step_lets_the_run_finish(double, tmp_path, monkeypatch):
     signalling_at(monkeypatch, 40, signal.SIGTERM)
     result = runner.start(make_config(iterations=40), tmp_path / "run", progress=False).run()

@@ -101,15 +101,16 @@ class ShardedAlgorithm:
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         """One step on this worker's tasks; the metrics are the means over all tasks. The
-        workers also agree on stopping: a stop signal on any of them stops all after this step."""
+        workers also agree on stopping: a stop signal on any of them, gathered with the metrics,
+        stops all after this step."""
         metrics = self.inner.meta_train_step(shard(batch, self.workers.rank, self.workers.world_size))
         keys = sorted(metrics)
         stop = self.trainer.stop_signal if self.trainer is not None else None
         rows = self.workers.all_gather(np.array([*(metrics[k] for k in keys), stop or 0], dtype=np.float64))
         signals = [int(s) for s in rows[:, -1] if s]
         self.agreed_stop = signals[0] if signals else None
-        if self.trainer is not None and signals and self.trainer.stop_signal is None:
-            self.trainer.stop_signal = signals[0]
+        if self.trainer is not None and self.trainer.stop_signal is None:
+            self.trainer.stop_signal = self.agreed_stop
         return {k: float(np.mean(rows[:, i])) for i, k in enumerate(keys)}
 
     def evaluate(self, batch: EpisodeBatch, steps: int | None = None) -> dict[str, np.ndarray]:
